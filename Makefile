@@ -1,0 +1,41 @@
+# Two commands set everything up: `make repro` runs the pipeline, `make test` runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install repro test test-fast ui golden params clean
+
+install: $(STAMP)
+
+# Exact versions from requirements.lock; the package itself is installed editable on top.
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+repro: $(STAMP)
+	$(BIN)/dvc repro
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+# Everything but the end-to-end runs of the real pipeline.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+# Rewrites tests/golden/ from the current model definitions; commit the result and say why it changed.
+golden: $(STAMP)
+	$(BIN)/python -m tests.golden_models --write
+
+# Rewrites params.yaml as the composition of conf/ defaults.
+params: $(STAMP)
+	$(BIN)/python -m pipeline.config --write-params
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Attention experiment pipeline: prepare -> train -> export -> evaluate (see dvc.yaml)."""

@@ -1,0 +1,238 @@
+"""The typed schema of params.yaml, its loading and validation, and its composition from conf/.
+
+Every stage calls `load_config()`; a bad file stops the stage with a `ConfigError` that names the
+file, the key and what is allowed. `python -m pipeline.config --write-params` rewrites params.yaml
+as the composition of the conf/ defaults (the committed params.yaml must equal it).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.contract import OPSET_MAX
+
+PARAMS_FILE = Path("params.yaml")
+CONF_DIR = Path("conf")
+SEQUENCE_TASKS = ("planted_step",)
+VECTOR_TASKS = ("planted_feature",)
+
+
+class ConfigError(Exception):
+    """A params file that cannot be used; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Splits(_Strict):
+    n_samples: int = Field(gt=0)
+    val_fraction: float = Field(gt=0, lt=1)
+    test_fraction: float = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _splits_fit(self):
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 1 "
+                f"(got {self.val_fraction} + {self.test_fraction})"
+            )
+        for split, fraction in (("val", self.val_fraction), ("test", self.test_fraction)):
+            if int(self.n_samples * fraction) < 1:
+                raise ValueError(f"the {split} split of {self.n_samples} samples is empty")
+        return self
+
+
+class PlantedStepData(_Splits):
+    """Sequences [time_steps, n_features] of noise; step `planted_step` equals the target."""
+
+    name: Literal["planted_step"]
+    time_steps: int = Field(ge=2)
+    n_features: int = Field(ge=1)
+    planted_step: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _step_in_range(self):
+        if self.planted_step >= self.time_steps:
+            raise ValueError(
+                f"planted_step must be < time_steps={self.time_steps} (got {self.planted_step})"
+            )
+        return self
+
+
+class PlantedFeatureData(_Splits):
+    """Vectors [n_features] of noise; feature `planted_index` equals the target."""
+
+    name: Literal["planted_feature"]
+    n_features: int = Field(ge=2)
+    planted_index: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _index_in_range(self):
+        if self.planted_index >= self.n_features:
+            raise ValueError(
+                f"planted_index must be < n_features={self.n_features} (got {self.planted_index})"
+            )
+        return self
+
+
+class LstmAttentionModel(_Strict):
+    name: Literal["lstm_attention"]
+    units: int = Field(gt=0)
+
+
+class FeatureAttentionModel(_Strict):
+    name: Literal["feature_attention"]
+    hidden_units: int = Field(gt=0)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    learning_rate: float = Field(gt=0)
+    optimizer: Literal["adam", "rmsprop", "sgd"]
+
+
+class ExportConfig(_Strict):
+    opset: int = Field(ge=13, le=OPSET_MAX)
+    parity_tolerance: float = Field(gt=0)
+    parity_samples: int = Field(gt=0)
+
+
+class MlflowConfig(_Strict):
+    tracking_uri: str | None
+    experiment_name: str = Field(min_length=1)
+
+
+DataConfig = Annotated[Union[PlantedStepData, PlantedFeatureData], Field(discriminator="name")]
+ModelConfig = Annotated[
+    Union[LstmAttentionModel, FeatureAttentionModel], Field(discriminator="name")
+]
+
+
+class Config(_Strict):
+    seed: int = Field(ge=0)
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    export: ExportConfig
+    mlflow: MlflowConfig
+
+    @model_validator(mode="after")
+    def _model_fits_data(self):
+        if self.model.name == "feature_attention" and self.data.name not in VECTOR_TASKS:
+            raise ValueError(
+                f"model feature_attention needs vector data {list(VECTOR_TASKS)}, "
+                f"got data.name={self.data.name!r}"
+            )
+        if self.model.name == "lstm_attention" and self.data.name not in SEQUENCE_TASKS:
+            raise ValueError(
+                f"model lstm_attention needs sequence data {list(SEQUENCE_TASKS)}, "
+                f"got data.name={self.data.name!r}"
+            )
+        return self
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One top-level section as plain data, e.g. `section("train")`."""
+        value = getattr(self, name)
+        return value.model_dump() if isinstance(value, BaseModel) else {name: value}
+
+
+def _error_key(raw: Any, loc: tuple) -> str:
+    """The dotted key of a pydantic error, without the union tag pydantic inserts after
+    `data` or `model` (loc ('data', 'planted_step', 'n_samples') -> 'data.n_samples')."""
+    parts, node, tag_skipped = [], raw, False
+    for part in loc:
+        if isinstance(node, dict) and not tag_skipped and node.get("name") == part:
+            tag_skipped = True
+            continue
+        parts.append(str(part))
+        node = node.get(part) if isinstance(node, dict) else None
+        tag_skipped = False
+    return ".".join(parts) or "(top level)"
+
+
+def _describe(error: dict, raw: Any) -> str:
+    key = _error_key(raw, error["loc"])
+    if error["type"] == "union_tag_invalid":
+        allowed = error["ctx"]["expected_tags"]
+        return f"{key}.name: unknown value {error['ctx']['tag']!r}; allowed: {allowed}"
+    if error["type"] == "union_tag_not_found":
+        return f"{key}.name: missing; it selects the variant"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] in ("missing", "extra_forbidden") or error["type"].startswith("value_error"):
+        return f"{key}: {message}"
+    return f"{key}: {message} (got {error['input']!r})"
+
+
+def validate(raw: Any, source: str = str(PARAMS_FILE)) -> Config:
+    """Validate parsed params against the schema; raise ConfigError naming every bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        problems = "\n".join(f"  - {_describe(e, raw)}" for e in err.errors())
+        raise ConfigError(f"{source}: invalid config:\n{problems}") from None
+
+
+def load_config(path: str | Path = PARAMS_FILE) -> Config:
+    """Read and validate params.yaml (or another file of the same schema)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (run from the repository root)") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or err
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    return validate(raw, str(path))
+
+
+def compose_defaults(conf_dir: Path = CONF_DIR, overrides: list[str] | None = None) -> dict:
+    """The Hydra composition of conf/ (as `dvc exp run` writes it to params.yaml), resolved."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(conf_dir.resolve()), version_base=None):
+        cfg = compose(config_name="config", overrides=overrides or [])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: config sections as MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write-params", action="store_true", help="rewrite params.yaml")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=dense_attention")
+    args = parser.parse_args()
+    composed = compose_defaults(overrides=args.overrides)
+    validate(composed, "composed conf/")
+    text = yaml.safe_dump(composed, sort_keys=False)
+    if args.write_params:
+        PARAMS_FILE.write_text(text, encoding="utf-8")
+    else:
+        print(text, end="")
+
+
+if __name__ == "__main__":
+    from pipeline.stage import run_stage
+
+    run_stage(main)

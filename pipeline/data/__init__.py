@@ -1,0 +1,34 @@
+"""Task generators and splitting (NumPy only, no TensorFlow import)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.config import PlantedFeatureData, PlantedStepData
+from pipeline.data.synthetic import Dataset, planted_feature, planted_step
+
+
+def generate(data_cfg: PlantedStepData | PlantedFeatureData, rng: np.random.Generator) -> Dataset:
+    """All samples of the configured task."""
+    if isinstance(data_cfg, PlantedStepData):
+        return planted_step(
+            data_cfg.n_samples, data_cfg.time_steps, data_cfg.n_features, data_cfg.planted_step, rng
+        )
+    return planted_feature(data_cfg.n_samples, data_cfg.n_features, data_cfg.planted_index, rng)
+
+
+def split(
+    dataset: Dataset, val_fraction: float, test_fraction: float, rng: np.random.Generator
+) -> dict[str, Dataset]:
+    """Shuffle, then cut into train / val / test by the given fractions."""
+    order = rng.permutation(len(dataset))
+    n_val = int(len(dataset) * val_fraction)
+    n_test = int(len(dataset) * test_fraction)
+    return {
+        "test": dataset.take(order[:n_test]),
+        "val": dataset.take(order[n_test : n_test + n_val]),
+        "train": dataset.take(order[n_test + n_val :]),
+    }
+
+
+__all__ = ["Dataset", "generate", "split", "planted_feature", "planted_step"]

@@ -1,0 +1,91 @@
+"""Stage `evaluate`: score the exported ONNX model on the test split with ONNX Runtime only.
+
+    python -m pipeline.evaluate       # reads params.yaml: mlflow
+
+Outputs: reports/metrics.json (DVC metrics), reports/attention.csv (DVC plot: mean attention per
+position), reports/attention.png (heatmap). Logs the same metrics and files to the pipeline's
+MLflow run. No TensorFlow import.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+
+from pipeline import stage, tracking
+from pipeline.config import load_config
+from pipeline.inference import OnnxModel
+from pipeline.metrics import attention_metrics, binary_task_metrics
+from pipeline.prepare import load_split
+
+HEATMAP_ROWS = 40
+
+
+def write_attention_csv(attention: np.ndarray, targets: list[int], path=stage.ATTENTION_CSV) -> None:
+    """One row per position: its mean attention over the test set and whether it is a target."""
+    mean = attention.mean(axis=0)
+    with stage.atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["position", "mean_attention", "is_target"])
+        for position, weight in enumerate(mean):
+            writer.writerow([position, f"{weight:.6f}", int(position in targets)])
+
+
+def plot_attention(
+    attention: np.ndarray, targets: list[int], axis_name: str, title: str, path=stage.ATTENTION_PNG
+) -> None:
+    """Heatmap of the first test samples' attention rows, above the mean weight per position."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = attention[:HEATMAP_ROWS]
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(8, 7), gridspec_kw={"height_ratios": [3, 1]}, sharex=True
+    )
+    image = top.imshow(rows, aspect="auto", cmap="viridis", interpolation="nearest")
+    fig.colorbar(image, ax=[top, bottom], label="attention weight")
+    top.set_ylabel("test sample")
+    top.set_title(title)
+    positions = np.arange(attention.shape[1])
+    colors = ["tab:red" if p in targets else "tab:blue" for p in positions]
+    bottom.bar(positions, attention.mean(axis=0), color=colors)
+    bottom.set_xlabel(f"{axis_name} (red: true position)")
+    bottom.set_ylabel("mean weight")
+    with stage.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def main() -> None:
+    cfg = load_config()
+    meta = stage.read_json(stage.META_FILE)
+    test = load_split("test")
+    outputs = OnnxModel(stage.ONNX_MODEL).run(test.x)
+    export_report = stage.read_json(stage.EXPORT_REPORT)
+    metrics = {
+        **binary_task_metrics(outputs["prediction"], test.y),
+        **attention_metrics(outputs["attention"], test.target_positions),
+        "export/parity_max_abs": export_report["export/parity_max_abs"],
+    }
+    targets = meta["target_positions"]
+    write_attention_csv(outputs["attention"], targets)
+    plot_attention(
+        outputs["attention"],
+        targets,
+        meta["attention_axis"],
+        f"{cfg.model.name} on {cfg.data.name}: attention on the test set",
+    )
+    stage.write_json(stage.METRICS_FILE, metrics)
+    with tracking.resume_pipeline_run(cfg):
+        tracking.log_metrics(metrics)
+        tracking.log_artifacts(
+            [stage.METRICS_FILE, stage.ATTENTION_CSV, stage.ATTENTION_PNG], artifact_path="reports"
+        )
+    print("evaluated: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+
+if __name__ == "__main__":
+    stage.run_stage(main)

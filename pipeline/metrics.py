@@ -1,0 +1,40 @@
+"""Task and attention metrics, NumPy only. Names match DVC's metrics.json and MLflow.
+
+Shapes: prediction [n, 1] probabilities, y [n, 1] in {0, 1}, attention [n, positions],
+target_positions [n, k] (the k true positions of each sample).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPSILON = 1e-7
+
+
+def binary_task_metrics(prediction: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """test/accuracy (threshold 0.5) and test/loss (mean binary cross-entropy)."""
+    p = np.clip(prediction.astype(np.float64), EPSILON, 1 - EPSILON)
+    loss = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    accuracy = np.mean((prediction >= 0.5) == (y >= 0.5))
+    return {"test/accuracy": float(accuracy), "test/loss": float(loss)}
+
+
+def mass_at_target(attention: np.ndarray, target_positions: np.ndarray) -> np.ndarray:
+    """Per sample: the attention weight on its true positions, [n]."""
+    return np.take_along_axis(attention, target_positions, axis=1).sum(axis=1)
+
+
+def attention_metrics(attention: np.ndarray, target_positions: np.ndarray) -> dict[str, float]:
+    """attention/mass_at_target: mean weight on the true positions;
+    attention/argmax_hit: share of samples whose largest weight is on a true position;
+    attention/lift: mass_at_target over the uniform share k / positions (1 = no better than uniform).
+    """
+    mass = mass_at_target(attention, target_positions)
+    argmax = attention.argmax(axis=1)
+    hit = (target_positions == argmax[:, None]).any(axis=1)
+    uniform_share = target_positions.shape[1] / attention.shape[1]
+    return {
+        "attention/mass_at_target": float(mass.mean()),
+        "attention/argmax_hit": float(hit.mean()),
+        "attention/lift": float(mass.mean() / uniform_share),
+    }

@@ -1,0 +1,56 @@
+"""The model factory: a config section in, a Keras model with outputs `prediction` and `attention`.
+
+Every model takes `x` ([batch, features] or [batch, time, features]) and returns a dict:
+    prediction float32 [batch, 1]  (sigmoid probability of class 1)
+    attention  float32 [batch, positions]  (rows are probability distributions)
+This module imports TensorFlow/Keras: only training, export and tests use it.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from pipeline.config import FeatureAttentionModel, LstmAttentionModel
+from pipeline.contract import INPUT_NAME
+from pipeline.models.layers import TemporalAttention
+
+
+def feature_attention(cfg: FeatureAttentionModel, input_shape: tuple[int, ...]) -> keras.Model:
+    """probs = Dense(n, softmax)(v); Dense(hidden_units)(v * probs); Dense(1, sigmoid).
+
+    x [batch, n] -> prediction [batch, 1], attention [batch, n].
+    """
+    (n_features,) = input_shape
+    x = keras.Input(shape=(n_features,), name=INPUT_NAME)
+    attention = keras.layers.Dense(n_features, activation="softmax", name="attention")(x)
+    weighted = keras.layers.Multiply(name="attended_features")([x, attention])
+    hidden = keras.layers.Dense(cfg.hidden_units, name="hidden")(weighted)
+    prediction = keras.layers.Dense(1, activation="sigmoid", name="prediction")(hidden)
+    return keras.Model(x, {"prediction": prediction, "attention": attention}, name=cfg.name)
+
+
+def lstm_attention(cfg: LstmAttentionModel, input_shape: tuple[int, ...]) -> keras.Model:
+    """LSTM(units, return_sequences) -> TemporalAttention -> Dense(1, sigmoid).
+
+    x [batch, time, features] -> prediction [batch, 1], attention [batch, time].
+    The time dimension is left dynamic: the model runs on any sequence length.
+    """
+    _, n_features = input_shape
+    x = keras.Input(shape=(None, n_features), name=INPUT_NAME)
+    states = keras.layers.LSTM(cfg.units, return_sequences=True, name="lstm")(x)
+    context, attention = TemporalAttention(name="temporal_attention")(states)
+    prediction = keras.layers.Dense(1, activation="sigmoid", name="prediction")(context)
+    return keras.Model(x, {"prediction": prediction, "attention": attention}, name=cfg.name)
+
+
+BUILDERS = {"feature_attention": feature_attention, "lstm_attention": lstm_attention}
+
+
+def build_model(model_cfg, input_shape) -> keras.Model:
+    """The model named by `model_cfg.name` for inputs of `input_shape` (without batch)."""
+    return BUILDERS[model_cfg.name](model_cfg, tuple(input_shape))
+
+
+def load_model(path) -> keras.Model:
+    """A saved .keras model; safe_mode refuses Lambda layers and any pickled code."""
+    return keras.saving.load_model(path, safe_mode=True, compile=False)

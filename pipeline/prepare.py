@@ -1,0 +1,66 @@
+"""Stage `prepare`: generate the task's samples, split them, write npz splits and meta.json.
+
+    python -m pipeline.prepare        # reads params.yaml: seed, data
+
+Outputs: data/prepared/{train,val,test}.npz with x, y, target_positions; data/prepared/meta.json.
+NumPy only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline import data, stage
+from pipeline.config import load_config
+
+
+def describe(cfg, splits: dict[str, data.Dataset]) -> dict:
+    """meta.json: shapes, sizes and the true attention positions."""
+    x = splits["train"].x
+    is_sequence = x.ndim == 3
+    return {
+        "task": cfg.data.name,
+        "task_type": "binary",
+        "seed": cfg.seed,
+        "input_shape": list(x.shape[1:]),
+        "input_layout": "batch,time,features" if is_sequence else "batch,features",
+        "attention_axis": "time" if is_sequence else "features",
+        "positions": int(x.shape[1]),
+        "target_positions": sorted(
+            int(p) for p in np.unique(np.concatenate([s.target_positions for s in splits.values()]))
+        ),
+        "splits": {name: len(part) for name, part in splits.items()},
+    }
+
+
+def save_splits(splits: dict[str, data.Dataset]) -> None:
+    for name, part in splits.items():
+        with stage.atomic_path(stage.split_file(name)) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, x=part.x, y=part.y, target_positions=part.target_positions)
+
+
+def load_split(name: str) -> data.Dataset:
+    """One split as written by this stage (no pickle)."""
+    path = stage.split_file(name)
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return data.Dataset(arrays["x"], arrays["y"], arrays["target_positions"])
+    except FileNotFoundError:
+        raise stage.StageFailed(f"{path}: not found; run `dvc repro prepare` first") from None
+    except (KeyError, ValueError, OSError) as err:
+        raise stage.StageFailed(f"{path}: not a prepared split ({err})") from None
+
+
+def main() -> None:
+    cfg = load_config()
+    rng = np.random.default_rng(cfg.seed)
+    dataset = data.generate(cfg.data, rng)
+    splits = data.split(dataset, cfg.data.val_fraction, cfg.data.test_fraction, rng)
+    save_splits(splits)
+    stage.write_json(stage.META_FILE, describe(cfg, splits))
+    print(f"prepared {cfg.data.name}: " + ", ".join(f"{k}={len(v)}" for k, v in splits.items()))
+
+
+if __name__ == "__main__":
+    stage.run_stage(main)

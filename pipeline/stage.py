@@ -1,0 +1,78 @@
+"""What every stage shares: its output paths, atomic writes and a uniform way to fail.
+
+A stage computes everything first, then writes each output to a temporary file beside it and
+renames it into place, so a stage that fails (bad params, a failed gate) leaves the outputs of the
+previous run intact. dvc.yaml marks the outputs `persist` so that DVC does not delete them first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.config import ConfigError
+
+PREPARED_DIR = Path("data/prepared")
+SPLITS = ("train", "val", "test")
+META_FILE = PREPARED_DIR / "meta.json"
+KERAS_MODEL = Path("models/model.keras")
+ONNX_MODEL = Path("models/model.onnx")
+REPORTS = Path("reports")
+TRAIN_REPORT = REPORTS / "train.json"
+HISTORY_CSV = REPORTS / "history.csv"
+MLFLOW_RUN_FILE = REPORTS / "mlflow_run.json"
+EXPORT_REPORT = REPORTS / "export.json"
+METRICS_FILE = REPORTS / "metrics.json"
+ATTENTION_PNG = REPORTS / "attention.png"
+ATTENTION_CSV = REPORTS / "attention.csv"
+
+
+class StageFailed(Exception):
+    """A stage's own check failed (e.g. the ONNX parity gate); earlier outputs stay as they were."""
+
+
+def split_file(split: str) -> Path:
+    return PREPARED_DIR / f"{split}.npz"
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StageFailed(f"{path}: not found; run the stage that writes it first") from None
+    except json.JSONDecodeError as err:
+        raise StageFailed(f"{path}: not valid JSON ({err})") from None
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's main(); a bad config or a failed check exits 2 with a one-line reason."""
+    try:
+        main()
+    except (ConfigError, StageFailed) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,114 @@
+"""Every MLflow call of the pipeline goes through here.
+
+One pipeline run is one MLflow run: `train` opens it and writes its id to reports/mlflow_run.json;
+`export` and `evaluate` reopen it by that id. The store is, in order of precedence:
+`mlflow.tracking_uri` in params.yaml, the MLFLOW_TRACKING_URI variable, or the SQLite file
+mlflow.db at the repository root, with artifacts in mlartifacts/ beside it. The root is DVC_ROOT
+when DVC runs the stage (so queued and temporary experiments log to the real repository), else the
+working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from pipeline import stage
+from pipeline.config import Config, MlflowConfig
+
+DEFAULT_STORE = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+
+
+def repository_root() -> Path:
+    """The real repository root, also from inside DVC's temporary experiment copies."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def tracking_uri(cfg: MlflowConfig) -> str:
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{repository_root() / DEFAULT_STORE}"
+
+
+def _connect(cfg: MlflowConfig) -> str:
+    """Point MLflow at the configured store and return the experiment id, creating it if new."""
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:"):  # keep artifacts beside the store, not in the working directory
+        artifact_location = (repository_root() / DEFAULT_ARTIFACTS).as_uri()
+    return mlflow.create_experiment(cfg.experiment_name, artifact_location=artifact_location)
+
+
+@contextmanager
+def start_pipeline_run(cfg: Config, run_name: str) -> Iterator[str]:
+    """Open a new MLflow run for this pipeline run, record its id for the later stages."""
+    experiment_id = _connect(cfg.mlflow)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        mlflow.set_tags({"task": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed})
+        yield run.info.run_id
+    stage.write_json(
+        stage.MLFLOW_RUN_FILE,
+        {"run_id": run.info.run_id, "experiment_name": cfg.mlflow.experiment_name},
+    )
+
+
+@contextmanager
+def resume_pipeline_run(cfg: Config) -> Iterator[str]:
+    """Reopen the run that `train` started (its id is in reports/mlflow_run.json)."""
+    run_id = stage.read_json(stage.MLFLOW_RUN_FILE)["run_id"]
+    _connect(cfg.mlflow)
+    with mlflow.start_run(run_id=run_id):
+        yield run_id
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log params; a value that differs from one already logged (a stage rerun with new params
+    on the same run) is kept as the tag `param.<key>`, since MLflow params are immutable."""
+    run = mlflow.active_run()
+    logged = MlflowClient().get_run(run.info.run_id).data.params
+    fresh = {k: v for k, v in params.items() if k not in logged}
+    changed = {k: v for k, v in params.items() if k in logged and logged[k] != str(v)}
+    if fresh:
+        mlflow.log_params(fresh)
+    if changed:
+        warnings.warn(f"params changed since this run logged them, kept as tags: {sorted(changed)}")
+        mlflow.set_tags({f"param.{k}": v for k, v in changed.items()})
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
+    for path in paths:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_onnx_model(onnx_model, input_example, outputs: dict) -> None:
+    """The ONNX model as an MLflow model (flavor onnx), with its signature and an input example."""
+    import mlflow.onnx
+    import onnx
+    import onnxruntime
+    from mlflow.models import infer_signature
+
+    mlflow.onnx.log_model(
+        onnx_model,
+        name="onnx_model",
+        signature=infer_signature(input_example, outputs),
+        input_example=input_example,
+        pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
+    )

@@ -1,0 +1,103 @@
+"""Stage `train`: fit the configured attention model, deterministically for a fixed seed on CPU.
+
+    python -m pipeline.train          # reads params.yaml: seed, data, model, train, mlflow
+
+Outputs: models/model.keras, reports/train.json, reports/history.csv, reports/mlflow_run.json.
+Opens the pipeline's MLflow run: config params, per-epoch metrics, the Keras model.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from pipeline import stage, tracking  # noqa: E402
+from pipeline.config import Config, flatten, load_config  # noqa: E402
+from pipeline.models import build_model  # noqa: E402
+from pipeline.prepare import load_split  # noqa: E402
+
+OPTIMIZERS = {
+    "adam": keras.optimizers.Adam,
+    "rmsprop": keras.optimizers.RMSprop,
+    "sgd": keras.optimizers.SGD,
+}
+
+
+def make_deterministic(seed: int) -> None:
+    """Same seed, same numbers on CPU: seeded Python/NumPy/TF RNGs and deterministic TF ops."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+class MlflowEpochLogger(keras.callbacks.Callback):
+    """Logs each epoch's loss and accuracy (train and val) to the active MLflow run."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        tracking.log_metrics({f"epoch/{k}": v for k, v in (logs or {}).items()}, step=epoch)
+
+
+def fit(cfg: Config, model: keras.Model, train, val, callbacks=()) -> keras.callbacks.History:
+    """Train the model's `prediction` head with binary cross-entropy; attention is a by-product."""
+    trainer = keras.Model(model.input, model.output["prediction"], name=f"{model.name}_trainer")
+    trainer.compile(
+        optimizer=OPTIMIZERS[cfg.train.optimizer](learning_rate=cfg.train.learning_rate),
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+    )
+    return trainer.fit(
+        train.x,
+        train.y,
+        validation_data=(val.x, val.y),
+        epochs=cfg.train.epochs,
+        batch_size=cfg.train.batch_size,
+        shuffle=True,
+        callbacks=list(callbacks),
+        verbose=2,
+    )
+
+
+def write_history(history: keras.callbacks.History, path=stage.HISTORY_CSV) -> None:
+    """reports/history.csv: one row per epoch, the columns DVC plots."""
+    keys = sorted(history.history)
+    with stage.atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", *keys])
+        for epoch in range(len(history.epoch)):
+            writer.writerow([epoch, *(f"{history.history[k][epoch]:.6f}" for k in keys)])
+
+
+def main() -> None:
+    cfg = load_config()
+    train, val = load_split("train"), load_split("val")
+    make_deterministic(cfg.seed)
+    model = build_model(cfg.model, train.x.shape[1:])
+    with tracking.start_pipeline_run(cfg, run_name=cfg.model.name):
+        tracking.log_params(flatten({k: cfg.section(k) for k in ("data", "model", "train")}))
+        tracking.log_params({"seed": cfg.seed, "param_count": model.count_params()})
+        started = time.perf_counter()
+        history = fit(cfg, model, train, val, callbacks=[MlflowEpochLogger()])
+        train_seconds = time.perf_counter() - started
+        report = {
+            "train/seconds": round(train_seconds, 3),
+            "train/param_count": model.count_params(),
+            "train/epochs": len(history.epoch),
+            **{f"train/final_{k}": float(v[-1]) for k, v in history.history.items()},
+        }
+        with stage.atomic_path(stage.KERAS_MODEL) as tmp_model:
+            model.save(tmp_model)
+        write_history(history)
+        stage.write_json(stage.TRAIN_REPORT, report)
+        tracking.log_metrics({k: v for k, v in report.items() if k != "train/param_count"})
+        tracking.log_artifacts([stage.KERAS_MODEL], artifact_path="keras_model")
+        tracking.log_artifacts([stage.HISTORY_CSV], artifact_path="reports")
+    print(f"trained {cfg.model.name} in {train_seconds:.1f}s: {report}")
+
+
+if __name__ == "__main__":
+    stage.run_stage(main)

@@ -1,0 +1,67 @@
+"""Shared fixtures: the repository, tiny configs, and a scratch working directory for stages."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import Config, compose_defaults, validate
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.n_samples=300", "train.epochs=1", "train.batch_size=32", "export.parity_samples=60"]
+
+
+def tiny_params(*overrides: str) -> dict:
+    """The composed conf/ defaults, shrunk for tests, plus any Hydra overrides."""
+    return compose_defaults(REPO_ROOT / "conf", [*TINY, *overrides])
+
+
+def tiny_config(*overrides: str) -> Config:
+    return validate(tiny_params(*overrides), "tests")
+
+
+class StageDir(type(Path())):
+    """A scratch working directory that can write a tiny params.yaml into itself."""
+
+    def write_params(self, *overrides: str) -> Path:
+        path = self / "params.yaml"
+        path.write_text(yaml.safe_dump(tiny_params(*overrides), sort_keys=False))
+        return path
+
+
+@pytest.fixture
+def stage_dir(tmp_path, monkeypatch) -> StageDir:
+    """An empty working directory (with its own MLflow store) for running stage mains in-process."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    return StageDir(tmp_path)
+
+
+def copy_repository(destination: Path) -> Path:
+    """Copy the project's files (tracked and new, not ignored) to `destination`."""
+    import subprocess
+
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO_ROOT, check=True, capture_output=True,
+    ).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO_ROOT / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return destination
+
+
+def subprocess_env() -> dict[str, str]:
+    """This interpreter's environment, with its bin/ first on PATH so `python` and `dvc` are ours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(os.sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    return env

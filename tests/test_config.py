@@ -1,0 +1,93 @@
+"""params.yaml stays the composition of conf/, and bad configs stop with a message naming the key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, compose_defaults, load_config, validate
+from tests.conftest import REPO_ROOT, tiny_params
+
+
+def test_params_yaml_equals_composed_defaults():
+    committed = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    assert committed == compose_defaults(REPO_ROOT / "conf"), (
+        "params.yaml drifted from conf/: run `make params` and commit the result"
+    )
+
+
+def test_committed_params_are_valid():
+    cfg = load_config(REPO_ROOT / "params.yaml")
+    assert cfg.model.name == "lstm_attention" and cfg.data.name == "planted_step"
+
+
+@pytest.mark.parametrize(
+    "experiment, data, model",
+    [("dense_attention", "planted_feature", "feature_attention"),
+     ("lstm_attention", "planted_step", "lstm_attention")],
+)
+def test_experiment_presets_pair_data_with_model(experiment, data, model):
+    composed = compose_defaults(REPO_ROOT / "conf", [f"experiment={experiment}", "train.epochs=3"])
+    cfg = validate(composed)
+    assert (cfg.data.name, cfg.model.name, cfg.train.epochs) == (data, model, 3)
+    assert cfg.mlflow.experiment_name == f"attention-{data}"
+
+
+def _mutated(path: str, value):
+    raw = tiny_params()
+    *parents, leaf = path.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    if value is KeyError:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return raw
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("model.name", "transformer", ["model.name", "transformer", "lstm_attention", "feature_attention"]),
+        ("data.name", "mnist", ["data.name", "mnist", "planted_step", "planted_feature"]),
+        ("train.learning_rate", -0.1, ["train.learning_rate", "greater than 0", "-0.1"]),
+        ("train.epochs", "ten", ["train.epochs", "valid integer", "ten"]),
+        ("train.optimizer", "adagrad", ["train.optimizer", "'adam'", "adagrad"]),
+        ("data.n_samples", KeyError, ["data.n_samples", "Field required"]),
+        ("train.momentum", 0.9, ["train.momentum", "Extra inputs are not permitted"]),
+        ("export.opset", 19, ["export.opset", "less than or equal to 18"]),
+        ("data.planted_step", 25, ["data", "planted_step must be < time_steps=20"]),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(key, value, expected):
+    with pytest.raises(ConfigError) as caught:
+        validate(_mutated(key, value), "params.yaml")
+    message = str(caught.value)
+    assert message.startswith("params.yaml: invalid config")
+    for fragment in expected:
+        assert fragment in message, f"{fragment!r} missing from: {message}"
+
+
+def test_missing_section_is_named():
+    raw = tiny_params()
+    del raw["export"]
+    with pytest.raises(ConfigError, match=r"export: Field required"):
+        validate(raw)
+
+
+def test_model_must_fit_the_data():
+    with pytest.raises(ConfigError, match="feature_attention needs vector data"):
+        validate(tiny_params("model=feature_attention"))
+
+
+def test_unreadable_files_are_reported(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "params.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("seed: [1, 2\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML.*line"):
+        load_config(broken)
+    broken.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(broken)

@@ -1,0 +1,80 @@
+"""Task generators and the prepare stage: planted positions, shapes, determinism, splits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import data, prepare, stage
+from tests.conftest import tiny_config
+
+
+def test_planted_feature_puts_the_target_at_its_index():
+    ds = data.planted_feature(500, 32, 1, np.random.default_rng(0))
+    assert ds.x.shape == (500, 32) and ds.x.dtype == np.float32
+    assert ds.y.shape == (500, 1) and set(np.unique(ds.y)) == {0.0, 1.0}
+    np.testing.assert_array_equal(ds.x[:, 1], ds.y[:, 0])
+    assert (ds.target_positions == 1).all() and ds.target_positions.shape == (500, 1)
+    others = np.delete(ds.x, 1, axis=1)
+    assert abs(others.mean()) < 0.05 and abs(others.std() - 1) < 0.05  # standard normal noise
+
+
+def test_planted_step_puts_the_target_on_every_feature_of_its_step():
+    ds = data.planted_step(400, 20, 2, 10, np.random.default_rng(0))
+    assert ds.x.shape == (400, 20, 2)
+    np.testing.assert_array_equal(ds.x[:, 10, :], np.repeat(ds.y, 2, axis=1))
+    assert (ds.target_positions == 10).all()
+    noise = np.delete(ds.x, 10, axis=1)
+    # no other step is a copy of the target
+    assert not np.any(np.all(noise == ds.y[:, None, :], axis=2).all(axis=0))
+
+
+def test_generators_are_deterministic_for_a_seed():
+    a = data.planted_step(50, 20, 2, 10, np.random.default_rng(7))
+    b = data.planted_step(50, 20, 2, 10, np.random.default_rng(7))
+    c = data.planted_step(50, 20, 2, 10, np.random.default_rng(8))
+    np.testing.assert_array_equal(a.x, b.x)
+    assert not np.array_equal(a.x, c.x)
+
+
+def test_split_sizes_are_disjoint_and_complete():
+    ds = data.planted_feature(1000, 8, 3, np.random.default_rng(0))
+    parts = data.split(ds, 0.1, 0.2, np.random.default_rng(1))
+    assert {k: len(v) for k, v in parts.items()} == {"test": 200, "val": 100, "train": 700}
+    rows = np.concatenate([p.x for p in parts.values()])
+    assert len(np.unique(rows, axis=0)) == 1000
+
+
+@pytest.mark.parametrize("experiment, shape, axis, target", [
+    ("lstm_attention", [20, 2], "time", 10), ("dense_attention", [32], "features", 1),
+])
+def test_prepare_stage_writes_splits_and_meta(stage_dir, experiment, shape, axis, target):
+    stage_dir.write_params(f"experiment={experiment}")
+    prepare.main()
+    meta = json.loads(stage.META_FILE.read_text())
+    assert meta["input_shape"] == shape and meta["attention_axis"] == axis
+    assert meta["target_positions"] == [target]
+    assert meta["splits"] == {"test": 30, "val": 30, "train": 240}
+    test = prepare.load_split("test")
+    assert list(test.x.shape[1:]) == shape and len(test) == 30
+    first = stage.split_file("train").read_bytes()
+    prepare.main()
+    assert stage.split_file("train").read_bytes() == first, "same seed, same bytes"
+
+
+def test_load_split_refuses_pickles_and_names_the_file(stage_dir):
+    path = stage.split_file("test")
+    path.parent.mkdir(parents=True)
+    np.savez(path, x=np.array([{"a": 1}], dtype=object), y=np.zeros(1), target_positions=np.zeros(1))
+    with pytest.raises(stage.StageFailed, match="data/prepared/test.npz: not a prepared split"):
+        prepare.load_split("test")
+    with pytest.raises(stage.StageFailed, match="val.npz: not found"):
+        prepare.load_split("val")
+
+
+def test_config_tasks_generate_their_shapes():
+    cfg = tiny_config()
+    ds = data.generate(cfg.data, np.random.default_rng(0))
+    assert ds.x.shape == (300, 20, 2)

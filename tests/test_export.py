@@ -1,0 +1,94 @@
+"""ONNX export: the contract (names, dims, opset), parity with Keras, and the golden outputs."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import onnx
+import pytest
+
+from pipeline.contract import OUTPUT_NAMES
+from pipeline.export import parity, to_onnx
+from pipeline.inference import OnnxModel
+from pipeline.models import build_model
+from tests import golden_models
+from tests.conftest import tiny_config
+
+
+def _dims(value_info) -> list:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+@pytest.fixture(scope="module")
+def lstm_export():
+    keras.utils.set_random_seed(3)
+    model = build_model(tiny_config().model, (20, 2))
+    return model, to_onnx(model, 17, {"task": "planted_step"})
+
+
+def test_sequence_export_follows_the_contract(lstm_export):
+    _, onnx_model = lstm_export
+    graph = onnx_model.graph
+    assert [i.name for i in graph.input] == ["x"]
+    assert [o.name for o in graph.output] == list(OUTPUT_NAMES)
+    assert _dims(graph.input[0]) == ["batch", "time", 2]
+    assert _dims(graph.output[0]) == ["batch", 1]
+    assert _dims(graph.output[1]) == ["batch", "time"]
+    assert onnx_model.opset_import[0].version == 17
+    assert {"LSTM"} <= {n.op_type for n in graph.node}, "unmasked LSTM exports as an LSTM node"
+    assert "Loop" not in {n.op_type for n in graph.node}
+    assert OnnxModel(onnx_model.SerializeToString()).metadata["task"] == "planted_step"
+
+
+@pytest.mark.parametrize("length", [20, 7, 33])
+def test_sequence_parity_at_any_length(lstm_export, length):
+    model, onnx_model = lstm_export
+    x = np.random.default_rng(length).standard_normal((16, length, 2)).astype("float32")
+    differences = parity(model, onnx_model, x)
+    assert max(differences.values()) <= 1e-5, differences
+    attention = OnnxModel(onnx_model.SerializeToString()).run(x)["attention"]
+    assert (attention >= 0).all()
+    np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_vector_export_follows_the_contract():
+    keras.utils.set_random_seed(3)
+    model = build_model(tiny_config("experiment=dense_attention").model, (32,))
+    onnx_model = to_onnx(model, 17)
+    assert _dims(onnx_model.graph.input[0]) == ["batch", 32]
+    assert _dims(onnx_model.graph.output[1]) == ["batch", 32]
+    x = np.random.default_rng(0).standard_normal((50, 32)).astype("float32")
+    assert max(parity(model, onnx_model, x).values()) <= 1e-5
+
+
+def test_onnx_model_with_other_names_is_refused(tmp_path):
+    node = onnx.helper.make_node("Identity", ["input"], ["output"])
+    graph = onnx.helper.make_graph(
+        [node], "g",
+        [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, [1])],
+    )
+    path = tmp_path / "other.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
+    with pytest.raises(ValueError, match="expected input 'x' and outputs"):
+        OnnxModel(path)
+
+
+@pytest.mark.parametrize("experiment", golden_models.EXPERIMENTS)
+def test_exported_outputs_match_the_golden_files(experiment):
+    golden = golden_models.load(experiment)
+    onnx_model, inputs, _ = golden_models.golden_model(experiment)
+    np.testing.assert_array_equal(inputs, golden["x"], err_msg="the golden inputs changed")
+    outputs = OnnxModel(onnx_model.SerializeToString()).run(golden["x"])
+    for name in OUTPUT_NAMES:
+        np.testing.assert_allclose(
+            outputs[name], golden[name], rtol=0, atol=golden_models.TOLERANCE,
+            err_msg=f"{experiment}: {name} differs from tests/golden (see `make golden`)",
+        )
+
+
+def test_a_changed_model_definition_misses_the_golden_files():
+    golden = golden_models.load("lstm_attention")
+    onnx_model, _, _ = golden_models.golden_model("lstm_attention", "model.units=16")
+    outputs = OnnxModel(onnx_model.SerializeToString()).run(golden["x"])
+    assert np.abs(outputs["attention"] - golden["attention"]).max() > golden_models.TOLERANCE

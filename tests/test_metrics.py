@@ -1,0 +1,38 @@
+"""Attention and task metrics on arrays whose answers are known by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.metrics import attention_metrics, binary_task_metrics
+
+
+def test_attention_metrics_on_known_rows():
+    attention = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.6, 0.2, 0.1]])
+    targets = np.array([[0], [2]])
+    got = attention_metrics(attention, targets)
+    assert got["attention/mass_at_target"] == pytest.approx((0.7 + 0.2) / 2)
+    assert got["attention/argmax_hit"] == pytest.approx(0.5)
+    assert got["attention/lift"] == pytest.approx(0.45 / 0.25)
+
+
+def test_uniform_attention_has_lift_one():
+    attention = np.full((5, 20), 0.05)
+    assert attention_metrics(attention, np.full((5, 1), 10))["attention/lift"] == pytest.approx(1.0)
+
+
+def test_two_true_positions_share_the_uniform_baseline():
+    attention = np.array([[0.5, 0.5, 0.0, 0.0]])
+    got = attention_metrics(attention, np.array([[0, 1]]))
+    assert got["attention/mass_at_target"] == pytest.approx(1.0)
+    assert got["attention/lift"] == pytest.approx(2.0)
+
+
+def test_binary_task_metrics():
+    prediction = np.array([[0.9], [0.2], [0.6], [0.4]])
+    y = np.array([[1.0], [0.0], [0.0], [0.0]])
+    got = binary_task_metrics(prediction, y)
+    assert got["test/accuracy"] == pytest.approx(0.75)
+    expected_loss = -np.mean(np.log([0.9, 0.8, 0.4, 0.6]))
+    assert got["test/loss"] == pytest.approx(expected_loss)

@@ -1,0 +1,71 @@
+"""Model factory and attention layer: output shapes, attention rows, serialization."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.models import build_model, load_model
+from pipeline.models.layers import TemporalAttention
+from tests.conftest import tiny_config
+
+CASES = [("lstm_attention", (20, 2), (6, 20, 2)), ("dense_attention", (32,), (6, 32))]
+
+
+def _model(experiment: str, input_shape):
+    keras.utils.set_random_seed(0)
+    return build_model(tiny_config(f"experiment={experiment}").model, input_shape)
+
+
+@pytest.mark.parametrize("experiment, input_shape, batch_shape", CASES)
+def test_outputs_are_prediction_and_attention_distributions(experiment, input_shape, batch_shape):
+    model = _model(experiment, input_shape)
+    x = np.random.default_rng(0).standard_normal(batch_shape).astype("float32")
+    out = model(x)
+    assert set(out) == {"prediction", "attention"}
+    prediction, attention = np.asarray(out["prediction"]), np.asarray(out["attention"])
+    assert prediction.shape == (6, 1) and ((prediction > 0) & (prediction < 1)).all()
+    assert attention.shape == (6, batch_shape[1])
+    assert (attention >= 0).all()
+    np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_sequence_model_runs_on_any_length():
+    model = _model("lstm_attention", (20, 2))
+    for length in (3, 20, 41):
+        out = model(np.zeros((2, length, 2), "float32"))
+        assert out["attention"].shape == (2, length)
+
+
+@pytest.mark.parametrize("experiment, input_shape, batch_shape", CASES)
+def test_save_and_reload_in_safe_mode(tmp_path, experiment, input_shape, batch_shape):
+    model = _model(experiment, input_shape)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    reloaded = load_model(path)
+    x = np.random.default_rng(1).standard_normal(batch_shape).astype("float32")
+    for name in ("prediction", "attention"):
+        np.testing.assert_allclose(model(x)[name], reloaded(x)[name], atol=1e-7)
+
+
+def test_lambda_layers_are_refused(tmp_path):
+    x = keras.Input((4,))
+    model = keras.Model(x, keras.layers.Lambda(lambda t: t * 2)(x))
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    with pytest.raises(ValueError, match="(?i)lambda|unsafe|safe_mode"):
+        load_model(path)
+
+
+def test_temporal_attention_validates_and_round_trips_its_config():
+    with pytest.raises(ValueError, match="use_bias must be a bool, got 'yes'"):
+        TemporalAttention(use_bias="yes")
+    layer = TemporalAttention(use_bias=False, name="attn")
+    clone = TemporalAttention.from_config(layer.get_config())
+    assert clone.use_bias is False and clone.name == "attn"
+    with pytest.raises(ValueError, match=r"expects states \[batch, time, units\]"):
+        layer(np.zeros((2, 3), "float32"))
+    context, attention = layer(np.ones((2, 5, 3), "float32"))
+    assert context.shape == (2, 3) and attention.shape == (2, 5)
+    np.testing.assert_allclose(attention, 0.2, atol=1e-6)  # equal states, equal weights

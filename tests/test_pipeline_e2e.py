@@ -1,0 +1,110 @@
+"""End to end: real `dvc repro` and `dvc exp run` in a temporary git repository, tiny data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from tests.conftest import copy_repository, subprocess_env, tiny_params
+
+pytestmark = pytest.mark.slow
+STAGES = ("prepare", "train", "export", "evaluate")
+
+
+def _run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=subprocess_env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def _dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return _run([sys.executable, "-m", "dvc", *args], repo, check)
+
+
+def _ran(result: subprocess.CompletedProcess) -> list[str]:
+    return [s for s in STAGES if f"Running stage '{s}'" in result.stdout]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_params(repo: Path, params: dict) -> None:
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A git clone of the project with a tiny params.yaml, after one full `dvc repro`."""
+    path = copy_repository(tmp_path_factory.mktemp("clone"))
+    _run(["git", "init", "-q"], path)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], path)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"], path)
+    _write_params(path, tiny_params())
+    first = _dvc(path, "repro")
+    assert _ran(first) == list(STAGES)
+    return path
+
+
+def test_repro_writes_the_model_metrics_and_one_mlflow_run(repo):
+    assert (repo / "models/model.onnx").stat().st_size > 0
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert 0 <= metrics["test/accuracy"] <= 1 and metrics["export/parity_max_abs"] <= 1e-5
+    shown = json.loads(_dvc(repo, "metrics", "show", "--json").stdout)
+    assert "reports/metrics.json" in json.dumps(shown)
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["attention-planted_step"], output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["data.n_samples"] == "300" and run.data.params["train.epochs"] == "1"
+    assert run.data.metrics["attention/lift"] == pytest.approx(metrics["attention/lift"])
+    assert run.info.artifact_uri.startswith((repo / "mlartifacts").as_uri())
+
+
+def test_second_repro_runs_nothing_and_export_params_rerun_export_and_evaluate(repo):
+    assert _ran(_dvc(repo, "repro")) == []
+    params = tiny_params()
+    params["export"]["parity_samples"] = 20
+    _write_params(repo, params)
+    assert _ran(_dvc(repo, "repro")) == ["export", "evaluate"]
+    assert json.loads((repo / "reports/export.json").read_text())["export/parity_samples"] == 20
+
+
+@pytest.mark.parametrize("section, key, value, fragment", [
+    ("model", "name", "transformer", "model.name: unknown value 'transformer'"),
+    ("train", "epochs", "ten", "train.epochs: Input should be a valid integer"),
+])
+def test_broken_params_fail_and_leave_outputs_untouched(repo, section, key, value, fragment):
+    outputs = [repo / p for p in ("models/model.keras", "models/model.onnx", "reports/metrics.json",
+                                  "reports/mlflow_run.json")]
+    before = {p: _digest(p) for p in outputs}
+    params = tiny_params()
+    params[section][key] = value
+    _write_params(repo, params)
+    try:
+        result = _dvc(repo, "repro", check=False)
+    finally:
+        _write_params(repo, tiny_params())
+    assert result.returncode != 0
+    assert fragment in result.stderr + result.stdout
+    assert {p: _digest(p) for p in outputs} == before
+
+
+def test_exp_run_composes_hydra_overrides(repo):
+    result = _dvc(repo, "exp", "run", "-S", "experiment=dense_attention", "-S", "data.n_samples=300",
+                  "-S", "train.epochs=1", "-S", "export.parity_samples=30")
+    assert _ran(result) == list(STAGES)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["model"]["name"] == "feature_attention" and params["data"]["name"] == "planted_feature"
+    assert json.loads((repo / "reports/metrics.json").read_text())["attention/lift"] > 0
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["attention-planted_feature"], output_format="list")
+    assert [r.info.run_name for r in runs] == ["feature_attention"]

@@ -1,0 +1,99 @@
+"""The stage modules run in-process on tiny data: outputs, the parity gate, TensorFlow-free stages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+from pipeline import evaluate, export, prepare, stage, train
+from tests.conftest import REPO_ROOT, subprocess_env
+
+TENSORFLOW_FREE = ("pipeline.prepare", "pipeline.evaluate", "pipeline.inference", "pipeline.config",
+                   "pipeline.metrics", "pipeline.tracking", "pipeline.data")
+
+
+def test_stages_that_do_not_train_do_not_import_tensorflow():
+    code = (
+        f"import sys, {', '.join(TENSORFLOW_FREE)}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'tf2onnx'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=subprocess_env(),
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    """prepare, train, export, evaluate once on tiny data in a scratch directory."""
+    workdir = tmp_path_factory.mktemp("stages")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+        patch.delenv("DVC_ROOT", raising=False)
+        from tests.conftest import StageDir
+
+        StageDir(workdir).write_params()
+        for stage_module in (prepare, train, export, evaluate):
+            stage_module.main()
+        yield StageDir(workdir)
+
+
+def test_stages_write_their_outputs_and_one_mlflow_run(pipeline_run, monkeypatch):
+    monkeypatch.chdir(pipeline_run)
+    metrics = json.loads(stage.METRICS_FILE.read_text())
+    assert set(metrics) == {"test/accuracy", "test/loss", "attention/mass_at_target",
+                            "attention/argmax_hit", "attention/lift", "export/parity_max_abs"}
+    assert metrics["export/parity_max_abs"] <= 1e-5
+    assert stage.ATTENTION_PNG.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = stage.ATTENTION_CSV.read_text().splitlines()
+    assert rows[0] == "position,mean_attention,is_target" and len(rows) == 21
+    run_id = json.loads(stage.MLFLOW_RUN_FILE.read_text())["run_id"]
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline_run / 'mlflow.db'}")
+    run = mlflow.get_run(run_id)
+    assert run.data.params["model.name"] == "lstm_attention"
+    assert run.data.params["export.opset"] == "17"
+    assert run.data.metrics["test/accuracy"] == pytest.approx(metrics["test/accuracy"])
+    assert "epoch/val_loss" in run.data.metrics
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "reports")}
+    assert {"reports/attention.png", "reports/metrics.json", "reports/history.csv"} <= artifacts
+    logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert [m.name for m in logged] == ["onnx_model"]
+
+
+def test_failed_parity_gate_exits_2_and_keeps_the_previous_model(pipeline_run):
+    params = pipeline_run / "params.yaml"
+    onnx_before = (pipeline_run / stage.ONNX_MODEL).read_bytes()
+    report_before = (pipeline_run / stage.EXPORT_REPORT).read_bytes()
+    original = params.read_text()
+    try:
+        params.write_text(original.replace("parity_tolerance: 1.0e-05", "parity_tolerance: 1.0e-15"))
+        result = subprocess.run([sys.executable, "-m", "pipeline.export"], cwd=pipeline_run,
+                                env={**subprocess_env(), "PYTHONPATH": str(REPO_ROOT),
+                                     "MLFLOW_TRACKING_URI": f"sqlite:///{pipeline_run / 'mlflow.db'}"},
+                                capture_output=True, text=True)
+    finally:
+        params.write_text(original)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "ONNX parity failed" in result.stderr and "export.parity_tolerance" in result.stderr
+    assert (pipeline_run / stage.ONNX_MODEL).read_bytes() == onnx_before
+    assert (pipeline_run / stage.EXPORT_REPORT).read_bytes() == report_before
+
+
+def test_bad_params_exit_2_with_the_key_and_write_nothing(pipeline_run):
+    params = pipeline_run / "params.yaml"
+    before = {p: p.read_bytes() for p in (pipeline_run / "data/prepared").iterdir()}
+    original = params.read_text()
+    try:
+        params.write_text(original.replace("n_samples: 300", "n_samples: many"))
+        result = subprocess.run([sys.executable, "-m", "pipeline.prepare"], cwd=pipeline_run,
+                                env={**subprocess_env(), "PYTHONPATH": str(REPO_ROOT)},
+                                capture_output=True, text=True)
+    finally:
+        params.write_text(original)
+    assert result.returncode == 2
+    assert "params.yaml: invalid config" in result.stderr and "data.n_samples" in result.stderr
+    assert {p: p.read_bytes() for p in (pipeline_run / "data/prepared").iterdir()} == before
