@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from pipeline.contract import OPSET_MAX
 
@@ -84,6 +84,8 @@ class PlantedFeatureData(_Splits):
 class LstmAttentionModel(_Strict):
     name: Literal["lstm_attention"]
     units: int = Field(gt=0)
+    recurrent_l2: float = Field(ge=0)
+    position_bias: StrictBool
 
 
 class FeatureAttentionModel(_Strict):

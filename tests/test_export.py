@@ -19,21 +19,27 @@ def _dims(value_info) -> list:
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
-@pytest.fixture(scope="module")
-def lstm_export():
+def _export(*overrides: str):
     keras.utils.set_random_seed(3)
-    model = build_model(tiny_config().model, (20, 2))
+    model = build_model(tiny_config(*overrides).model, (20, 2))
     return model, to_onnx(model, 17, {"task": "planted_step"})
 
 
-def test_sequence_export_follows_the_contract(lstm_export):
-    _, onnx_model = lstm_export
+@pytest.fixture(scope="module")
+def lstm_export():
+    """A sequence model with a dynamic time dimension."""
+    return _export("model.position_bias=false")
+
+
+@pytest.mark.parametrize("overrides, time_dim", [(("model.position_bias=false",), "time"), ((), 20)])
+def test_sequence_export_follows_the_contract(overrides, time_dim):
+    _, onnx_model = _export(*overrides)
     graph = onnx_model.graph
     assert [i.name for i in graph.input] == ["x"]
     assert [o.name for o in graph.output] == list(OUTPUT_NAMES)
-    assert _dims(graph.input[0]) == ["batch", "time", 2]
+    assert _dims(graph.input[0]) == ["batch", time_dim, 2]
     assert _dims(graph.output[0]) == ["batch", 1]
-    assert _dims(graph.output[1]) == ["batch", "time"]
+    assert _dims(graph.output[1]) == ["batch", time_dim]
     assert onnx_model.opset_import[0].version == 17
     assert {"LSTM"} <= {n.op_type for n in graph.node}, "unmasked LSTM exports as an LSTM node"
     assert "Loop" not in {n.op_type for n in graph.node}

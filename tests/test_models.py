@@ -13,9 +13,9 @@ from tests.conftest import tiny_config
 CASES = [("lstm_attention", (20, 2), (6, 20, 2)), ("dense_attention", (32,), (6, 32))]
 
 
-def _model(experiment: str, input_shape):
+def _model(experiment: str, input_shape, *overrides: str):
     keras.utils.set_random_seed(0)
-    return build_model(tiny_config(f"experiment={experiment}").model, input_shape)
+    return build_model(tiny_config(f"experiment={experiment}", *overrides).model, input_shape)
 
 
 @pytest.mark.parametrize("experiment, input_shape, batch_shape", CASES)
@@ -31,11 +31,20 @@ def test_outputs_are_prediction_and_attention_distributions(experiment, input_sh
     np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_sequence_model_runs_on_any_length():
-    model = _model("lstm_attention", (20, 2))
+def test_sequence_model_without_position_bias_runs_on_any_length():
+    model = _model("lstm_attention", (20, 2), "model.position_bias=false")
+    assert model.input.shape == (None, None, 2)
     for length in (3, 20, 41):
         out = model(np.zeros((2, length, 2), "float32"))
         assert out["attention"].shape == (2, length)
+
+
+def test_position_bias_fixes_the_length_and_scores_each_step():
+    model = _model("lstm_attention", (20, 2))
+    assert model.input.shape == (None, 20, 2)
+    attention_layer = model.get_layer("temporal_attention")
+    assert attention_layer.position_scores.shape == (20,)
+    assert model.get_layer("lstm").recurrent_regularizer is not None
 
 
 @pytest.mark.parametrize("experiment, input_shape, batch_shape", CASES)
@@ -59,11 +68,13 @@ def test_lambda_layers_are_refused(tmp_path):
 
 
 def test_temporal_attention_validates_and_round_trips_its_config():
-    with pytest.raises(ValueError, match="use_bias must be a bool, got 'yes'"):
-        TemporalAttention(use_bias="yes")
-    layer = TemporalAttention(use_bias=False, name="attn")
+    with pytest.raises(ValueError, match="position_bias must be a bool, got 'yes'"):
+        TemporalAttention(position_bias="yes")
+    with pytest.raises(ValueError, match="needs a fixed number of time steps"):
+        TemporalAttention(position_bias=True).build((None, None, 4))
+    layer = TemporalAttention(position_bias=False, name="attn")
     clone = TemporalAttention.from_config(layer.get_config())
-    assert clone.use_bias is False and clone.name == "attn"
+    assert clone.position_bias is False and clone.name == "attn"
     with pytest.raises(ValueError, match=r"expects states \[batch, time, units\]"):
         layer(np.zeros((2, 3), "float32"))
     context, attention = layer(np.ones((2, 5, 3), "float32"))

@@ -33,12 +33,19 @@ def lstm_attention(cfg: LstmAttentionModel, input_shape: tuple[int, ...]) -> ker
     """LSTM(units, return_sequences) -> TemporalAttention -> Dense(1, sigmoid).
 
     x [batch, time, features] -> prediction [batch, 1], attention [batch, time].
-    The time dimension is left dynamic: the model runs on any sequence length.
+    `recurrent_l2` penalises the LSTM for carrying the input forward, so the state at a step
+    holds what that step saw; `position_bias` adds a learned score per step. With the bias the
+    model takes exactly `time` steps; without it the time dimension is dynamic.
     """
-    _, n_features = input_shape
-    x = keras.Input(shape=(None, n_features), name=INPUT_NAME)
-    states = keras.layers.LSTM(cfg.units, return_sequences=True, name="lstm")(x)
-    context, attention = TemporalAttention(name="temporal_attention")(states)
+    time_steps, n_features = input_shape
+    x = keras.Input(shape=(time_steps if cfg.position_bias else None, n_features), name=INPUT_NAME)
+    regularizer = keras.regularizers.L2(cfg.recurrent_l2) if cfg.recurrent_l2 > 0 else None
+    states = keras.layers.LSTM(
+        cfg.units, return_sequences=True, recurrent_regularizer=regularizer, name="lstm"
+    )(x)
+    context, attention = TemporalAttention(
+        position_bias=cfg.position_bias, name="temporal_attention"
+    )(states)
     prediction = keras.layers.Dense(1, activation="sigmoid", name="prediction")(context)
     return keras.Model(x, {"prediction": prediction, "attention": attention}, name=cfg.name)
 
