@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Stage commands (`python -m pipeline.<stage>`) must find the venv's python, also under `dvc repro`.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install repro test test-fast ui golden params clean
 
