@@ -18,8 +18,9 @@ from pipeline.contract import OPSET_MAX
 
 PARAMS_FILE = Path("params.yaml")
 CONF_DIR = Path("conf")
-SEQUENCE_TASKS = ("planted_step",)
+SEQUENCE_TASKS = ("planted_step", "find_max", "add_two_numbers")
 VECTOR_TASKS = ("planted_feature",)
+REGRESSION_TASKS = ("find_max", "add_two_numbers")
 
 
 class ConfigError(Exception):
@@ -81,6 +82,21 @@ class PlantedFeatureData(_Splits):
         return self
 
 
+class FindMaxData(_Splits):
+    """Sequences [time_steps, 1] drawn from Beta(1/time_steps, 1); the target is their maximum."""
+
+    name: Literal["find_max"]
+    time_steps: int = Field(ge=2)
+
+
+class AddTwoNumbersData(_Splits):
+    """Sequences [time_steps, 1] uniform on (0, 1) with two delimiters (0); the target is the
+    mean of the two values right after the delimiters."""
+
+    name: Literal["add_two_numbers"]
+    time_steps: int = Field(ge=4)
+
+
 class LstmAttentionModel(_Strict):
     name: Literal["lstm_attention"]
     units: int = Field(gt=0)
@@ -111,7 +127,10 @@ class MlflowConfig(_Strict):
     experiment_name: str = Field(min_length=1)
 
 
-DataConfig = Annotated[Union[PlantedStepData, PlantedFeatureData], Field(discriminator="name")]
+DataConfig = Annotated[
+    Union[PlantedStepData, PlantedFeatureData, FindMaxData, AddTwoNumbersData],
+    Field(discriminator="name"),
+]
 ModelConfig = Annotated[
     Union[LstmAttentionModel, FeatureAttentionModel], Field(discriminator="name")
 ]
@@ -138,6 +157,11 @@ class Config(_Strict):
                 f"got data.name={self.data.name!r}"
             )
         return self
+
+    @property
+    def task_type(self) -> str:
+        """"regression" (MAE, mean squared error) or "binary" (accuracy, cross-entropy)."""
+        return "regression" if self.data.name in REGRESSION_TASKS else "binary"
 
     def section(self, name: str) -> dict[str, Any]:
         """One top-level section as plain data, e.g. `section("train")`."""

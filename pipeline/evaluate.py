@@ -16,7 +16,7 @@ import numpy as np
 from pipeline import stage, tracking
 from pipeline.config import load_config
 from pipeline.inference import OnnxModel
-from pipeline.metrics import attention_metrics, binary_task_metrics
+from pipeline.metrics import TASK_METRICS, attention_metrics
 from pipeline.prepare import load_split
 
 HEATMAP_ROWS = 40
@@ -66,7 +66,7 @@ def main() -> None:
     outputs = OnnxModel(stage.ONNX_MODEL).run(test.x)
     export_report = stage.read_json(stage.EXPORT_REPORT)
     metrics = {
-        **binary_task_metrics(outputs["prediction"], test.y),
+        **TASK_METRICS[meta["task_type"]](outputs["prediction"], test.y),
         **attention_metrics(outputs["attention"], test.target_positions),
         "export/parity_max_abs": export_report["export/parity_max_abs"],
     }

@@ -19,6 +19,15 @@ def binary_task_metrics(prediction: np.ndarray, y: np.ndarray) -> dict[str, floa
     return {"test/accuracy": float(accuracy), "test/loss": float(loss)}
 
 
+def regression_task_metrics(prediction: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """test/mae and test/loss (mean squared error, the training loss)."""
+    error = prediction.astype(np.float64) - y
+    return {"test/mae": float(np.abs(error).mean()), "test/loss": float((error**2).mean())}
+
+
+TASK_METRICS = {"binary": binary_task_metrics, "regression": regression_task_metrics}
+
+
 def mass_at_target(attention: np.ndarray, target_positions: np.ndarray) -> np.ndarray:
     """Per sample: the attention weight on its true positions, [n]."""
     return np.take_along_axis(attention, target_positions, axis=1).sum(axis=1)
@@ -27,7 +36,8 @@ def mass_at_target(attention: np.ndarray, target_positions: np.ndarray) -> np.nd
 def attention_metrics(attention: np.ndarray, target_positions: np.ndarray) -> dict[str, float]:
     """attention/mass_at_target: mean weight on the true positions;
     attention/argmax_hit: share of samples whose largest weight is on a true position;
-    attention/lift: mass_at_target over the uniform share k / positions (1 = no better than uniform).
+    attention/lift: mass_at_target over the uniform share k / positions (1 = no better than uniform);
+    attention/entropy: mean entropy of the rows in nats (log(positions) for uniform, 0 for one-hot).
     """
     mass = mass_at_target(attention, target_positions)
     argmax = attention.argmax(axis=1)
@@ -37,4 +47,5 @@ def attention_metrics(attention: np.ndarray, target_positions: np.ndarray) -> di
         "attention/mass_at_target": float(mass.mean()),
         "attention/argmax_hit": float(hit.mean()),
         "attention/lift": float(mass.mean() / uniform_share),
+        "attention/entropy": float(-(attention * np.log(np.clip(attention, EPSILON, 1))).sum(axis=1).mean()),
     }

@@ -20,7 +20,7 @@ def describe(cfg, splits: dict[str, data.Dataset]) -> dict:
     is_sequence = x.ndim == 3
     return {
         "task": cfg.data.name,
-        "task_type": "binary",
+        "task_type": cfg.task_type,
         "seed": cfg.seed,
         "input_shape": list(x.shape[1:]),
         "input_layout": "batch,time,features" if is_sequence else "batch,features",

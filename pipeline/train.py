@@ -42,13 +42,19 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         tracking.log_metrics({f"epoch/{k}": v for k, v in (logs or {}).items()}, step=epoch)
 
 
+# Loss and reported metric of each task type.
+OBJECTIVES = {"binary": ("binary_crossentropy", "accuracy"), "regression": ("mse", "mae")}
+
+
 def fit(cfg: Config, model: keras.Model, train, val, callbacks=()) -> keras.callbacks.History:
-    """Train the model's `prediction` head with binary cross-entropy; attention is a by-product."""
+    """Train the model's `prediction` head (cross-entropy, or mean squared error for regression
+    tasks); the attention is learned only through it."""
     trainer = keras.Model(model.input, model.output["prediction"], name=f"{model.name}_trainer")
+    loss, metric = OBJECTIVES[cfg.task_type]
     trainer.compile(
         optimizer=OPTIMIZERS[cfg.train.optimizer](learning_rate=cfg.train.learning_rate),
-        loss="binary_crossentropy",
-        metrics=["accuracy"],
+        loss=loss,
+        metrics=[metric],
     )
     return trainer.fit(
         train.x,
@@ -76,7 +82,7 @@ def main() -> None:
     cfg = load_config()
     train, val = load_split("train"), load_split("val")
     make_deterministic(cfg.seed)
-    model = build_model(cfg.model, train.x.shape[1:])
+    model = build_model(cfg.model, train.x.shape[1:], cfg.task_type)
     with tracking.start_pipeline_run(cfg, run_name=cfg.model.name):
         tracking.log_params(flatten({k: cfg.section(k) for k in ("data", "model", "train")}))
         tracking.log_params({"seed": cfg.seed, "param_count": model.count_params()})
@@ -93,7 +99,7 @@ def main() -> None:
             model.save(tmp_model)
         write_history(history)
         stage.write_json(stage.TRAIN_REPORT, report)
-        tracking.log_metrics({k: v for k, v in report.items() if k != "train/param_count"})
+        tracking.log_metrics(report)
         tracking.log_artifacts([stage.KERAS_MODEL], artifact_path="keras_model")
         tracking.log_artifacts([stage.HISTORY_CSV], artifact_path="reports")
     print(f"trained {cfg.model.name} in {train_seconds:.1f}s: {report}")

@@ -31,6 +31,27 @@ def test_planted_step_puts_the_target_on_every_feature_of_its_step():
     assert not np.any(np.all(noise == ds.y[:, None, :], axis=2).all(axis=0))
 
 
+def test_find_max_targets_the_maximum_at_its_argmax():
+    ds = data.find_max(300, 20, np.random.default_rng(0))
+    assert ds.x.shape == (300, 20, 1) and ds.y.shape == (300, 1)
+    np.testing.assert_array_equal(ds.y[:, 0], ds.x[:, :, 0].max(axis=1))
+    np.testing.assert_array_equal(ds.target_positions[:, 0], ds.x[:, :, 0].argmax(axis=1))
+    assert np.median(ds.x) < 0.05, "Beta(1/T, 1) is mostly near zero"
+
+
+def test_add_two_numbers_targets_the_mean_after_the_two_delimiters():
+    ds = data.add_two_numbers(500, 20, np.random.default_rng(0))
+    values = ds.x[:, :, 0]
+    assert ds.target_positions.shape == (500, 2)
+    delimiters = np.argwhere(values == 0.0)
+    assert len(delimiters) == 1000, "exactly two delimiters per sequence"
+    np.testing.assert_array_equal(delimiters[:, 1].reshape(500, 2) + 1, ds.target_positions)
+    after = np.take_along_axis(values, ds.target_positions, axis=1)
+    assert (after > 0).all(), "a delimiter never follows a delimiter"
+    np.testing.assert_allclose(ds.y[:, 0], after.mean(axis=1), rtol=1e-6)
+    assert ds.target_positions.max() <= 19 and ds.target_positions.min() >= 1
+
+
 def test_generators_are_deterministic_for_a_seed():
     a = data.planted_step(50, 20, 2, 10, np.random.default_rng(7))
     b = data.planted_step(50, 20, 2, 10, np.random.default_rng(7))
@@ -47,15 +68,20 @@ def test_split_sizes_are_disjoint_and_complete():
     assert len(np.unique(rows, axis=0)) == 1000
 
 
-@pytest.mark.parametrize("experiment, shape, axis, target", [
-    ("lstm_attention", [20, 2], "time", 10), ("dense_attention", [32], "features", 1),
+@pytest.mark.parametrize("override, shape, axis, targets, task_type", [
+    ("experiment=lstm_attention", [20, 2], "time", [10], "binary"),
+    ("experiment=dense_attention", [32], "features", [1], "binary"),
+    ("data=find_max", [20, 1], "time", None, "regression"),
+    ("data=add_two_numbers", [20, 1], "time", None, "regression"),
 ])
-def test_prepare_stage_writes_splits_and_meta(stage_dir, experiment, shape, axis, target):
-    stage_dir.write_params(f"experiment={experiment}")
+def test_prepare_stage_writes_splits_and_meta(stage_dir, override, shape, axis, targets, task_type):
+    stage_dir.write_params(override, "data.n_samples=300")
     prepare.main()
     meta = json.loads(stage.META_FILE.read_text())
     assert meta["input_shape"] == shape and meta["attention_axis"] == axis
-    assert meta["target_positions"] == [target]
+    assert meta["task_type"] == task_type
+    if targets:
+        assert meta["target_positions"] == targets
     assert meta["splits"] == {"test": 30, "val": 30, "train": 240}
     test = prepare.load_split("test")
     assert list(test.x.shape[1:]) == shape and len(test) == 30

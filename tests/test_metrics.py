@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.metrics import attention_metrics, binary_task_metrics
+from pipeline.metrics import attention_metrics, binary_task_metrics, regression_task_metrics
 
 
 def test_attention_metrics_on_known_rows():
@@ -17,9 +17,18 @@ def test_attention_metrics_on_known_rows():
     assert got["attention/lift"] == pytest.approx(0.45 / 0.25)
 
 
-def test_uniform_attention_has_lift_one():
+def test_uniform_attention_has_lift_one_and_the_largest_entropy():
     attention = np.full((5, 20), 0.05)
-    assert attention_metrics(attention, np.full((5, 1), 10))["attention/lift"] == pytest.approx(1.0)
+    got = attention_metrics(attention, np.full((5, 1), 10))
+    assert got["attention/lift"] == pytest.approx(1.0)
+    assert got["attention/entropy"] == pytest.approx(np.log(20))
+
+
+def test_one_hot_attention_has_zero_entropy():
+    attention = np.eye(4)[[1, 2]]
+    got = attention_metrics(attention, np.array([[1], [0]]))
+    assert got["attention/entropy"] == pytest.approx(0.0, abs=1e-5)
+    assert got["attention/argmax_hit"] == pytest.approx(0.5)
 
 
 def test_two_true_positions_share_the_uniform_baseline():
@@ -36,3 +45,8 @@ def test_binary_task_metrics():
     assert got["test/accuracy"] == pytest.approx(0.75)
     expected_loss = -np.mean(np.log([0.9, 0.8, 0.4, 0.6]))
     assert got["test/loss"] == pytest.approx(expected_loss)
+
+
+def test_regression_task_metrics():
+    got = regression_task_metrics(np.array([[0.5], [1.0]]), np.array([[0.0], [1.5]]))
+    assert got == {"test/mae": pytest.approx(0.5), "test/loss": pytest.approx(0.25)}

@@ -46,7 +46,8 @@ def test_stages_write_their_outputs_and_one_mlflow_run(pipeline_run, monkeypatch
     monkeypatch.chdir(pipeline_run)
     metrics = json.loads(stage.METRICS_FILE.read_text())
     assert set(metrics) == {"test/accuracy", "test/loss", "attention/mass_at_target",
-                            "attention/argmax_hit", "attention/lift", "export/parity_max_abs"}
+                            "attention/argmax_hit", "attention/lift", "attention/entropy",
+                            "export/parity_max_abs"}
     assert metrics["export/parity_max_abs"] <= 1e-5
     assert stage.ATTENTION_PNG.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = stage.ATTENTION_CSV.read_text().splitlines()

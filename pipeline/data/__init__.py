@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.config import PlantedFeatureData, PlantedStepData
-from pipeline.data.synthetic import Dataset, planted_feature, planted_step
+from pipeline.config import AddTwoNumbersData, FindMaxData, PlantedFeatureData, PlantedStepData
+from pipeline.data.synthetic import (
+    Dataset,
+    add_two_numbers,
+    find_max,
+    planted_feature,
+    planted_step,
+)
 
 
-def generate(data_cfg: PlantedStepData | PlantedFeatureData, rng: np.random.Generator) -> Dataset:
+def generate(data_cfg, rng: np.random.Generator) -> Dataset:
     """All samples of the configured task."""
     if isinstance(data_cfg, PlantedStepData):
         return planted_step(
             data_cfg.n_samples, data_cfg.time_steps, data_cfg.n_features, data_cfg.planted_step, rng
         )
-    return planted_feature(data_cfg.n_samples, data_cfg.n_features, data_cfg.planted_index, rng)
+    if isinstance(data_cfg, PlantedFeatureData):
+        return planted_feature(data_cfg.n_samples, data_cfg.n_features, data_cfg.planted_index, rng)
+    if isinstance(data_cfg, FindMaxData):
+        return find_max(data_cfg.n_samples, data_cfg.time_steps, rng)
+    if isinstance(data_cfg, AddTwoNumbersData):
+        return add_two_numbers(data_cfg.n_samples, data_cfg.time_steps, rng)
+    raise TypeError(f"no generator for data config {type(data_cfg).__name__}")
 
 
 def split(
@@ -31,4 +43,6 @@ def split(
     }
 
 
-__all__ = ["Dataset", "generate", "split", "planted_feature", "planted_step"]
+__all__ = [
+    "Dataset", "generate", "split", "planted_feature", "planted_step", "find_max", "add_two_numbers",
+]

@@ -1,7 +1,8 @@
 """Tasks with a planted answer: the position the model should attend to is known.
 
 Shapes: x float32 [n, features] (vector tasks) or [n, time, features] (sequence tasks);
-y float32 [n, 1] with values 0/1; target_positions int64 [n, k], the true attention positions.
+y float32 [n, 1] (0/1 for binary tasks, a real value for regression tasks);
+target_positions int64 [n, k], the k true attention positions of each sample.
 NumPy only: no TensorFlow here.
 """
 
@@ -49,3 +50,37 @@ def planted_step(
     x[:, planted_step, :] = y
     positions = np.full((n_samples, 1), planted_step, dtype=np.int64)
     return Dataset(x, y, positions)
+
+
+def find_max(n_samples: int, time_steps: int, rng: np.random.Generator) -> Dataset:
+    """x [n, time_steps, 1] ~ Beta(1/time_steps, 1) (mostly small, a few large values);
+    y = max over time; the true position is the argmax."""
+    x = rng.beta(1.0 / time_steps, 1.0, size=(n_samples, time_steps, 1)).astype(np.float32)
+    positions = x[:, :, 0].argmax(axis=1)[:, None].astype(np.int64)
+    y = np.take_along_axis(x[:, :, 0], positions, axis=1).astype(np.float32)
+    return Dataset(x, y, positions)
+
+
+def add_two_numbers(n_samples: int, time_steps: int, rng: np.random.Generator) -> Dataset:
+    """x [n, time_steps, 1] uniform on (0, 1), except two delimiters (exactly 0) at distinct,
+    non-adjacent steps before the last; y = mean of the two values right after the delimiters,
+    which are the true positions."""
+    x = rng.uniform(np.finfo(np.float32).tiny, 1.0, size=(n_samples, time_steps, 1)).astype(np.float32)
+    delimiters = _two_apart(n_samples, time_steps - 1, rng)
+    rows = np.arange(n_samples)[:, None]
+    x[rows, delimiters, 0] = 0.0
+    positions = (delimiters + 1).astype(np.int64)
+    y = x[rows, positions, 0].mean(axis=1, keepdims=True).astype(np.float32)
+    return Dataset(x, y, positions)
+
+
+def _two_apart(n_samples: int, high: int, rng: np.random.Generator) -> np.ndarray:
+    """[n, 2] sorted pairs drawn uniformly from range(high), at least 2 apart (rejection)."""
+    pairs = np.zeros((n_samples, 2), dtype=np.int64)
+    pending = np.arange(n_samples)
+    while len(pending):
+        draw = rng.integers(0, high, size=(len(pending), 2))
+        apart = np.abs(draw[:, 0] - draw[:, 1]) >= 2
+        pairs[pending[apart]] = np.sort(draw[apart], axis=1)
+        pending = pending[~apart]
+    return pairs

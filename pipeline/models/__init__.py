@@ -1,7 +1,8 @@
 """The model factory: a config section in, a Keras model with outputs `prediction` and `attention`.
 
 Every model takes `x` ([batch, features] or [batch, time, features]) and returns a dict:
-    prediction float32 [batch, 1]  (sigmoid probability of class 1)
+    prediction float32 [batch, 1]  (sigmoid probability of class 1, or a real value for
+                                    regression tasks)
     attention  float32 [batch, positions]  (rows are probability distributions)
 This module imports TensorFlow/Keras: only training, export and tests use it.
 """
@@ -15,7 +16,12 @@ from pipeline.contract import INPUT_NAME
 from pipeline.models.layers import TemporalAttention
 
 
-def feature_attention(cfg: FeatureAttentionModel, input_shape: tuple[int, ...]) -> keras.Model:
+OUTPUT_ACTIVATION = {"binary": "sigmoid", "regression": None}
+
+
+def feature_attention(
+    cfg: FeatureAttentionModel, input_shape: tuple[int, ...], task_type: str = "binary"
+) -> keras.Model:
     """probs = Dense(n, softmax)(v); Dense(hidden_units)(v * probs); Dense(1, sigmoid).
 
     x [batch, n] -> prediction [batch, 1], attention [batch, n].
@@ -25,11 +31,13 @@ def feature_attention(cfg: FeatureAttentionModel, input_shape: tuple[int, ...]) 
     attention = keras.layers.Dense(n_features, activation="softmax", name="attention")(x)
     weighted = keras.layers.Multiply(name="attended_features")([x, attention])
     hidden = keras.layers.Dense(cfg.hidden_units, name="hidden")(weighted)
-    prediction = keras.layers.Dense(1, activation="sigmoid", name="prediction")(hidden)
+    prediction = keras.layers.Dense(1, activation=OUTPUT_ACTIVATION[task_type], name="prediction")(hidden)
     return keras.Model(x, {"prediction": prediction, "attention": attention}, name=cfg.name)
 
 
-def lstm_attention(cfg: LstmAttentionModel, input_shape: tuple[int, ...]) -> keras.Model:
+def lstm_attention(
+    cfg: LstmAttentionModel, input_shape: tuple[int, ...], task_type: str = "binary"
+) -> keras.Model:
     """LSTM(units, return_sequences) -> TemporalAttention -> Dense(1, sigmoid).
 
     x [batch, time, features] -> prediction [batch, 1], attention [batch, time].
@@ -46,16 +54,17 @@ def lstm_attention(cfg: LstmAttentionModel, input_shape: tuple[int, ...]) -> ker
     context, attention = TemporalAttention(
         position_bias=cfg.position_bias, name="temporal_attention"
     )(states)
-    prediction = keras.layers.Dense(1, activation="sigmoid", name="prediction")(context)
+    prediction = keras.layers.Dense(1, activation=OUTPUT_ACTIVATION[task_type], name="prediction")(context)
     return keras.Model(x, {"prediction": prediction, "attention": attention}, name=cfg.name)
 
 
 BUILDERS = {"feature_attention": feature_attention, "lstm_attention": lstm_attention}
 
 
-def build_model(model_cfg, input_shape) -> keras.Model:
-    """The model named by `model_cfg.name` for inputs of `input_shape` (without batch)."""
-    return BUILDERS[model_cfg.name](model_cfg, tuple(input_shape))
+def build_model(model_cfg, input_shape, task_type: str = "binary") -> keras.Model:
+    """The model named by `model_cfg.name` for inputs of `input_shape` (without batch); the
+    prediction head is a sigmoid for "binary" tasks and linear for "regression" tasks."""
+    return BUILDERS[model_cfg.name](model_cfg, tuple(input_shape), task_type)
 
 
 def load_model(path) -> keras.Model:
