@@ -97,9 +97,21 @@ class AddTwoNumbersData(_Splits):
     time_steps: int = Field(ge=4)
 
 
-class LstmAttentionModel(_Strict):
-    name: Literal["lstm_attention"]
+RECURRENT_VARIANTS = (
+    "lstm_attention", "gru_attention", "bilstm_attention",
+    "luong_dot", "luong_general", "scaled_dot", "bahdanau",
+)
+
+
+class RecurrentAttentionModel(_Strict):
+    """A recurrent encoder whose states are pooled by attention (conf/model/<name>.yaml)."""
+
+    name: Literal[RECURRENT_VARIANTS]
+    cell: Literal["lstm", "gru"]
+    bidirectional: StrictBool
     units: int = Field(gt=0)
+    score: Literal["location", "dot", "general", "additive", "scaled_dot"]
+    query: Literal["last", "learned"]
     recurrent_l2: float = Field(ge=0)
     position_bias: StrictBool
 
@@ -132,7 +144,7 @@ DataConfig = Annotated[
     Field(discriminator="name"),
 ]
 ModelConfig = Annotated[
-    Union[LstmAttentionModel, FeatureAttentionModel], Field(discriminator="name")
+    Union[RecurrentAttentionModel, FeatureAttentionModel], Field(discriminator="name")
 ]
 
 
@@ -151,9 +163,9 @@ class Config(_Strict):
                 f"model feature_attention needs vector data {list(VECTOR_TASKS)}, "
                 f"got data.name={self.data.name!r}"
             )
-        if self.model.name == "lstm_attention" and self.data.name not in SEQUENCE_TASKS:
+        if self.model.name in RECURRENT_VARIANTS and self.data.name not in SEQUENCE_TASKS:
             raise ValueError(
-                f"model lstm_attention needs sequence data {list(SEQUENCE_TASKS)}, "
+                f"model {self.model.name} needs sequence data {list(SEQUENCE_TASKS)}, "
                 f"got data.name={self.data.name!r}"
             )
         return self

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
+from pipeline.config import RECURRENT_VARIANTS
 from pipeline.contract import OUTPUT_NAMES
 from pipeline.export import parity, to_onnx
 from pipeline.inference import OnnxModel
@@ -55,6 +56,19 @@ def test_sequence_parity_at_any_length(lstm_export, length):
     attention = OnnxModel(onnx_model.SerializeToString()).run(x)["attention"]
     assert (attention >= 0).all()
     np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", RECURRENT_VARIANTS)
+def test_every_recurrent_variant_exports_with_parity(variant):
+    model, onnx_model = _export(f"model={variant}")
+    cfg_model = tiny_config(f"model={variant}").model
+    lengths = (20,) if cfg_model.position_bias else (20, 9)
+    for length in lengths:
+        x = np.random.default_rng(length).standard_normal((16, length, 2)).astype("float32")
+        assert max(parity(model, onnx_model, x).values()) <= 1e-5
+    ops = {n.op_type for n in onnx_model.graph.node}
+    if cfg_model.cell == "lstm":  # tf2onnx 1.17 turns Keras GRUs into a Loop
+        assert "LSTM" in ops and "Loop" not in ops
 
 
 def test_vector_export_follows_the_contract():

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from pipeline.config import RECURRENT_VARIANTS
 from pipeline.models import build_model, load_model
 from pipeline.models.layers import TemporalAttention
 from tests.conftest import tiny_config
@@ -29,6 +30,26 @@ def test_outputs_are_prediction_and_attention_distributions(experiment, input_sh
     assert attention.shape == (6, batch_shape[1])
     assert (attention >= 0).all()
     np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", RECURRENT_VARIANTS)
+def test_every_recurrent_variant_gives_attention_distributions_and_reloads(tmp_path, variant):
+    model = _model("lstm_attention", (20, 2), f"model={variant}")
+    x = np.random.default_rng(2).standard_normal((5, 20, 2)).astype("float32")
+    out = model(x)
+    attention = np.asarray(out["attention"])
+    assert out["prediction"].shape == (5, 1) and attention.shape == (5, 20)
+    assert (attention >= 0).all()
+    np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-5)
+    model.save(tmp_path / "model.keras")
+    reloaded = load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(reloaded(x)["attention"], attention, atol=1e-7)
+
+
+def test_regression_head_is_linear():
+    keras.utils.set_random_seed(0)
+    model = build_model(tiny_config("data=find_max").model, (20, 1), "regression")
+    assert model.get_layer("prediction").activation.__name__ == "linear"
 
 
 def test_sequence_model_without_position_bias_runs_on_any_length():
@@ -70,11 +91,17 @@ def test_lambda_layers_are_refused(tmp_path):
 def test_temporal_attention_validates_and_round_trips_its_config():
     with pytest.raises(ValueError, match="position_bias must be a bool, got 'yes'"):
         TemporalAttention(position_bias="yes")
+    with pytest.raises(ValueError, match="score must be one of .* got 'cosine'"):
+        TemporalAttention(score="cosine")
+    with pytest.raises(ValueError, match="query must be one of .* got 'first'"):
+        TemporalAttention(score="dot", query="first")
     with pytest.raises(ValueError, match="needs a fixed number of time steps"):
         TemporalAttention(position_bias=True).build((None, None, 4))
     layer = TemporalAttention(position_bias=False, name="attn")
-    clone = TemporalAttention.from_config(layer.get_config())
-    assert clone.position_bias is False and clone.name == "attn"
+    clone = TemporalAttention.from_config(
+        TemporalAttention(score="additive", query="learned", name="attn").get_config()
+    )
+    assert (clone.score, clone.query, clone.position_bias, clone.name) == ("additive", "learned", False, "attn")
     with pytest.raises(ValueError, match=r"expects states \[batch, time, units\]"):
         layer(np.zeros((2, 3), "float32"))
     context, attention = layer(np.ones((2, 5, 3), "float32"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import keras
 
-from pipeline.config import FeatureAttentionModel, LstmAttentionModel
+from pipeline.config import FeatureAttentionModel, RecurrentAttentionModel
 from pipeline.contract import INPUT_NAME
 from pipeline.models.layers import TemporalAttention
 
@@ -35,36 +35,42 @@ def feature_attention(
     return keras.Model(x, {"prediction": prediction, "attention": attention}, name=cfg.name)
 
 
-def lstm_attention(
-    cfg: LstmAttentionModel, input_shape: tuple[int, ...], task_type: str = "binary"
+RECURRENT_CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
+
+
+def recurrent_attention(
+    cfg: RecurrentAttentionModel, input_shape: tuple[int, ...], task_type: str = "binary"
 ) -> keras.Model:
-    """LSTM(units, return_sequences) -> TemporalAttention -> Dense(1, sigmoid).
+    """LSTM or GRU (return_sequences, optionally bidirectional) -> TemporalAttention -> Dense(1).
 
     x [batch, time, features] -> prediction [batch, 1], attention [batch, time].
-    `recurrent_l2` penalises the LSTM for carrying the input forward, so the state at a step
-    holds what that step saw; `position_bias` adds a learned score per step. With the bias the
-    model takes exactly `time` steps; without it the time dimension is dynamic.
+    `recurrent_l2` penalises the recurrent kernel for carrying the input forward, so the state
+    at a step holds what that step saw; `position_bias` adds a learned score per step. With the
+    bias the model takes exactly `time` steps; without it the time dimension is dynamic.
+    A bidirectional encoder concatenates both directions: states are [batch, time, 2 * units].
     """
     time_steps, n_features = input_shape
     x = keras.Input(shape=(time_steps if cfg.position_bias else None, n_features), name=INPUT_NAME)
     regularizer = keras.regularizers.L2(cfg.recurrent_l2) if cfg.recurrent_l2 > 0 else None
-    states = keras.layers.LSTM(
-        cfg.units, return_sequences=True, recurrent_regularizer=regularizer, name="lstm"
-    )(x)
+    cell = RECURRENT_CELLS[cfg.cell](
+        cfg.units, return_sequences=True, recurrent_regularizer=regularizer, name=cfg.cell
+    )
+    encoder = keras.layers.Bidirectional(cell, name=f"bi{cfg.cell}") if cfg.bidirectional else cell
+    states = encoder(x)
     context, attention = TemporalAttention(
-        position_bias=cfg.position_bias, name="temporal_attention"
+        score=cfg.score, query=cfg.query, position_bias=cfg.position_bias, name="temporal_attention"
     )(states)
-    prediction = keras.layers.Dense(1, activation=OUTPUT_ACTIVATION[task_type], name="prediction")(context)
+    prediction = keras.layers.Dense(1, activation=OUTPUT_ACTIVATION[task_type], name="prediction")(
+        context
+    )
     return keras.Model(x, {"prediction": prediction, "attention": attention}, name=cfg.name)
 
 
-BUILDERS = {"feature_attention": feature_attention, "lstm_attention": lstm_attention}
-
-
 def build_model(model_cfg, input_shape, task_type: str = "binary") -> keras.Model:
-    """The model named by `model_cfg.name` for inputs of `input_shape` (without batch); the
+    """The model `model_cfg` describes, for inputs of `input_shape` (without batch); the
     prediction head is a sigmoid for "binary" tasks and linear for "regression" tasks."""
-    return BUILDERS[model_cfg.name](model_cfg, tuple(input_shape), task_type)
+    builder = feature_attention if model_cfg.name == "feature_attention" else recurrent_attention
+    return builder(model_cfg, tuple(input_shape), task_type)
 
 
 def load_model(path) -> keras.Model:

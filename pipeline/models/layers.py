@@ -2,32 +2,51 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
+
+SCORES = ("location", "dot", "general", "additive", "scaled_dot")
+QUERIES = ("last", "learned")
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
 class TemporalAttention(keras.layers.Layer):
     """Attention pooling over time: one score per step, softmax over steps, weighted sum.
 
-    score_t = h_t · w (+ p_t);  a = softmax(score over t);  context = Σ_t a_t h_t
+    With h_t the state at step t and q the query (the last state h_T, or a learned vector):
+        location    s_t = w · h_t                       (a scorer of the state alone)
+        dot         s_t = q · h_t                       (Luong)
+        general     s_t = q · W h_t                     (Luong)
+        scaled_dot  s_t = q · h_t / sqrt(units)
+        additive    s_t = v · tanh(W1 q + W2 h_t)       (Bahdanau)
+    then s_t += p_t if `position_bias`; a = softmax(s over t); context = Σ_t a_t h_t.
 
     Args:
-        position_bias: add a learned score p_t per time step, a prior over positions that lets
-            the attention find a step by where it is, not only by what its state holds. Needs a
-            fixed number of steps.
+        score: one of "location", "dot", "general", "additive", "scaled_dot".
+        query: "last" (the state at the last step) or "learned" (a trained vector); unused by
+            "location".
+        position_bias: add a learned score p_t per time step, a prior over positions. Needs a
+            fixed number of time steps.
 
     Call arguments:
-        states: float32 [batch, time, units], e.g. an LSTM's `return_sequences=True` output.
+        states: float32 [batch, time, units], e.g. a recurrent layer's `return_sequences` output.
 
     Returns:
         (context [batch, units], attention [batch, time]); each attention row sums to 1.
     """
 
-    def __init__(self, position_bias: bool = False, **kwargs):
+    def __init__(self, score="location", query="last", position_bias=False, **kwargs):
         super().__init__(**kwargs)
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        if query not in QUERIES:
+            raise ValueError(f"query must be one of {QUERIES}, got {query!r}")
         if not isinstance(position_bias, bool):
             raise ValueError(f"position_bias must be a bool, got {position_bias!r}")
+        self.score = score
+        self.query = query
         self.position_bias = position_bias
 
     def build(self, states_shape):
@@ -41,21 +60,51 @@ class TemporalAttention(keras.layers.Layer):
                 "TemporalAttention(position_bias=True) needs a fixed number of time steps, "
                 f"got states of shape {states_shape}"
             )
-        self.score_kernel = self.add_weight(
-            name="score_kernel", shape=(units, 1), initializer="glorot_uniform"
-        )
-        self.position_scores = (
-            self.add_weight(name="position_scores", shape=(time,), initializer="zeros")
-            if self.position_bias
-            else None
-        )
+        self.units = units
+        if self.score == "location":
+            self.score_kernel = self.add_weight(name="score_kernel", shape=(units, 1))
+        elif self.query == "learned":
+            self.query_vector = self.add_weight(name="query_vector", shape=(units,))
+        if self.score == "general":
+            self.bilinear_kernel = self.add_weight(name="bilinear_kernel", shape=(units, units))
+        if self.score == "additive":
+            self.query_kernel = self.add_weight(name="query_kernel", shape=(units, units))
+            self.state_kernel = self.add_weight(name="state_kernel", shape=(units, units))
+            self.additive_bias = self.add_weight(name="additive_bias", shape=(units,), initializer="zeros")
+            self.additive_vector = self.add_weight(name="additive_vector", shape=(units, 1))
+        if self.position_bias:
+            self.position_scores = self.add_weight(
+                name="position_scores", shape=(time,), initializer="zeros"
+            )
+
+    def _query(self, states):
+        """[batch, units]: the last state, or the learned vector repeated over the batch."""
+        if self.query == "last":
+            return states[:, -1, :]
+        return ops.zeros_like(states[:, 0, :]) + self.query_vector
 
     def _scores(self, states):
-        scores = ops.squeeze(ops.matmul(states, self.score_kernel), axis=-1)  # [batch, time]
-        return scores + self.position_scores if self.position_bias else scores
+        """[batch, time] raw scores."""
+        if self.score == "location":
+            return ops.squeeze(ops.matmul(states, self.score_kernel), axis=-1)
+        query = self._query(states)
+        if self.score == "additive":
+            hidden = ops.tanh(
+                ops.expand_dims(ops.matmul(query, self.query_kernel), 1)
+                + ops.matmul(states, self.state_kernel)
+                + self.additive_bias
+            )
+            return ops.squeeze(ops.matmul(hidden, self.additive_vector), axis=-1)
+        if self.score == "general":
+            query = ops.matmul(query, self.bilinear_kernel)
+        scores = ops.sum(states * ops.expand_dims(query, 1), axis=-1)
+        return scores / math.sqrt(self.units) if self.score == "scaled_dot" else scores
 
     def call(self, states):
-        attention = ops.softmax(self._scores(states), axis=-1)  # [batch, time]
+        scores = self._scores(states)
+        if self.position_bias:
+            scores = scores + self.position_scores
+        attention = ops.softmax(scores, axis=-1)  # [batch, time]
         context = ops.sum(states * ops.expand_dims(attention, -1), axis=1)  # [batch, units]
         return context, attention
 
@@ -64,4 +113,9 @@ class TemporalAttention(keras.layers.Layer):
         return (batch, units), (batch, time)
 
     def get_config(self):
-        return {**super().get_config(), "position_bias": self.position_bias}
+        return {
+            **super().get_config(),
+            "score": self.score,
+            "query": self.query,
+            "position_bias": self.position_bias,
+        }
