@@ -45,12 +45,15 @@ def _connect(cfg: MlflowConfig) -> str:
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
-    if experiment is not None:
-        return experiment.experiment_id
-    artifact_location = None
-    if uri.startswith("sqlite:"):  # keep artifacts beside the store, not in the working directory
-        artifact_location = (repository_root() / DEFAULT_ARTIFACTS).as_uri()
-    return mlflow.create_experiment(cfg.experiment_name, artifact_location=artifact_location)
+    if experiment is None:
+        artifact_location = None
+        if uri.startswith("sqlite:"):  # artifacts beside the store, not in the working directory
+            artifact_location = (repository_root() / DEFAULT_ARTIFACTS).as_uri()
+        experiment_id = mlflow.create_experiment(cfg.experiment_name, artifact_location=artifact_location)
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)  # the run we resume must match it
+    return experiment_id
 
 
 @contextmanager

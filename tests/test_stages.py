@@ -13,7 +13,7 @@ from pipeline import evaluate, export, prepare, stage, train
 from tests.conftest import REPO_ROOT, subprocess_env
 
 TENSORFLOW_FREE = ("pipeline.prepare", "pipeline.evaluate", "pipeline.inference", "pipeline.config",
-                   "pipeline.metrics", "pipeline.tracking", "pipeline.data")
+                   "pipeline.metrics", "pipeline.tracking", "pipeline.data", "pipeline.compare")
 
 
 def test_stages_that_do_not_train_do_not_import_tensorflow():
