@@ -99,7 +99,7 @@ class AddTwoNumbersData(_Splits):
 
 RECURRENT_VARIANTS = (
     "lstm_attention", "gru_attention", "bilstm_attention",
-    "luong_dot", "luong_general", "scaled_dot", "bahdanau",
+    "luong_dot", "luong_general", "scaled_dot", "bahdanau", "lstm_baseline",
 )
 
 
@@ -110,7 +110,7 @@ class RecurrentAttentionModel(_Strict):
     cell: Literal["lstm", "gru"]
     bidirectional: StrictBool
     units: int = Field(gt=0)
-    score: Literal["location", "dot", "general", "additive", "scaled_dot"]
+    score: Literal["location", "dot", "general", "additive", "scaled_dot", "last_state"]
     query: Literal["last", "learned"]
     recurrent_l2: float = Field(ge=0)
     position_bias: StrictBool

@@ -7,7 +7,7 @@ import math
 import keras
 from keras import ops
 
-SCORES = ("location", "dot", "general", "additive", "scaled_dot")
+SCORES = ("location", "dot", "general", "additive", "scaled_dot", "last_state")
 QUERIES = ("last", "learned")
 
 
@@ -22,9 +22,10 @@ class TemporalAttention(keras.layers.Layer):
         scaled_dot  s_t = q · h_t / sqrt(units)
         additive    s_t = v · tanh(W1 q + W2 h_t)       (Bahdanau)
     then s_t += p_t if `position_bias`; a = softmax(s over t); context = Σ_t a_t h_t.
+    "last_state" is the no-attention baseline: a is one-hot on the last step, context = h_T.
 
     Args:
-        score: one of "location", "dot", "general", "additive", "scaled_dot".
+        score: one of "location", "dot", "general", "additive", "scaled_dot", "last_state".
         query: "last" (the state at the last step) or "learned" (a trained vector); unused by
             "location".
         position_bias: add a learned score p_t per time step, a prior over positions. Needs a
@@ -61,7 +62,9 @@ class TemporalAttention(keras.layers.Layer):
                 f"got states of shape {states_shape}"
             )
         self.units = units
-        if self.score == "location":
+        if self.score == "last_state":
+            pass  # no weights: the baseline reads the last state
+        elif self.score == "location":
             self.score_kernel = self.add_weight(name="score_kernel", shape=(units, 1))
         elif self.query == "learned":
             self.query_vector = self.add_weight(name="query_vector", shape=(units,))
@@ -101,6 +104,11 @@ class TemporalAttention(keras.layers.Layer):
         return scores / math.sqrt(self.units) if self.score == "scaled_dot" else scores
 
     def call(self, states):
+        if self.score == "last_state":
+            steps = ops.arange(ops.shape(states)[1])
+            is_last = ops.cast(ops.equal(steps, ops.shape(states)[1] - 1), states.dtype)
+            attention = ops.zeros_like(states[:, :, 0]) + is_last  # [batch, time], one-hot
+            return states[:, -1, :], attention
         scores = self._scores(states)
         if self.position_bias:
             scores = scores + self.position_scores
