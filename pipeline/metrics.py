@@ -43,9 +43,10 @@ def attention_metrics(attention: np.ndarray, target_positions: np.ndarray) -> di
     argmax = attention.argmax(axis=1)
     hit = (target_positions == argmax[:, None]).any(axis=1)
     uniform_share = target_positions.shape[1] / attention.shape[1]
+    entropy = -(attention * np.log(np.clip(attention, EPSILON, 1))).sum(axis=1)
     return {
         "attention/mass_at_target": float(mass.mean()),
         "attention/argmax_hit": float(hit.mean()),
         "attention/lift": float(mass.mean() / uniform_share),
-        "attention/entropy": float(-(attention * np.log(np.clip(attention, EPSILON, 1))).sum(axis=1).mean()),
+        "attention/entropy": float(max(0.0, entropy.mean())),
     }
