@@ -177,8 +177,7 @@ class Config(_Strict):
 
     def section(self, name: str) -> dict[str, Any]:
         """One top-level section as plain data, e.g. `section("train")`."""
-        value = getattr(self, name)
-        return value.model_dump() if isinstance(value, BaseModel) else {name: value}
+        return getattr(self, name).model_dump()
 
 
 def _error_key(raw: Any, loc: tuple) -> str:

@@ -75,10 +75,10 @@ def to_onnx(model, opset: int, metadata: dict[str, str] | None = None) -> onnx.M
     return onnx_model
 
 
-def parity(model, onnx_model: onnx.ModelProto, x: np.ndarray) -> dict[str, float]:
+def parity(model, runtime: OnnxModel, x: np.ndarray) -> dict[str, float]:
     """Max abs difference, per output, between Keras and ONNX Runtime on the same inputs."""
     keras_out = model.predict(x, batch_size=1024, verbose=0)
-    onnx_out = OnnxModel(onnx_model.SerializeToString()).run(x)
+    onnx_out = runtime.run(x)
     return {name: float(np.max(np.abs(keras_out[name] - onnx_out[name]))) for name in OUTPUT_NAMES}
 
 
@@ -97,7 +97,8 @@ def main() -> None:
     }
     onnx_model = to_onnx(model, cfg.export.opset, metadata)
     x_check = test.x[: cfg.export.parity_samples]
-    differences = parity(model, onnx_model, x_check)
+    runtime = OnnxModel(onnx_model.SerializeToString())
+    differences = parity(model, runtime, x_check)
     worst = max(differences.values())
     if worst > cfg.export.parity_tolerance:
         raise stage.StageFailed(
@@ -119,7 +120,7 @@ def main() -> None:
         tracking.log_params(flatten({"export": cfg.section("export")}))
         tracking.log_metrics({k: report[k] for k in report if "parity_max_abs" in k})
         example = x_check[:2]
-        tracking.log_onnx_model(onnx_model, example, OnnxModel(onnx_model.SerializeToString()).run(example))
+        tracking.log_onnx_model(onnx_model, example, runtime.run(example))
     print(f"exported {stage.ONNX_MODEL}: parity max abs {worst:.2e} on {len(x_check)} samples")
 
 

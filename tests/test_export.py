@@ -16,6 +16,10 @@ from tests import golden_models
 from tests.conftest import tiny_config
 
 
+def _runtime(onnx_model) -> OnnxModel:
+    return OnnxModel(onnx_model.SerializeToString())
+
+
 def _dims(value_info) -> list:
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
@@ -44,16 +48,16 @@ def test_sequence_export_follows_the_contract(overrides, time_dim):
     assert onnx_model.opset_import[0].version == 17
     assert {"LSTM"} <= {n.op_type for n in graph.node}, "unmasked LSTM exports as an LSTM node"
     assert "Loop" not in {n.op_type for n in graph.node}
-    assert OnnxModel(onnx_model.SerializeToString()).metadata["task"] == "planted_step"
+    assert _runtime(onnx_model).metadata["task"] == "planted_step"
 
 
 @pytest.mark.parametrize("length", [20, 7, 33])
 def test_sequence_parity_at_any_length(lstm_export, length):
     model, onnx_model = lstm_export
     x = np.random.default_rng(length).standard_normal((16, length, 2)).astype("float32")
-    differences = parity(model, onnx_model, x)
+    differences = parity(model, _runtime(onnx_model), x)
     assert max(differences.values()) <= 1e-5, differences
-    attention = OnnxModel(onnx_model.SerializeToString()).run(x)["attention"]
+    attention = _runtime(onnx_model).run(x)["attention"]
     assert (attention >= 0).all()
     np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-5)
 
@@ -65,7 +69,7 @@ def test_every_recurrent_variant_exports_with_parity(variant):
     lengths = (20,) if cfg_model.position_bias else (20, 9)
     for length in lengths:
         x = np.random.default_rng(length).standard_normal((16, length, 2)).astype("float32")
-        assert max(parity(model, onnx_model, x).values()) <= 1e-5
+        assert max(parity(model, _runtime(onnx_model), x).values()) <= 1e-5
     ops = {n.op_type for n in onnx_model.graph.node}
     if cfg_model.cell == "lstm":  # tf2onnx 1.17 turns Keras GRUs into a Loop
         assert "LSTM" in ops and "Loop" not in ops
@@ -78,7 +82,7 @@ def test_vector_export_follows_the_contract():
     assert _dims(onnx_model.graph.input[0]) == ["batch", 32]
     assert _dims(onnx_model.graph.output[1]) == ["batch", 32]
     x = np.random.default_rng(0).standard_normal((50, 32)).astype("float32")
-    assert max(parity(model, onnx_model, x).values()) <= 1e-5
+    assert max(parity(model, _runtime(onnx_model), x).values()) <= 1e-5
 
 
 def test_onnx_model_with_other_names_is_refused(tmp_path):
@@ -99,7 +103,7 @@ def test_exported_outputs_match_the_golden_files(experiment):
     golden = golden_models.load(experiment)
     onnx_model, inputs, _ = golden_models.golden_model(experiment)
     np.testing.assert_array_equal(inputs, golden["x"], err_msg="the golden inputs changed")
-    outputs = OnnxModel(onnx_model.SerializeToString()).run(golden["x"])
+    outputs = _runtime(onnx_model).run(golden["x"])
     for name in OUTPUT_NAMES:
         np.testing.assert_allclose(
             outputs[name], golden[name], rtol=0, atol=golden_models.TOLERANCE,
@@ -110,5 +114,5 @@ def test_exported_outputs_match_the_golden_files(experiment):
 def test_a_changed_model_definition_misses_the_golden_files():
     golden = golden_models.load("lstm_attention")
     onnx_model, _, _ = golden_models.golden_model("lstm_attention", "model.units=16")
-    outputs = OnnxModel(onnx_model.SerializeToString()).run(golden["x"])
+    outputs = _runtime(onnx_model).run(golden["x"])
     assert np.abs(outputs["attention"] - golden["attention"]).max() > golden_models.TOLERANCE
