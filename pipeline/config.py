@@ -116,6 +116,30 @@ class RecurrentAttentionModel(_Strict):
     position_bias: StrictBool
 
 
+class InputAttentionModel(_Strict):
+    """Attention over time on the raw inputs, before the recurrent layer, whose last state
+    predicts: one attention vector per feature, or one shared by all features."""
+
+    name: Literal["attention_before_lstm"]
+    cell: Literal["lstm", "gru"]
+    units: int = Field(gt=0)
+    shared: StrictBool
+
+
+class MultiHeadPoolingModel(_Strict):
+    """Multi-head attention pooling of the recurrent states with a learned query."""
+
+    name: Literal["multihead_pooling"]
+    cell: Literal["lstm", "gru"]
+    bidirectional: StrictBool
+    units: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    key_dim: int = Field(gt=0)
+
+
+SEQUENCE_MODELS = (*RECURRENT_VARIANTS, "attention_before_lstm", "multihead_pooling")
+
+
 class FeatureAttentionModel(_Strict):
     name: Literal["feature_attention"]
     hidden_units: int = Field(gt=0)
@@ -144,7 +168,8 @@ DataConfig = Annotated[
     Field(discriminator="name"),
 ]
 ModelConfig = Annotated[
-    Union[RecurrentAttentionModel, FeatureAttentionModel], Field(discriminator="name")
+    Union[RecurrentAttentionModel, InputAttentionModel, MultiHeadPoolingModel, FeatureAttentionModel],
+    Field(discriminator="name"),
 ]
 
 
@@ -163,7 +188,7 @@ class Config(_Strict):
                 f"model feature_attention needs vector data {list(VECTOR_TASKS)}, "
                 f"got data.name={self.data.name!r}"
             )
-        if self.model.name in RECURRENT_VARIANTS and self.data.name not in SEQUENCE_TASKS:
+        if self.model.name in SEQUENCE_MODELS and self.data.name not in SEQUENCE_TASKS:
             raise ValueError(
                 f"model {self.model.name} needs sequence data {list(SEQUENCE_TASKS)}, "
                 f"got data.name={self.data.name!r}"

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.config import RECURRENT_VARIANTS
+from pipeline.config import SEQUENCE_MODELS
 from pipeline.models import build_model, load_model
-from pipeline.models.layers import TemporalAttention
+from pipeline.models.layers import InputAttention, MultiHeadAttentionPooling, TemporalAttention
 from tests.conftest import tiny_config
 
 CASES = [("lstm_attention", (20, 2), (6, 20, 2)), ("dense_attention", (32,), (6, 32))]
@@ -32,8 +32,8 @@ def test_outputs_are_prediction_and_attention_distributions(experiment, input_sh
     np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", RECURRENT_VARIANTS)
-def test_every_recurrent_variant_gives_attention_distributions_and_reloads(tmp_path, variant):
+@pytest.mark.parametrize("variant", SEQUENCE_MODELS)
+def test_every_sequence_model_gives_attention_distributions_and_reloads(tmp_path, variant):
     model = _model("lstm_attention", (20, 2), f"model={variant}")
     x = np.random.default_rng(2).standard_normal((5, 20, 2)).astype("float32")
     out = model(x)
@@ -95,6 +95,10 @@ def test_temporal_attention_validates_and_round_trips_its_config():
         TemporalAttention(score="cosine")
     with pytest.raises(ValueError, match="query must be one of .* got 'first'"):
         TemporalAttention(score="dot", query="first")
+    with pytest.raises(ValueError, match="shared must be a bool"):
+        InputAttention(shared=1)
+    with pytest.raises(ValueError, match="heads must be a positive integer, got 0"):
+        MultiHeadAttentionPooling(heads=0)
     with pytest.raises(ValueError, match="needs a fixed number of time steps"):
         TemporalAttention(position_bias=True).build((None, None, 4))
     layer = TemporalAttention(position_bias=False, name="attn")
@@ -107,3 +111,18 @@ def test_temporal_attention_validates_and_round_trips_its_config():
     context, attention = layer(np.ones((2, 5, 3), "float32"))
     assert context.shape == (2, 3) and attention.shape == (2, 5)
     np.testing.assert_allclose(attention, 0.2, atol=1e-6)  # equal states, equal weights
+
+
+def test_shared_input_attention_weights_every_feature_alike():
+    layer = InputAttention(shared=True)
+    x = np.random.default_rng(0).standard_normal((3, 6, 4)).astype("float32")
+    weighted, attention = layer(x)
+    np.testing.assert_allclose(np.asarray(weighted), x * np.asarray(attention)[:, :, None], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(attention).sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_multihead_pooling_averages_the_heads():
+    layer = MultiHeadAttentionPooling(heads=3, key_dim=4)
+    context, attention = layer(np.random.default_rng(0).standard_normal((2, 7, 5)).astype("float32"))
+    assert context.shape == (2, 5) and attention.shape == (2, 7)
+    np.testing.assert_allclose(np.asarray(attention).sum(axis=1), 1.0, atol=1e-5)

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import keras
 
-from pipeline.config import FeatureAttentionModel, RecurrentAttentionModel
+from pipeline.config import (
+    FeatureAttentionModel,
+    InputAttentionModel,
+    MultiHeadPoolingModel,
+    RecurrentAttentionModel,
+)
 from pipeline.contract import INPUT_NAME
-from pipeline.models.layers import TemporalAttention
+from pipeline.models.layers import InputAttention, MultiHeadAttentionPooling, TemporalAttention
 
 
 OUTPUT_ACTIVATION = {"binary": "sigmoid", "regression": None}
@@ -31,11 +36,26 @@ def feature_attention(
     attention = keras.layers.Dense(n_features, activation="softmax", name="attention")(x)
     weighted = keras.layers.Multiply(name="attended_features")([x, attention])
     hidden = keras.layers.Dense(cfg.hidden_units, name="hidden")(weighted)
-    prediction = keras.layers.Dense(1, activation=OUTPUT_ACTIVATION[task_type], name="prediction")(hidden)
-    return keras.Model(x, {"prediction": prediction, "attention": attention}, name=cfg.name)
+    return keras.Model(
+        x, {"prediction": _head(hidden, task_type), "attention": attention}, name=cfg.name
+    )
 
 
 RECURRENT_CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
+
+
+def _encoder(cell: str, units: int, bidirectional: bool = False, sequences: bool = True,
+             recurrent_l2: float = 0.0) -> keras.layers.Layer:
+    """An LSTM or GRU layer (states [batch, time, units], or its last state [batch, units])."""
+    regularizer = keras.regularizers.L2(recurrent_l2) if recurrent_l2 > 0 else None
+    layer = RECURRENT_CELLS[cell](
+        units, return_sequences=sequences, recurrent_regularizer=regularizer, name=cell
+    )
+    return keras.layers.Bidirectional(layer, name=f"bi{cell}") if bidirectional else layer
+
+
+def _head(features, task_type: str):
+    return keras.layers.Dense(1, activation=OUTPUT_ACTIVATION[task_type], name="prediction")(features)
 
 
 def recurrent_attention(
@@ -51,26 +71,57 @@ def recurrent_attention(
     """
     time_steps, n_features = input_shape
     x = keras.Input(shape=(time_steps if cfg.position_bias else None, n_features), name=INPUT_NAME)
-    regularizer = keras.regularizers.L2(cfg.recurrent_l2) if cfg.recurrent_l2 > 0 else None
-    cell = RECURRENT_CELLS[cfg.cell](
-        cfg.units, return_sequences=True, recurrent_regularizer=regularizer, name=cfg.cell
-    )
-    encoder = keras.layers.Bidirectional(cell, name=f"bi{cfg.cell}") if cfg.bidirectional else cell
-    states = encoder(x)
+    states = _encoder(cfg.cell, cfg.units, cfg.bidirectional, recurrent_l2=cfg.recurrent_l2)(x)
     context, attention = TemporalAttention(
         score=cfg.score, query=cfg.query, position_bias=cfg.position_bias, name="temporal_attention"
     )(states)
-    prediction = keras.layers.Dense(1, activation=OUTPUT_ACTIVATION[task_type], name="prediction")(
-        context
+    return keras.Model(
+        x, {"prediction": _head(context, task_type), "attention": attention}, name=cfg.name
     )
-    return keras.Model(x, {"prediction": prediction, "attention": attention}, name=cfg.name)
+
+
+def input_attention(
+    cfg: InputAttentionModel, input_shape: tuple[int, ...], task_type: str = "binary"
+) -> keras.Model:
+    """InputAttention on x -> LSTM or GRU (last state) -> Dense(1). Fixed time.
+
+    x [batch, time, features] -> prediction [batch, 1], attention [batch, time].
+    """
+    x = keras.Input(shape=tuple(input_shape), name=INPUT_NAME)
+    weighted, attention = InputAttention(shared=cfg.shared, name="input_attention")(x)
+    last_state = _encoder(cfg.cell, cfg.units, sequences=False)(weighted)
+    return keras.Model(
+        x, {"prediction": _head(last_state, task_type), "attention": attention}, name=cfg.name
+    )
+
+
+def multihead_pooling(
+    cfg: MultiHeadPoolingModel, input_shape: tuple[int, ...], task_type: str = "binary"
+) -> keras.Model:
+    """LSTM or GRU states -> MultiHeadAttentionPooling (learned query) -> Dense(1).
+
+    x [batch, time, features] -> prediction [batch, 1], attention [batch, time] (mean of heads).
+    """
+    x = keras.Input(shape=(None, input_shape[-1]), name=INPUT_NAME)
+    states = _encoder(cfg.cell, cfg.units, cfg.bidirectional)(x)
+    context, attention = MultiHeadAttentionPooling(cfg.heads, cfg.key_dim, name="pooling")(states)
+    return keras.Model(
+        x, {"prediction": _head(context, task_type), "attention": attention}, name=cfg.name
+    )
+
+
+BUILDERS = {
+    FeatureAttentionModel: feature_attention,
+    RecurrentAttentionModel: recurrent_attention,
+    InputAttentionModel: input_attention,
+    MultiHeadPoolingModel: multihead_pooling,
+}
 
 
 def build_model(model_cfg, input_shape, task_type: str = "binary") -> keras.Model:
     """The model `model_cfg` describes, for inputs of `input_shape` (without batch); the
     prediction head is a sigmoid for "binary" tasks and linear for "regression" tasks."""
-    builder = feature_attention if model_cfg.name == "feature_attention" else recurrent_attention
-    return builder(model_cfg, tuple(input_shape), task_type)
+    return BUILDERS[type(model_cfg)](model_cfg, tuple(input_shape), task_type)
 
 
 def load_model(path) -> keras.Model:

@@ -127,3 +127,98 @@ class TemporalAttention(keras.layers.Layer):
             "query": self.query,
             "position_bias": self.position_bias,
         }
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class InputAttention(keras.layers.Layer):
+    """Attention over time on the raw inputs (the classic "attention before the LSTM").
+
+    For each feature f: a_f = softmax over t of (x[:, :, f] · W + b), W [time, time], b [time];
+    the inputs are weighted step by step, x'[:, t, f] = a_f[t] · x[:, t, f].
+
+    Args:
+        shared: average the per-feature vectors into one vector shared by all features.
+
+    Call arguments:
+        x: float32 [batch, time, features], with a fixed number of time steps.
+
+    Returns:
+        (weighted inputs [batch, time, features], attention [batch, time], the mean of the
+        per-feature vectors; each row sums to 1).
+    """
+
+    def __init__(self, shared: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(shared, bool):
+            raise ValueError(f"shared must be a bool, got {shared!r}")
+        self.shared = shared
+
+    def build(self, x_shape):
+        if len(x_shape) != 3 or x_shape[1] is None:
+            raise ValueError(
+                f"InputAttention expects x [batch, time, features] with a fixed time, got {x_shape}"
+            )
+        time = x_shape[1]
+        self.kernel = self.add_weight(name="kernel", shape=(time, time))
+        self.bias = self.add_weight(name="bias", shape=(time,), initializer="zeros")
+
+    def call(self, x):
+        per_feature = ops.transpose(x, (0, 2, 1))  # [batch, features, time]
+        weights = ops.softmax(ops.matmul(per_feature, self.kernel) + self.bias, axis=-1)
+        if self.shared:
+            weights = ops.mean(weights, axis=1, keepdims=True)  # [batch, 1, time]
+        weighted = x * ops.transpose(weights, (0, 2, 1))
+        return weighted, ops.mean(weights, axis=1)
+
+    def compute_output_shape(self, x_shape):
+        return x_shape, (x_shape[0], x_shape[1])
+
+    def get_config(self):
+        return {**super().get_config(), "shared": self.shared}
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class MultiHeadAttentionPooling(keras.layers.Layer):
+    """Pools states with Keras MultiHeadAttention, queried by one learned vector.
+
+    Args:
+        heads: number of attention heads.
+        key_dim: size of each head's query and key projections.
+
+    Call arguments:
+        states: float32 [batch, time, units].
+
+    Returns:
+        (context [batch, units], attention [batch, time]: the heads' weights averaged, so
+        each row sums to 1).
+    """
+
+    def __init__(self, heads: int = 4, key_dim: int = 8, **kwargs):
+        super().__init__(**kwargs)
+        for name, value in (("heads", heads), ("key_dim", key_dim)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.heads = heads
+        self.key_dim = key_dim
+        self.attention = keras.layers.MultiHeadAttention(heads, key_dim, name="multi_head")
+
+    def build(self, states_shape):
+        if len(states_shape) != 3:
+            raise ValueError(
+                f"MultiHeadAttentionPooling expects states [batch, time, units], got {states_shape}"
+            )
+        units = states_shape[-1]
+        self.query = self.add_weight(name="query", shape=(1, 1, units))
+        self.attention.build((states_shape[0], 1, units), states_shape)
+
+    def call(self, states):
+        query = ops.zeros_like(states[:, :1, :]) + self.query  # [batch, 1, units]
+        context, scores = self.attention(query, states, return_attention_scores=True)
+        return context[:, 0, :], ops.mean(scores[:, :, 0, :], axis=1)
+
+    def compute_output_shape(self, states_shape):
+        batch, time, units = states_shape
+        return (batch, units), (batch, time)
+
+    def get_config(self):
+        return {**super().get_config(), "heads": self.heads, "key_dim": self.key_dim}
