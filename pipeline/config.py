@@ -82,19 +82,35 @@ class PlantedFeatureData(_Splits):
         return self
 
 
-class FindMaxData(_Splits):
-    """Sequences [time_steps, 1] drawn from Beta(1/time_steps, 1); the target is their maximum."""
+class _VariableLength(_Splits):
+    time_steps: int
+    min_length: int
+
+    @model_validator(mode="after")
+    def _length_in_range(self):
+        if self.min_length > self.time_steps:
+            raise ValueError(
+                f"min_length must be <= time_steps={self.time_steps} (got {self.min_length})"
+            )
+        return self
+
+
+class FindMaxData(_VariableLength):
+    """Sequences [time_steps, 1] drawn from Beta(1/time_steps, 1); the target is their maximum.
+    With min_length < time_steps, lengths vary and the sequences are padded and masked."""
 
     name: Literal["find_max"]
     time_steps: int = Field(ge=2)
+    min_length: int = Field(ge=2)
 
 
-class AddTwoNumbersData(_Splits):
+class AddTwoNumbersData(_VariableLength):
     """Sequences [time_steps, 1] uniform on (0, 1) with two delimiters (0); the target is the
-    mean of the two values right after the delimiters."""
+    mean of the two values right after the delimiters. Variable length as in find_max."""
 
     name: Literal["add_two_numbers"]
     time_steps: int = Field(ge=4)
+    min_length: int = Field(ge=4)
 
 
 RECURRENT_VARIANTS = (
@@ -188,6 +204,11 @@ class Config(_Strict):
                 f"model feature_attention needs vector data {list(VECTOR_TASKS)}, "
                 f"got data.name={self.data.name!r}"
             )
+        if self.model.name == "attention_before_lstm" and self.padded:
+            raise ValueError(
+                "model attention_before_lstm needs fixed-length data; "
+                f"got data.min_length={self.data.min_length} < data.time_steps={self.data.time_steps}"
+            )
         if self.model.name in SEQUENCE_MODELS and self.data.name not in SEQUENCE_TASKS:
             raise ValueError(
                 f"model {self.model.name} needs sequence data {list(SEQUENCE_TASKS)}, "
@@ -199,6 +220,12 @@ class Config(_Strict):
     def task_type(self) -> str:
         """"regression" (MAE, mean squared error) or "binary" (accuracy, cross-entropy)."""
         return "regression" if self.data.name in REGRESSION_TASKS else "binary"
+
+    @property
+    def padded(self) -> bool:
+        """Whether sequences vary in length (padded with PAD_VALUE and masked in the model)."""
+        min_length = getattr(self.data, "min_length", None)
+        return min_length is not None and min_length < self.data.time_steps
 
     def section(self, name: str) -> dict[str, Any]:
         """One top-level section as plain data, e.g. `section("train")`."""

@@ -16,6 +16,7 @@ import numpy as np
 from pipeline import stage, tracking
 from pipeline.config import load_config
 from pipeline.inference import OnnxModel
+from pipeline.data import sequence_lengths
 from pipeline.metrics import TASK_METRICS, attention_metrics
 from pipeline.prepare import load_split
 
@@ -65,9 +66,10 @@ def main() -> None:
     test = load_split("test")
     outputs = OnnxModel(stage.ONNX_MODEL).run(test.x)
     export_report = stage.read_json(stage.EXPORT_REPORT)
+    lengths = sequence_lengths(test.x) if test.x.ndim == 3 else None
     metrics = {
         **TASK_METRICS[meta["task_type"]](outputs["prediction"], test.y),
-        **attention_metrics(outputs["attention"], test.target_positions),
+        **attention_metrics(outputs["attention"], test.target_positions, lengths),
         "export/parity_max_abs": export_report["export/parity_max_abs"],
     }
     targets = meta["target_positions"]

@@ -21,7 +21,13 @@ import tf2onnx  # noqa: E402
 
 from pipeline import stage, tracking  # noqa: E402
 from pipeline.config import flatten, load_config  # noqa: E402
-from pipeline.contract import BATCH_DIM, INPUT_NAME, OUTPUT_NAMES, TIME_DIM  # noqa: E402
+from pipeline.contract import (  # noqa: E402
+    BATCH_DIM,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    PAD_VALUE,
+    TIME_DIM,
+)
 from pipeline.inference import OnnxModel  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
 from pipeline.prepare import load_split  # noqa: E402
@@ -91,6 +97,7 @@ def main() -> None:
         "model": cfg.model.name,
         "input_layout": "batch,time,features" if test.x.ndim == 3 else "batch,features",
         "opset": cfg.export.opset,
+        "pad_value": PAD_VALUE if cfg.padded else "none",
         "tensorflow": tf.__version__,
         "tf2onnx": tf2onnx.__version__,
         "onnx": onnx.__version__,

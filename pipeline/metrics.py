@@ -33,20 +33,25 @@ def mass_at_target(attention: np.ndarray, target_positions: np.ndarray) -> np.nd
     return np.take_along_axis(attention, target_positions, axis=1).sum(axis=1)
 
 
-def attention_metrics(attention: np.ndarray, target_positions: np.ndarray) -> dict[str, float]:
+def attention_metrics(
+    attention: np.ndarray, target_positions: np.ndarray, lengths: np.ndarray | None = None
+) -> dict[str, float]:
     """attention/mass_at_target: mean weight on the true positions;
     attention/argmax_hit: share of samples whose largest weight is on a true position;
-    attention/lift: mass_at_target over the uniform share k / positions (1 = no better than uniform);
+    attention/lift: per sample, the mass at target over the uniform share k / length, averaged
+        (1 = no better than uniform; `lengths` [n] are the valid steps, all positions if None);
     attention/entropy: mean entropy of the rows in nats (log(positions) for uniform, 0 for one-hot).
     """
     mass = mass_at_target(attention, target_positions)
     argmax = attention.argmax(axis=1)
     hit = (target_positions == argmax[:, None]).any(axis=1)
-    uniform_share = target_positions.shape[1] / attention.shape[1]
+    if lengths is None:
+        lengths = np.full(len(attention), attention.shape[1])
+    uniform_share = target_positions.shape[1] / lengths
     entropy = -(attention * np.log(np.clip(attention, EPSILON, 1))).sum(axis=1)
     return {
         "attention/mass_at_target": float(mass.mean()),
         "attention/argmax_hit": float(hit.mean()),
-        "attention/lift": float(mass.mean() / uniform_share),
+        "attention/lift": float((mass / uniform_share).mean()),
         "attention/entropy": float(max(0.0, entropy.mean())),
     }

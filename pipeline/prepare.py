@@ -12,6 +12,7 @@ import numpy as np
 
 from pipeline import data, stage
 from pipeline.config import load_config
+from pipeline.contract import PAD_VALUE
 
 
 def describe(cfg, splits: dict[str, data.Dataset]) -> dict:
@@ -26,6 +27,8 @@ def describe(cfg, splits: dict[str, data.Dataset]) -> dict:
         "input_layout": "batch,time,features" if is_sequence else "batch,features",
         "attention_axis": "time" if is_sequence else "features",
         "positions": int(x.shape[1]),
+        "padded": cfg.padded,
+        "pad_value": PAD_VALUE if cfg.padded else None,
         "target_positions": sorted(
             int(p) for p in np.unique(np.concatenate([s.target_positions for s in splits.values()]))
         ),

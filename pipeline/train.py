@@ -82,7 +82,7 @@ def main() -> None:
     cfg = load_config()
     train, val = load_split("train"), load_split("val")
     make_deterministic(cfg.seed)
-    model = build_model(cfg.model, train.x.shape[1:], cfg.task_type)
+    model = build_model(cfg.model, train.x.shape[1:], cfg.task_type, cfg.padded)
     with tracking.start_pipeline_run(cfg, run_name=cfg.model.name):
         tracking.log_params(flatten({k: cfg.section(k) for k in ("data", "model", "train")}))
         tracking.log_params({"seed": cfg.seed, "param_count": model.count_params()})

@@ -39,7 +39,7 @@ def golden_model(experiment: str, *overrides: str):
     rng = np.random.default_rng(cfg.seed)
     splits = data.split(data.generate(cfg.data, rng), cfg.data.val_fraction, cfg.data.test_fraction, rng)
     make_deterministic(cfg.seed)
-    model = build_model(cfg.model, splits["train"].x.shape[1:], cfg.task_type)
+    model = build_model(cfg.model, splits["train"].x.shape[1:], cfg.task_type, cfg.padded)
     fit(cfg, model, splits["train"], splits["val"])
     return to_onnx(model, cfg.export.opset), splits["test"].x[:N_INPUTS], cfg
 

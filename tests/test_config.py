@@ -76,6 +76,14 @@ def test_missing_section_is_named():
         validate(raw)
 
 
+def test_variable_length_limits():
+    with pytest.raises(ConfigError, match="min_length must be <= time_steps=20"):
+        validate(tiny_params("data=find_max", "data.min_length=25"))
+    with pytest.raises(ConfigError, match="attention_before_lstm needs fixed-length data"):
+        validate(tiny_params("data=find_max", "data.min_length=5", "model=attention_before_lstm"))
+    assert validate(tiny_params("data=add_two_numbers", "data.min_length=8")).padded
+
+
 def test_model_must_fit_the_data():
     with pytest.raises(ConfigError, match="feature_attention needs vector data"):
         validate(tiny_params("model=feature_attention"))

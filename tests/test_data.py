@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline import data, prepare, stage
+from pipeline.contract import PAD_VALUE
 from tests.conftest import tiny_config
 
 
@@ -50,6 +51,25 @@ def test_add_two_numbers_targets_the_mean_after_the_two_delimiters():
     assert (after > 0).all(), "a delimiter never follows a delimiter"
     np.testing.assert_allclose(ds.y[:, 0], after.mean(axis=1), rtol=1e-6)
     assert ds.target_positions.max() <= 19 and ds.target_positions.min() >= 1
+
+
+@pytest.mark.parametrize("generator", [data.find_max, data.add_two_numbers])
+def test_variable_length_tasks_pad_after_the_end_and_target_valid_steps(generator):
+    ds = generator(400, 20, np.random.default_rng(0), 6)
+    lengths = data.sequence_lengths(ds.x)
+    assert lengths.min() == 6 and lengths.max() == 20
+    steps = np.arange(20)[None, :]
+    assert (ds.x[steps >= lengths[:, None]] == PAD_VALUE).all()
+    assert (ds.x[steps < lengths[:, None]] != PAD_VALUE).all()
+    assert (ds.target_positions < lengths[:, None]).all()
+    values = np.take_along_axis(ds.x[:, :, 0], ds.target_positions, axis=1)
+    np.testing.assert_allclose(ds.y[:, 0], values.mean(axis=1), rtol=1e-6)  # max is a mean of 1
+
+
+def test_find_max_ignores_padding():
+    ds = data.find_max(300, 20, np.random.default_rng(1), 2)
+    valid = ds.x[:, :, 0] != PAD_VALUE
+    np.testing.assert_array_equal(ds.y[:, 0], np.where(valid, ds.x[:, :, 0], -np.inf).max(axis=1))
 
 
 def test_generators_are_deterministic_for_a_seed():

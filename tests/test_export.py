@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from pipeline.config import SEQUENCE_MODELS
-from pipeline.contract import OUTPUT_NAMES
+from pipeline.contract import OUTPUT_NAMES, PAD_VALUE
 from pipeline.export import parity, to_onnx
 from pipeline.inference import OnnxModel
 from pipeline.models import build_model
@@ -116,3 +116,33 @@ def test_a_changed_model_definition_misses_the_golden_files():
     onnx_model, _, _ = golden_models.golden_model("lstm_attention", "model.units=16")
     outputs = _runtime(onnx_model).run(golden["x"])
     assert np.abs(outputs["attention"] - golden["attention"]).max() > golden_models.TOLERANCE
+
+
+def _padded_batch(n: int, time: int, min_length: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, size=(n, time, 1)).astype("float32")
+    lengths = rng.integers(min_length, time + 1, size=n)
+    x[np.arange(time)[None, :] >= lengths[:, None]] = PAD_VALUE
+    return x
+
+
+@pytest.mark.parametrize("variant, extra", [
+    ("lstm_attention", ("model.position_bias=false",)), ("bahdanau", ()), ("luong_dot", ()),
+    ("lstm_baseline", ()), ("multihead_pooling", ()), ("bilstm_attention", ()),
+])
+def test_masked_models_give_padding_exactly_zero_attention_in_keras_and_onnx(variant, extra):
+    cfg = tiny_config("data=find_max", "data.min_length=5", f"model={variant}", *extra)
+    assert cfg.padded
+    keras.utils.set_random_seed(5)
+    model = build_model(cfg.model, (20, 1), cfg.task_type, cfg.padded)
+    onnx_model = to_onnx(model, 17)
+    for time in (20, 31):  # 31: longer than any training sequence
+        x = _padded_batch(24, time, 3, seed=time)
+        padding = (x == PAD_VALUE).all(axis=-1)
+        assert max(parity(model, _runtime(onnx_model), x).values()) <= 1e-5
+        for attention in (np.asarray(model(x)["attention"]), _runtime(onnx_model).run(x)["attention"]):
+            assert (attention[padding] == 0).all()
+            np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-5)
+    if variant == "lstm_baseline":  # reads the last valid state
+        last = (~padding).sum(axis=1) - 1
+        np.testing.assert_array_equal(_runtime(onnx_model).run(x)["attention"].argmax(axis=1), last)

@@ -50,3 +50,9 @@ def test_binary_task_metrics():
 def test_regression_task_metrics():
     got = regression_task_metrics(np.array([[0.5], [1.0]]), np.array([[0.0], [1.5]]))
     assert got == {"test/mae": pytest.approx(0.5), "test/loss": pytest.approx(0.25)}
+
+
+def test_lift_uses_each_sequence_length():
+    attention = np.array([[0.5, 0.5, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    got = attention_metrics(attention, np.array([[0], [0]]), lengths=np.array([2, 4]))
+    assert got["attention/lift"] == pytest.approx(1.0)  # both uniform over their valid steps

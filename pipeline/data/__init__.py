@@ -11,6 +11,7 @@ from pipeline.data.synthetic import (
     find_max,
     planted_feature,
     planted_step,
+    sequence_lengths,
 )
 
 
@@ -23,9 +24,9 @@ def generate(data_cfg, rng: np.random.Generator) -> Dataset:
     if isinstance(data_cfg, PlantedFeatureData):
         return planted_feature(data_cfg.n_samples, data_cfg.n_features, data_cfg.planted_index, rng)
     if isinstance(data_cfg, FindMaxData):
-        return find_max(data_cfg.n_samples, data_cfg.time_steps, rng)
+        return find_max(data_cfg.n_samples, data_cfg.time_steps, rng, data_cfg.min_length)
     if isinstance(data_cfg, AddTwoNumbersData):
-        return add_two_numbers(data_cfg.n_samples, data_cfg.time_steps, rng)
+        return add_two_numbers(data_cfg.n_samples, data_cfg.time_steps, rng, data_cfg.min_length)
     raise TypeError(f"no generator for data config {type(data_cfg).__name__}")
 
 
@@ -45,4 +46,5 @@ def split(
 
 __all__ = [
     "Dataset", "generate", "split", "planted_feature", "planted_step", "find_max", "add_two_numbers",
+    "sequence_lengths",
 ]

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.contract import PAD_VALUE
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -52,34 +54,59 @@ def planted_step(
     return Dataset(x, y, positions)
 
 
-def find_max(n_samples: int, time_steps: int, rng: np.random.Generator) -> Dataset:
+def find_max(
+    n_samples: int, time_steps: int, rng: np.random.Generator, min_length: int | None = None
+) -> Dataset:
     """x [n, time_steps, 1] ~ Beta(1/time_steps, 1) (mostly small, a few large values);
-    y = max over time; the true position is the argmax."""
+    y = max over the valid steps; the true position is the argmax. With min_length below
+    time_steps, lengths are uniform in [min_length, time_steps] and the rest is PAD_VALUE."""
     x = rng.beta(1.0 / time_steps, 1.0, size=(n_samples, time_steps, 1)).astype(np.float32)
-    positions = x[:, :, 0].argmax(axis=1)[:, None].astype(np.int64)
+    valid = _valid_steps(n_samples, time_steps, min_length, rng)
+    values = np.where(valid, x[:, :, 0], -np.inf)
+    positions = values.argmax(axis=1)[:, None].astype(np.int64)
     y = np.take_along_axis(x[:, :, 0], positions, axis=1).astype(np.float32)
+    x[~valid] = PAD_VALUE
     return Dataset(x, y, positions)
 
 
-def add_two_numbers(n_samples: int, time_steps: int, rng: np.random.Generator) -> Dataset:
+def add_two_numbers(
+    n_samples: int, time_steps: int, rng: np.random.Generator, min_length: int | None = None
+) -> Dataset:
     """x [n, time_steps, 1] uniform on (0, 1), except two delimiters (exactly 0) at distinct,
-    non-adjacent steps before the last; y = mean of the two values right after the delimiters,
-    which are the true positions."""
+    non-adjacent steps before the last valid one; y = mean of the two values right after the
+    delimiters, which are the true positions. Variable length and padding as in find_max."""
     x = rng.uniform(np.finfo(np.float32).tiny, 1.0, size=(n_samples, time_steps, 1)).astype(np.float32)
-    delimiters = _two_apart(n_samples, time_steps - 1, rng)
+    valid = _valid_steps(n_samples, time_steps, min_length, rng)
+    delimiters = _two_apart(valid.sum(axis=1) - 1, rng)
     rows = np.arange(n_samples)[:, None]
     x[rows, delimiters, 0] = 0.0
     positions = (delimiters + 1).astype(np.int64)
     y = x[rows, positions, 0].mean(axis=1, keepdims=True).astype(np.float32)
+    x[~valid] = PAD_VALUE
     return Dataset(x, y, positions)
 
 
-def _two_apart(n_samples: int, high: int, rng: np.random.Generator) -> np.ndarray:
-    """[n, 2] sorted pairs drawn uniformly from range(high), at least 2 apart (rejection)."""
-    pairs = np.zeros((n_samples, 2), dtype=np.int64)
-    pending = np.arange(n_samples)
+def sequence_lengths(x: np.ndarray) -> np.ndarray:
+    """[n] number of valid (not padded) steps of each sequence x [n, time, features]."""
+    return (x != PAD_VALUE).any(axis=-1).sum(axis=1)
+
+
+def _valid_steps(
+    n_samples: int, time_steps: int, min_length: int | None, rng: np.random.Generator
+) -> np.ndarray:
+    """[n, time_steps] bool: steps before each sequence's length (all True at fixed length)."""
+    if min_length is None or min_length >= time_steps:
+        return np.ones((n_samples, time_steps), dtype=bool)
+    lengths = rng.integers(min_length, time_steps + 1, size=n_samples)
+    return np.arange(time_steps)[None, :] < lengths[:, None]
+
+
+def _two_apart(high: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """[n, 2] sorted pairs, row i drawn uniformly from range(high[i]), at least 2 apart."""
+    pairs = np.zeros((len(high), 2), dtype=np.int64)
+    pending = np.arange(len(high))
     while len(pending):
-        draw = rng.integers(0, high, size=(len(pending), 2))
+        draw = rng.integers(0, high[pending, None], size=(len(pending), 2))
         apart = np.abs(draw[:, 0] - draw[:, 1]) >= 2
         pairs[pending[apart]] = np.sort(draw[apart], axis=1)
         pending = pending[~apart]

@@ -17,7 +17,7 @@ from pipeline.config import (
     MultiHeadPoolingModel,
     RecurrentAttentionModel,
 )
-from pipeline.contract import INPUT_NAME
+from pipeline.contract import INPUT_NAME, PAD_VALUE
 from pipeline.models.layers import InputAttention, MultiHeadAttentionPooling, TemporalAttention
 
 
@@ -25,7 +25,8 @@ OUTPUT_ACTIVATION = {"binary": "sigmoid", "regression": None}
 
 
 def feature_attention(
-    cfg: FeatureAttentionModel, input_shape: tuple[int, ...], task_type: str = "binary"
+    cfg: FeatureAttentionModel, input_shape: tuple[int, ...], task_type: str = "binary",
+    padded: bool = False,
 ) -> keras.Model:
     """probs = Dense(n, softmax)(v); Dense(hidden_units)(v * probs); Dense(1, sigmoid).
 
@@ -58,8 +59,14 @@ def _head(features, task_type: str):
     return keras.layers.Dense(1, activation=OUTPUT_ACTIVATION[task_type], name="prediction")(features)
 
 
+def _masked(x, padded: bool):
+    """Mask the steps that hold PAD_VALUE on every feature (variable-length data)."""
+    return keras.layers.Masking(mask_value=PAD_VALUE, name="padding_mask")(x) if padded else x
+
+
 def recurrent_attention(
-    cfg: RecurrentAttentionModel, input_shape: tuple[int, ...], task_type: str = "binary"
+    cfg: RecurrentAttentionModel, input_shape: tuple[int, ...], task_type: str = "binary",
+    padded: bool = False,
 ) -> keras.Model:
     """LSTM or GRU (return_sequences, optionally bidirectional) -> TemporalAttention -> Dense(1).
 
@@ -71,7 +78,9 @@ def recurrent_attention(
     """
     time_steps, n_features = input_shape
     x = keras.Input(shape=(time_steps if cfg.position_bias else None, n_features), name=INPUT_NAME)
-    states = _encoder(cfg.cell, cfg.units, cfg.bidirectional, recurrent_l2=cfg.recurrent_l2)(x)
+    states = _encoder(cfg.cell, cfg.units, cfg.bidirectional, recurrent_l2=cfg.recurrent_l2)(
+        _masked(x, padded)
+    )
     context, attention = TemporalAttention(
         score=cfg.score, query=cfg.query, position_bias=cfg.position_bias, name="temporal_attention"
     )(states)
@@ -81,12 +90,16 @@ def recurrent_attention(
 
 
 def input_attention(
-    cfg: InputAttentionModel, input_shape: tuple[int, ...], task_type: str = "binary"
+    cfg: InputAttentionModel, input_shape: tuple[int, ...], task_type: str = "binary",
+    padded: bool = False,
 ) -> keras.Model:
     """InputAttention on x -> LSTM or GRU (last state) -> Dense(1). Fixed time.
 
     x [batch, time, features] -> prediction [batch, 1], attention [batch, time].
+    Fixed-length data only (the config refuses padded data for it).
     """
+    if padded:
+        raise ValueError("attention_before_lstm takes fixed-length sequences only")
     x = keras.Input(shape=tuple(input_shape), name=INPUT_NAME)
     weighted, attention = InputAttention(shared=cfg.shared, name="input_attention")(x)
     last_state = _encoder(cfg.cell, cfg.units, sequences=False)(weighted)
@@ -96,14 +109,15 @@ def input_attention(
 
 
 def multihead_pooling(
-    cfg: MultiHeadPoolingModel, input_shape: tuple[int, ...], task_type: str = "binary"
+    cfg: MultiHeadPoolingModel, input_shape: tuple[int, ...], task_type: str = "binary",
+    padded: bool = False,
 ) -> keras.Model:
     """LSTM or GRU states -> MultiHeadAttentionPooling (learned query) -> Dense(1).
 
     x [batch, time, features] -> prediction [batch, 1], attention [batch, time] (mean of heads).
     """
     x = keras.Input(shape=(None, input_shape[-1]), name=INPUT_NAME)
-    states = _encoder(cfg.cell, cfg.units, cfg.bidirectional)(x)
+    states = _encoder(cfg.cell, cfg.units, cfg.bidirectional)(_masked(x, padded))
     context, attention = MultiHeadAttentionPooling(cfg.heads, cfg.key_dim, name="pooling")(states)
     return keras.Model(
         x, {"prediction": _head(context, task_type), "attention": attention}, name=cfg.name
@@ -118,10 +132,11 @@ BUILDERS = {
 }
 
 
-def build_model(model_cfg, input_shape, task_type: str = "binary") -> keras.Model:
+def build_model(model_cfg, input_shape, task_type: str = "binary", padded: bool = False) -> keras.Model:
     """The model `model_cfg` describes, for inputs of `input_shape` (without batch); the
-    prediction head is a sigmoid for "binary" tasks and linear for "regression" tasks."""
-    return BUILDERS[type(model_cfg)](model_cfg, tuple(input_shape), task_type)
+    prediction head is a sigmoid for "binary" tasks and linear for "regression" tasks.
+    `padded`: sequences vary in length, padded with PAD_VALUE; the model masks those steps."""
+    return BUILDERS[type(model_cfg)](model_cfg, tuple(input_shape), task_type, padded)
 
 
 def load_model(path) -> keras.Model:

@@ -9,6 +9,20 @@ from keras import ops
 
 SCORES = ("location", "dot", "general", "additive", "scaled_dot", "last_state")
 QUERIES = ("last", "learned")
+MASKED_SCORE = -1e9
+
+
+def _last_step(states, mask):
+    """[batch, time] one-hot on each sequence's last valid step (the last step without a mask)."""
+    valid = ops.ones_like(states[:, :, 0]) if mask is None else ops.cast(mask, states.dtype)
+    last = ops.sum(valid, axis=1, keepdims=True) - 1.0  # [batch, 1]
+    steps = ops.cast(ops.arange(ops.shape(states)[1]), states.dtype)
+    return ops.cast(ops.equal(steps, last), states.dtype)
+
+
+def _select(states, one_hot):
+    """[batch, units]: the state each one-hot row [batch, time] points at."""
+    return ops.sum(states * ops.expand_dims(one_hot, -1), axis=1)
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
@@ -23,6 +37,8 @@ class TemporalAttention(keras.layers.Layer):
         additive    s_t = v · tanh(W1 q + W2 h_t)       (Bahdanau)
     then s_t += p_t if `position_bias`; a = softmax(s over t); context = Σ_t a_t h_t.
     "last_state" is the no-attention baseline: a is one-hot on the last step, context = h_T.
+    With a mask (padded sequences), padded steps get exactly 0 weight and "the last state" is
+    the last valid one.
 
     Args:
         score: one of "location", "dot", "general", "additive", "scaled_dot", "last_state".
@@ -33,6 +49,7 @@ class TemporalAttention(keras.layers.Layer):
 
     Call arguments:
         states: float32 [batch, time, units], e.g. a recurrent layer's `return_sequences` output.
+        mask: optional bool [batch, time], True on valid steps (Keras passes it from Masking).
 
     Returns:
         (context [batch, units], attention [batch, time]); each attention row sums to 1.
@@ -80,17 +97,17 @@ class TemporalAttention(keras.layers.Layer):
                 name="position_scores", shape=(time,), initializer="zeros"
             )
 
-    def _query(self, states):
-        """[batch, units]: the last state, or the learned vector repeated over the batch."""
+    def _query(self, states, last_step):
+        """[batch, units]: the last valid state, or the learned vector repeated over the batch."""
         if self.query == "last":
-            return states[:, -1, :]
+            return _select(states, last_step)
         return ops.zeros_like(states[:, 0, :]) + self.query_vector
 
-    def _scores(self, states):
+    def _scores(self, states, last_step):
         """[batch, time] raw scores."""
         if self.score == "location":
             return ops.squeeze(ops.matmul(states, self.score_kernel), axis=-1)
-        query = self._query(states)
+        query = self._query(states, last_step)
         if self.score == "additive":
             hidden = ops.tanh(
                 ops.expand_dims(ops.matmul(query, self.query_kernel), 1)
@@ -103,18 +120,21 @@ class TemporalAttention(keras.layers.Layer):
         scores = ops.sum(states * ops.expand_dims(query, 1), axis=-1)
         return scores / math.sqrt(self.units) if self.score == "scaled_dot" else scores
 
-    def call(self, states):
+    def call(self, states, mask=None):
+        last_step = _last_step(states, mask)
         if self.score == "last_state":
-            steps = ops.arange(ops.shape(states)[1])
-            is_last = ops.cast(ops.equal(steps, ops.shape(states)[1] - 1), states.dtype)
-            attention = ops.zeros_like(states[:, :, 0]) + is_last  # [batch, time], one-hot
-            return states[:, -1, :], attention
-        scores = self._scores(states)
+            return _select(states, last_step), last_step
+        scores = self._scores(states, last_step)
         if self.position_bias:
             scores = scores + self.position_scores
+        if mask is not None:
+            scores = ops.where(mask, scores, MASKED_SCORE)  # exp underflows to exactly 0
         attention = ops.softmax(scores, axis=-1)  # [batch, time]
         context = ops.sum(states * ops.expand_dims(attention, -1), axis=1)  # [batch, units]
         return context, attention
+
+    def compute_mask(self, states, mask=None):
+        return [None, None]
 
     def compute_output_shape(self, states_shape):
         batch, time, units = states_shape
@@ -187,6 +207,7 @@ class MultiHeadAttentionPooling(keras.layers.Layer):
 
     Call arguments:
         states: float32 [batch, time, units].
+        mask: optional bool [batch, time], True on valid steps; padded steps get 0 weight.
 
     Returns:
         (context [batch, units], attention [batch, time]: the heads' weights averaged, so
@@ -211,10 +232,16 @@ class MultiHeadAttentionPooling(keras.layers.Layer):
         self.query = self.add_weight(name="query", shape=(1, 1, units))
         self.attention.build((states_shape[0], 1, units), states_shape)
 
-    def call(self, states):
+    def call(self, states, mask=None):
         query = ops.zeros_like(states[:, :1, :]) + self.query  # [batch, 1, units]
-        context, scores = self.attention(query, states, return_attention_scores=True)
+        attention_mask = None if mask is None else ops.expand_dims(mask, 1)  # [batch, 1, time]
+        context, scores = self.attention(
+            query, states, attention_mask=attention_mask, return_attention_scores=True
+        )
         return context[:, 0, :], ops.mean(scores[:, :, 0, :], axis=1)
+
+    def compute_mask(self, states, mask=None):
+        return [None, None]
 
     def compute_output_shape(self, states_shape):
         batch, time, units = states_shape
