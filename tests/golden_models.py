@@ -2,9 +2,9 @@
 
     make golden          # python -m tests.golden_models --write
 
-For each experiment: a fixed-seed model trained one epoch on tiny data, exported to ONNX; its
-`prediction` and `attention` on committed inputs are stored in tests/golden/<experiment>.npz, with
-the config and package versions in <experiment>.json. Rewrite only when a model definition or the
+For each case (every model, and a masked variable-length one): a fixed-seed model trained one
+epoch on tiny data, exported to ONNX; its `prediction` and `attention` on committed inputs are
+stored in tests/golden/<case>.npz, with the config and package versions in <case>.json. Rewrite only when a model definition or the
 pinned packages change on purpose, and say why in the commit.
 """
 
@@ -19,23 +19,28 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import data
-from pipeline.config import flatten
+from pipeline.config import SEQUENCE_MODELS, flatten
 from tests.conftest import tiny_config
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
-EXPERIMENTS = ("lstm_attention", "dense_attention")
+CASES = {
+    "dense_attention": ("experiment=dense_attention",),
+    "lstm_attention": ("experiment=lstm_attention",),
+    **{name: (f"model={name}",) for name in SEQUENCE_MODELS if name != "lstm_attention"},
+    "bahdanau_variable_length": ("model=bahdanau", "data=find_max", "data.min_length=5"),
+}
 N_INPUTS = 8
 TOLERANCE = 1e-5
 PACKAGES = ("tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
 
 
-def golden_model(experiment: str, *overrides: str):
-    """(onnx model, test inputs) of a fixed-seed model trained one epoch on tiny data."""
+def golden_model(case: str, *overrides: str):
+    """(onnx model, test inputs, config) of a fixed-seed model trained one epoch on tiny data."""
     from pipeline.export import to_onnx
     from pipeline.models import build_model
     from pipeline.train import fit, make_deterministic
 
-    cfg = tiny_config(f"experiment={experiment}", *overrides)
+    cfg = tiny_config(*CASES[case], *overrides)
     rng = np.random.default_rng(cfg.seed)
     splits = data.split(data.generate(cfg.data, rng), cfg.data.val_fraction, cfg.data.test_fraction, rng)
     make_deterministic(cfg.seed)
@@ -44,26 +49,27 @@ def golden_model(experiment: str, *overrides: str):
     return to_onnx(model, cfg.export.opset), splits["test"].x[:N_INPUTS], cfg
 
 
-def write(experiment: str) -> None:
+def write(case: str) -> None:
     from pipeline.inference import OnnxModel
 
-    onnx_model, inputs, cfg = golden_model(experiment)
+    onnx_model, inputs, cfg = golden_model(case)
     outputs = OnnxModel(onnx_model.SerializeToString()).run(inputs)
     GOLDEN_DIR.mkdir(exist_ok=True)
-    np.savez(GOLDEN_DIR / f"{experiment}.npz", x=inputs, **outputs)
+    np.savez(GOLDEN_DIR / f"{case}.npz", x=inputs, **outputs)
     record = {
-        "experiment": experiment,
+        "case": case,
+        "overrides": list(CASES[case]),
         "made_by": "python -m tests.golden_models --write",
         "tolerance": TOLERANCE,
         "config": flatten(cfg.model_dump()),
         "versions": {"python": platform.python_version(), **{p: version(p) for p in PACKAGES}},
     }
-    (GOLDEN_DIR / f"{experiment}.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {GOLDEN_DIR / experiment}.npz/.json")
+    (GOLDEN_DIR / f"{case}.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {GOLDEN_DIR / case}.npz/.json")
 
 
-def load(experiment: str) -> dict[str, np.ndarray]:
-    with np.load(GOLDEN_DIR / f"{experiment}.npz", allow_pickle=False) as arrays:
+def load(case: str) -> dict[str, np.ndarray]:
+    with np.load(GOLDEN_DIR / f"{case}.npz", allow_pickle=False) as arrays:
         return dict(arrays)
 
 
@@ -73,8 +79,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.write:
         parser.error("pass --write to rewrite the committed golden files")
-    for experiment in EXPERIMENTS:
-        write(experiment)
+    for case in CASES:
+        write(case)
 
 
 if __name__ == "__main__":

@@ -98,16 +98,16 @@ def test_onnx_model_with_other_names_is_refused(tmp_path):
         OnnxModel(path)
 
 
-@pytest.mark.parametrize("experiment", golden_models.EXPERIMENTS)
-def test_exported_outputs_match_the_golden_files(experiment):
-    golden = golden_models.load(experiment)
-    onnx_model, inputs, _ = golden_models.golden_model(experiment)
+@pytest.mark.parametrize("case", golden_models.CASES)
+def test_exported_outputs_match_the_golden_files(case):
+    golden = golden_models.load(case)
+    onnx_model, inputs, _ = golden_models.golden_model(case)
     np.testing.assert_array_equal(inputs, golden["x"], err_msg="the golden inputs changed")
     outputs = _runtime(onnx_model).run(golden["x"])
     for name in OUTPUT_NAMES:
         np.testing.assert_allclose(
             outputs[name], golden[name], rtol=0, atol=golden_models.TOLERANCE,
-            err_msg=f"{experiment}: {name} differs from tests/golden (see `make golden`)",
+            err_msg=f"{case}: {name} differs from tests/golden (see `make golden`)",
         )
 
 
