@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -108,3 +109,24 @@ def test_exp_run_composes_hydra_overrides(repo):
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["attention-planted_feature"], output_format="list")
     assert [r.info.run_name for r in runs] == ["feature_attention"]
+
+
+def test_queued_sweep_logs_into_the_repository_store(repo):
+    """`dvc exp run --queue` runs in temporary copies; their runs must land in <repo>/mlflow.db."""
+    _dvc(repo, "exp", "run", "--queue", "-S", "model=luong_dot,lstm_baseline", "-S", "data=find_max",
+         "-S", "data.n_samples=300", "-S", "train.epochs=1", "-S", "export.parity_samples=30")
+    _dvc(repo, "queue", "start", "-j", "1")
+    deadline = time.monotonic() + 480
+    while time.monotonic() < deadline:
+        status = _dvc(repo, "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert status.count("Success") >= 2, status
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["attention-find_max"], output_format="list")
+    assert sorted(r.info.run_name for r in runs) == ["lstm_baseline", "luong_dot"]
+    for run in runs:
+        assert "attention/argmax_hit" in run.data.metrics and "test/mae" in run.data.metrics
+        assert run.info.artifact_uri.startswith((repo / "mlartifacts").as_uri())
+    assert not list((repo / ".dvc" / "tmp" / "exps").glob("**/mlflow.db"))
