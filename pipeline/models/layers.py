@@ -25,8 +25,20 @@ def _select(states, one_hot):
     return ops.sum(states * ops.expand_dims(one_hot, -1), axis=1)
 
 
+class _AttentionPooling(keras.layers.Layer):
+    """Shared by the pooling layers: states [batch, time, units] in, (context [batch, units],
+    attention [batch, time]) out; the mask is consumed here and not passed on."""
+
+    def compute_mask(self, states, mask=None):
+        return [None, None]
+
+    def compute_output_shape(self, states_shape):
+        batch, time, units = states_shape
+        return (batch, units), (batch, time)
+
+
 @keras.saving.register_keras_serializable(package="pipeline")
-class TemporalAttention(keras.layers.Layer):
+class TemporalAttention(_AttentionPooling):
     """Attention pooling over time: one score per step, softmax over steps, weighted sum.
 
     With h_t the state at step t and q the query (the last state h_T, or a learned vector):
@@ -133,13 +145,6 @@ class TemporalAttention(keras.layers.Layer):
         context = ops.sum(states * ops.expand_dims(attention, -1), axis=1)  # [batch, units]
         return context, attention
 
-    def compute_mask(self, states, mask=None):
-        return [None, None]
-
-    def compute_output_shape(self, states_shape):
-        batch, time, units = states_shape
-        return (batch, units), (batch, time)
-
     def get_config(self):
         return {
             **super().get_config(),
@@ -198,7 +203,7 @@ class InputAttention(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
-class MultiHeadAttentionPooling(keras.layers.Layer):
+class MultiHeadAttentionPooling(_AttentionPooling):
     """Pools states with Keras MultiHeadAttention, queried by one learned vector.
 
     Args:
@@ -239,13 +244,6 @@ class MultiHeadAttentionPooling(keras.layers.Layer):
             query, states, attention_mask=attention_mask, return_attention_scores=True
         )
         return context[:, 0, :], ops.mean(scores[:, :, 0, :], axis=1)
-
-    def compute_mask(self, states, mask=None):
-        return [None, None]
-
-    def compute_output_shape(self, states_shape):
-        batch, time, units = states_shape
-        return (batch, units), (batch, time)
 
     def get_config(self):
         return {**super().get_config(), "heads": self.heads, "key_dim": self.key_dim}
