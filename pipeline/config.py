@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from pipeline.contract import OPSET_MAX
 
@@ -21,6 +30,7 @@ CONF_DIR = Path("conf")
 SEQUENCE_TASKS = ("planted_step", "find_max", "add_two_numbers")
 VECTOR_TASKS = ("planted_feature",)
 REGRESSION_TASKS = ("find_max", "add_two_numbers")
+FILE_SOURCES = ("ucr", "ts_file")  # real series from files: data.source selects, data.name names
 
 
 class ConfigError(Exception):
@@ -113,6 +123,29 @@ class AddTwoNumbersData(_VariableLength):
     min_length: int = Field(ge=4)
 
 
+class _FileData(_Strict):
+    """Labelled series from a TRAIN/TEST file pair; a stratified `val_fraction` of the training
+    file is held out for early stopping, the test file is used by evaluate only."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    normalization: Literal["per_series", "per_channel", "none"]
+    val_fraction: float = Field(gt=0, lt=1)
+
+
+class UcrData(_FileData):
+    """A UCR/UEA classification data set bundled in sktime, e.g. GunPoint or JapaneseVowels."""
+
+    source: Literal["ucr"]
+
+
+class TsFileData(_FileData):
+    """The user's own TRAIN/TEST pair (.ts or .csv) under data/, tracked by DVC."""
+
+    source: Literal["ts_file"]
+    train_file: str = Field(min_length=1)
+    test_file: str = Field(min_length=1)
+
+
 RECURRENT_VARIANTS = (
     "lstm_attention", "gru_attention", "bilstm_attention",
     "luong_dot", "luong_general", "scaled_dot", "bahdanau", "lstm_baseline",
@@ -153,7 +186,28 @@ class MultiHeadPoolingModel(_Strict):
     key_dim: int = Field(gt=0)
 
 
-SEQUENCE_MODELS = (*RECURRENT_VARIANTS, "attention_before_lstm", "multihead_pooling")
+class ConvAttentionModel(_Strict):
+    """Conv1D-BatchNorm-ReLU blocks (the fully convolutional network of time-series
+    classification) whose states are pooled by attention instead of a global average."""
+
+    name: Literal["conv_attention"]
+    filters: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
+    kernel_sizes: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
+    score: Literal["location", "dot", "general", "additive", "scaled_dot"]
+    query: Literal["last", "learned"]
+    position_bias: StrictBool
+
+    @model_validator(mode="after")
+    def _one_kernel_per_block(self):
+        if len(self.filters) != len(self.kernel_sizes):
+            raise ValueError(
+                f"filters and kernel_sizes need one entry per block, got {len(self.filters)} "
+                f"and {len(self.kernel_sizes)}"
+            )
+        return self
+
+
+SEQUENCE_MODELS = (*RECURRENT_VARIANTS, "attention_before_lstm", "multihead_pooling", "conv_attention")
 
 
 class FeatureAttentionModel(_Strict):
@@ -162,10 +216,16 @@ class FeatureAttentionModel(_Strict):
 
 
 class TrainConfig(_Strict):
+    """Keras fit settings. With `early_stopping_patience` > 0, training stops after that many
+    epochs without a lower validation loss and keeps the best epoch's weights; with
+    `lr_decay_patience` > 0 the learning rate halves after that many such epochs."""
+
     epochs: int = Field(gt=0)
     batch_size: int = Field(gt=0)
     learning_rate: float = Field(gt=0)
     optimizer: Literal["adam", "rmsprop", "sgd"]
+    early_stopping_patience: int = Field(ge=0)
+    lr_decay_patience: int = Field(ge=0)
 
 
 class ExportConfig(_Strict):
@@ -179,12 +239,32 @@ class MlflowConfig(_Strict):
     experiment_name: str = Field(min_length=1)
 
 
+def _data_tag(raw: Any) -> str | None:
+    """The variant of a data section: its `source` (ucr, ts_file), else its synthetic task name."""
+    if isinstance(raw, dict):
+        return raw.get("source") or raw.get("name")
+    return getattr(raw, "source", None) or getattr(raw, "name", None)
+
+
 DataConfig = Annotated[
-    Union[PlantedStepData, PlantedFeatureData, FindMaxData, AddTwoNumbersData],
-    Field(discriminator="name"),
+    Union[
+        Annotated[PlantedStepData, Tag("planted_step")],
+        Annotated[PlantedFeatureData, Tag("planted_feature")],
+        Annotated[FindMaxData, Tag("find_max")],
+        Annotated[AddTwoNumbersData, Tag("add_two_numbers")],
+        Annotated[UcrData, Tag("ucr")],
+        Annotated[TsFileData, Tag("ts_file")],
+    ],
+    Discriminator(_data_tag),
 ]
 ModelConfig = Annotated[
-    Union[RecurrentAttentionModel, InputAttentionModel, MultiHeadPoolingModel, FeatureAttentionModel],
+    Union[
+        RecurrentAttentionModel,
+        InputAttentionModel,
+        MultiHeadPoolingModel,
+        ConvAttentionModel,
+        FeatureAttentionModel,
+    ],
     Field(discriminator="name"),
 ]
 
@@ -209,21 +289,34 @@ class Config(_Strict):
                 "model attention_before_lstm needs fixed-length data; "
                 f"got data.min_length={self.data.min_length} < data.time_steps={self.data.time_steps}"
             )
-        if self.model.name in SEQUENCE_MODELS and self.data.name not in SEQUENCE_TASKS:
+        if self.model.name in SEQUENCE_MODELS and not self.sequence_data:
             raise ValueError(
-                f"model {self.model.name} needs sequence data {list(SEQUENCE_TASKS)}, "
-                f"got data.name={self.data.name!r}"
+                f"model {self.model.name} needs sequence data {list(SEQUENCE_TASKS)} or "
+                f"data.source in {list(FILE_SOURCES)}, got data.name={self.data.name!r}"
             )
         return self
 
     @property
+    def from_files(self) -> bool:
+        """Real labelled series read from files (data.source ucr or ts_file)."""
+        return isinstance(self.data, _FileData)
+
+    @property
+    def sequence_data(self) -> bool:
+        return self.from_files or self.data.name in SEQUENCE_TASKS
+
+    @property
     def task_type(self) -> str:
-        """"regression" (MAE, mean squared error) or "binary" (accuracy, cross-entropy)."""
+        """"regression" (MAE, mean squared error), "binary" (accuracy, cross-entropy on one
+        sigmoid) or "multiclass" (accuracy, cross-entropy on a softmax over the classes)."""
+        if self.from_files:
+            return "multiclass"
         return "regression" if self.data.name in REGRESSION_TASKS else "binary"
 
     @property
     def padded(self) -> bool:
-        """Whether sequences vary in length (padded with PAD_VALUE and masked in the model)."""
+        """Whether synthetic sequences vary in length (padded with PAD_VALUE and masked in the
+        model). For data from files the files decide: see data/prepared/meta.json."""
         min_length = getattr(self.data, "min_length", None)
         return min_length is not None and min_length < self.data.time_steps
 
@@ -237,7 +330,7 @@ def _error_key(raw: Any, loc: tuple) -> str:
     `data` or `model` (loc ('data', 'planted_step', 'n_samples') -> 'data.n_samples')."""
     parts, node, tag_skipped = [], raw, False
     for part in loc:
-        if isinstance(node, dict) and not tag_skipped and node.get("name") == part:
+        if isinstance(node, dict) and not tag_skipped and part in (node.get("source"), node.get("name")):
             tag_skipped = True
             continue
         parts.append(str(part))
@@ -250,7 +343,11 @@ def _describe(error: dict, raw: Any) -> str:
     key = _error_key(raw, error["loc"])
     if error["type"] == "union_tag_invalid":
         allowed = error["ctx"]["expected_tags"]
-        return f"{key}.name: unknown value {error['ctx']['tag']!r}; allowed: {allowed}"
+        node = raw
+        for part in error["loc"]:
+            node = node.get(part) if isinstance(node, dict) else None
+        tag_key = "source" if isinstance(node, dict) and node.get("source") else "name"
+        return f"{key}.{tag_key}: unknown value {error['ctx']['tag']!r}; allowed: {allowed}"
     if error["type"] == "union_tag_not_found":
         return f"{key}.name: missing; it selects the variant"
     message = error["msg"].removeprefix("Value error, ")

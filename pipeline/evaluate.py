@@ -3,8 +3,9 @@
     python -m pipeline.evaluate       # reads params.yaml: mlflow
 
 Outputs: reports/metrics.json (DVC metrics), reports/attention.csv (DVC plot: mean attention per
-position), reports/attention.png (heatmap). Logs the same metrics and files to the pipeline's
-MLflow run. No TensorFlow import.
+position), reports/attention.png (heatmap), reports/predictions.csv (actual and predicted class
+labels, or values for regression, per test sample: the DVC confusion-matrix plot). Logs the same
+metrics and files to the pipeline's MLflow run. No TensorFlow import.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pipeline import stage, tracking
 from pipeline.config import load_config
 from pipeline.inference import OnnxModel
 from pipeline.data import sequence_lengths
-from pipeline.metrics import TASK_METRICS, attention_metrics
+from pipeline.metrics import TASK_METRICS, attention_metrics, predicted_classes
 from pipeline.prepare import load_split
 
 HEATMAP_ROWS = 40
@@ -31,6 +32,22 @@ def write_attention_csv(attention: np.ndarray, targets: list[int], path=stage.AT
         writer.writerow(["position", "mean_attention", "is_target"])
         for position, weight in enumerate(mean):
             writer.writerow([position, f"{weight:.6f}", int(position in targets)])
+
+
+def write_predictions_csv(
+    task_type: str, prediction: np.ndarray, y: np.ndarray, labels: list[str] | None,
+    path=stage.PREDICTIONS_CSV,
+) -> None:
+    """One row per test sample: actual and predicted class label (value, for regression)."""
+    if task_type == "regression":
+        actual, predicted = (f"{v:.6g}" for v in y[:, 0]), (f"{v:.6g}" for v in prediction[:, 0])
+    else:
+        names = np.array(labels or ["0", "1"])
+        actual, predicted = names[y[:, 0].astype(np.int64)], names[predicted_classes(task_type, prediction)]
+    with stage.atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sample", "actual", "predicted"])
+        writer.writerows((i, a, p) for i, (a, p) in enumerate(zip(actual, predicted)))
 
 
 def plot_attention(
@@ -74,6 +91,7 @@ def main() -> None:
     }
     targets = meta["target_positions"]
     write_attention_csv(outputs["attention"], targets)
+    write_predictions_csv(meta["task_type"], outputs["prediction"], test.y, meta.get("labels"))
     plot_attention(
         outputs["attention"],
         targets,
@@ -84,7 +102,8 @@ def main() -> None:
     with tracking.resume_pipeline_run(cfg):
         tracking.log_metrics(metrics)
         tracking.log_artifacts(
-            [stage.METRICS_FILE, stage.ATTENTION_CSV, stage.ATTENTION_PNG], artifact_path="reports"
+            [stage.METRICS_FILE, stage.ATTENTION_CSV, stage.ATTENTION_PNG, stage.PREDICTIONS_CSV],
+            artifact_path="reports",
         )
     print("evaluated: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 

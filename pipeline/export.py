@@ -10,6 +10,7 @@ largest absolute difference between ONNX Runtime and Keras on held-out inputs ex
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -92,12 +93,16 @@ def main() -> None:
     cfg = load_config()
     model = load_model(stage.KERAS_MODEL)
     test = load_split("test")
+    meta = stage.read_json(stage.META_FILE)
     metadata = {
         "task": cfg.data.name,
+        "task_type": meta["task_type"],
         "model": cfg.model.name,
-        "input_layout": "batch,time,features" if test.x.ndim == 3 else "batch,features",
+        "input_layout": meta["input_layout"],
         "opset": cfg.export.opset,
-        "pad_value": PAD_VALUE if cfg.padded else "none",
+        "pad_value": PAD_VALUE if meta["padded"] else "none",
+        "labels": json.dumps(meta.get("labels")),
+        "preprocessing": json.dumps(meta.get("normalization") or {"mode": "none"}),
         "tensorflow": tf.__version__,
         "tf2onnx": tf2onnx.__version__,
         "onnx": onnx.__version__,

@@ -1,7 +1,9 @@
 """Task and attention metrics, NumPy only. Names match DVC's metrics.json and MLflow.
 
-Shapes: prediction [n, 1] probabilities, y [n, 1] in {0, 1}, attention [n, positions],
-target_positions [n, k] (the k true positions of each sample).
+Shapes: prediction [n, 1] probabilities (binary), [n, 1] values (regression) or [n, classes]
+probabilities (multiclass); y [n, 1] (0/1, a value, or a class index); attention [n, positions];
+target_positions [n, k] (the k true positions of each sample; k = 0 for real data, where the
+true positions are unknown).
 """
 
 from __future__ import annotations
@@ -25,7 +27,32 @@ def regression_task_metrics(prediction: np.ndarray, y: np.ndarray) -> dict[str, 
     return {"test/mae": float(np.abs(error).mean()), "test/loss": float((error**2).mean())}
 
 
-TASK_METRICS = {"binary": binary_task_metrics, "regression": regression_task_metrics}
+def multiclass_task_metrics(prediction: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """test/accuracy (argmax), test/balanced_accuracy (mean recall over the classes present)
+    and test/loss (mean categorical cross-entropy)."""
+    truth = y[:, 0].astype(np.int64)
+    predicted = prediction.argmax(axis=1)
+    p_true = np.clip(prediction[np.arange(len(truth)), truth].astype(np.float64), EPSILON, 1)
+    recalls = [np.mean(predicted[truth == c] == c) for c in np.unique(truth)]
+    return {
+        "test/accuracy": float(np.mean(predicted == truth)),
+        "test/balanced_accuracy": float(np.mean(recalls)),
+        "test/loss": float(-np.log(p_true).mean()),
+    }
+
+
+def predicted_classes(task_type: str, prediction: np.ndarray) -> np.ndarray:
+    """[n] class index: threshold 0.5 for binary, argmax for multiclass tasks."""
+    if task_type == "binary":
+        return (prediction[:, 0] >= 0.5).astype(np.int64)
+    return prediction.argmax(axis=1)
+
+
+TASK_METRICS = {
+    "binary": binary_task_metrics,
+    "regression": regression_task_metrics,
+    "multiclass": multiclass_task_metrics,
+}
 
 
 def mass_at_target(attention: np.ndarray, target_positions: np.ndarray) -> np.ndarray:
@@ -41,17 +68,21 @@ def attention_metrics(
     attention/lift: per sample, the mass at target over the uniform share k / length, averaged
         (1 = no better than uniform; `lengths` [n] are the valid steps, all positions if None);
     attention/entropy: mean entropy of the rows in nats (log(positions) for uniform, 0 for one-hot).
+    Without true positions (k = 0) only the entropy is defined.
     """
+    entropy = -(attention * np.log(np.clip(attention, EPSILON, 1))).sum(axis=1)
+    metrics = {"attention/entropy": float(max(0.0, entropy.mean()))}
+    if target_positions.shape[1] == 0:
+        return metrics
     mass = mass_at_target(attention, target_positions)
     argmax = attention.argmax(axis=1)
     hit = (target_positions == argmax[:, None]).any(axis=1)
     if lengths is None:
         lengths = np.full(len(attention), attention.shape[1])
     uniform_share = target_positions.shape[1] / lengths
-    entropy = -(attention * np.log(np.clip(attention, EPSILON, 1))).sum(axis=1)
     return {
         "attention/mass_at_target": float(mass.mean()),
         "attention/argmax_hit": float(hit.mean()),
         "attention/lift": float((mass / uniform_share).mean()),
-        "attention/entropy": float(max(0.0, entropy.mean())),
+        **metrics,
     }

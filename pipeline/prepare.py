@@ -1,9 +1,11 @@
-"""Stage `prepare`: generate the task's samples, split them, write npz splits and meta.json.
+"""Stage `prepare`: generate the task's samples (or read the TRAIN/TEST files of a real data
+set), split them, write npz splits and meta.json.
 
     python -m pipeline.prepare        # reads params.yaml: seed, data
 
-Outputs: data/prepared/{train,val,test}.npz with x, y, target_positions; data/prepared/meta.json.
-NumPy only.
+Outputs: data/prepared/{train,val,test}.npz with x, y, target_positions; data/prepared/meta.json
+(shapes, task type, padding and, for data from files, the class labels and the normalization
+fitted on the training split). NumPy only.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import numpy as np
 from pipeline import data, stage
 from pipeline.config import load_config
 from pipeline.contract import PAD_VALUE
+from pipeline.data.files import file_splits
 
 
-def describe(cfg, splits: dict[str, data.Dataset]) -> dict:
-    """meta.json: shapes, sizes and the true attention positions."""
+def describe(cfg, splits: dict[str, data.Dataset], file_info: dict | None = None) -> dict:
+    """meta.json: shapes, sizes, padding, the true attention positions (synthetic tasks) and
+    what `file_splits` found in the files (labels, normalization, lengths, paths)."""
     x = splits["train"].x
     is_sequence = x.ndim == 3
+    padded = file_info["padded"] if file_info else cfg.padded
     return {
         "task": cfg.data.name,
         "task_type": cfg.task_type,
@@ -27,8 +32,9 @@ def describe(cfg, splits: dict[str, data.Dataset]) -> dict:
         "input_layout": "batch,time,features" if is_sequence else "batch,features",
         "attention_axis": "time" if is_sequence else "features",
         "positions": int(x.shape[1]),
-        "padded": cfg.padded,
-        "pad_value": PAD_VALUE if cfg.padded else None,
+        **(file_info or {}),
+        "padded": padded,
+        "pad_value": PAD_VALUE if padded else None,
         "target_positions": sorted(
             int(p) for p in np.unique(np.concatenate([s.target_positions for s in splits.values()]))
         ),
@@ -55,13 +61,22 @@ def load_split(name: str) -> data.Dataset:
         raise stage.StageFailed(f"{path}: not a prepared split ({err})") from None
 
 
+def prepared(cfg) -> tuple[dict[str, data.Dataset], dict]:
+    """The train / val / test splits the config asks for, and their meta.json."""
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.from_files:
+        splits, file_info = file_splits(cfg.data, rng)
+    else:
+        dataset = data.generate(cfg.data, rng)
+        splits, file_info = data.split(dataset, cfg.data.val_fraction, cfg.data.test_fraction, rng), None
+    return splits, describe(cfg, splits, file_info)
+
+
 def main() -> None:
     cfg = load_config()
-    rng = np.random.default_rng(cfg.seed)
-    dataset = data.generate(cfg.data, rng)
-    splits = data.split(dataset, cfg.data.val_fraction, cfg.data.test_fraction, rng)
+    splits, meta = prepared(cfg)
     save_splits(splits)
-    stage.write_json(stage.META_FILE, describe(cfg, splits))
+    stage.write_json(stage.META_FILE, meta)
     print(f"prepared {cfg.data.name}: " + ", ".join(f"{k}={len(v)}" for k, v in splits.items()))
 
 

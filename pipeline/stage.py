@@ -30,6 +30,7 @@ EXPORT_REPORT = REPORTS / "export.json"
 METRICS_FILE = REPORTS / "metrics.json"
 ATTENTION_PNG = REPORTS / "attention.png"
 ATTENTION_CSV = REPORTS / "attention.csv"
+PREDICTIONS_CSV = REPORTS / "predictions.csv"
 
 
 class StageFailed(Exception):

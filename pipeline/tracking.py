@@ -96,6 +96,12 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
+def log_labels(labels: list[str]) -> None:
+    """The class labels (index i is class i): labels.json and the tag `labels`."""
+    mlflow.log_dict({"labels": labels}, "labels.json")
+    mlflow.set_tag("labels", ",".join(labels))
+
+
 def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
     for path in paths:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)

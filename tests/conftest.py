@@ -13,12 +13,16 @@ import yaml
 from pipeline.config import Config, compose_defaults, validate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.n_samples=300", "train.epochs=1", "train.batch_size=32", "export.parity_samples=60"]
+TINY = ["train.epochs=1", "train.batch_size=32", "export.parity_samples=60"]
+TINY_SAMPLES = 300  # synthetic data sets; real ones keep the size of their files
 
 
 def tiny_params(*overrides: str) -> dict:
     """The composed conf/ defaults, shrunk for tests, plus any Hydra overrides."""
-    return compose_defaults(REPO_ROOT / "conf", [*TINY, *overrides])
+    params = compose_defaults(REPO_ROOT / "conf", [*TINY, *overrides])
+    if "n_samples" in params["data"] and not any(o.startswith("data.n_samples=") for o in overrides):
+        params["data"]["n_samples"] = TINY_SAMPLES
+    return params
 
 
 def tiny_config(*overrides: str) -> Config:

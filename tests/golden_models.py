@@ -1,6 +1,7 @@
 """Golden outputs of the exported models: committed inputs and the ONNX outputs they must give.
 
     make golden          # python -m tests.golden_models --write
+    python -m tests.golden_models --write --case NAME    # one (new) case only
 
 For each case (every model, and a masked variable-length one): a fixed-seed model trained one
 epoch on tiny data, exported to ONNX; its `prediction` and `attention` on committed inputs are
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import data
 from pipeline.config import SEQUENCE_MODELS, flatten
 from tests.conftest import tiny_config
 
@@ -28,6 +28,10 @@ CASES = {
     "lstm_attention": ("experiment=lstm_attention",),
     **{name: (f"model={name}",) for name in SEQUENCE_MODELS if name != "lstm_attention"},
     "bahdanau_variable_length": ("model=bahdanau", "data=find_max", "data.min_length=5"),
+    "conv_attention_japanese_vowels": (
+        "model=conv_attention", "data=ucr", "data.name=JapaneseVowels",
+        "data.normalization=per_channel", "model.filters=[8,8]", "model.kernel_sizes=[5,3]",
+    ),
 }
 N_INPUTS = 8
 TOLERANCE = 1e-5
@@ -37,15 +41,16 @@ PACKAGES = ("tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy"
 def golden_model(case: str, *overrides: str):
     """(onnx model, test inputs, config) of a fixed-seed model trained one epoch on tiny data."""
     from pipeline.export import to_onnx
-    from pipeline.models import build_model
+    from pipeline.models import TaskSpec, build_model
+    from pipeline.prepare import prepared
     from pipeline.train import fit, make_deterministic
 
     cfg = tiny_config(*CASES[case], *overrides)
-    rng = np.random.default_rng(cfg.seed)
-    splits = data.split(data.generate(cfg.data, rng), cfg.data.val_fraction, cfg.data.test_fraction, rng)
+    splits, meta = prepared(cfg)
+    task = TaskSpec.from_meta(meta)
     make_deterministic(cfg.seed)
-    model = build_model(cfg.model, splits["train"].x.shape[1:], cfg.task_type, cfg.padded)
-    fit(cfg, model, splits["train"], splits["val"])
+    model = build_model(cfg.model, task)
+    fit(cfg, model, task, splits["train"], splits["val"])
     return to_onnx(model, cfg.export.opset), splits["test"].x[:N_INPUTS], cfg
 
 
@@ -76,10 +81,12 @@ def load(case: str) -> dict[str, np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Rewrite the golden ONNX outputs.")
     parser.add_argument("--write", action="store_true", help="required: rewrite tests/golden/")
+    parser.add_argument("--case", action="append", choices=list(CASES),
+                        help="only this case (repeatable), e.g. a newly added one; default: all")
     args = parser.parse_args()
     if not args.write:
         parser.error("pass --write to rewrite the committed golden files")
-    for case in CASES:
+    for case in args.case or CASES:
         write(case)
 
 

@@ -11,7 +11,7 @@ from pipeline.config import SEQUENCE_MODELS
 from pipeline.contract import OUTPUT_NAMES, PAD_VALUE
 from pipeline.export import parity, to_onnx
 from pipeline.inference import OnnxModel
-from pipeline.models import build_model
+from pipeline.models import TaskSpec, build_model
 from tests import golden_models
 from tests.conftest import tiny_config
 
@@ -26,7 +26,7 @@ def _dims(value_info) -> list:
 
 def _export(*overrides: str):
     keras.utils.set_random_seed(3)
-    model = build_model(tiny_config(*overrides).model, (20, 2))
+    model = build_model(tiny_config(*overrides).model, TaskSpec((20, 2)))
     return model, to_onnx(model, 17, {"task": "planted_step"})
 
 
@@ -71,13 +71,13 @@ def test_every_sequence_model_exports_with_parity(variant):
         x = np.random.default_rng(length).standard_normal((16, length, 2)).astype("float32")
         assert max(parity(model, _runtime(onnx_model), x).values()) <= 1e-5
     ops = {n.op_type for n in onnx_model.graph.node}
-    if cfg_model.cell == "lstm":  # tf2onnx 1.17 turns Keras GRUs into a Loop
+    if getattr(cfg_model, "cell", None) == "lstm":  # tf2onnx 1.17 turns Keras GRUs into a Loop
         assert "LSTM" in ops and "Loop" not in ops
 
 
 def test_vector_export_follows_the_contract():
     keras.utils.set_random_seed(3)
-    model = build_model(tiny_config("experiment=dense_attention").model, (32,))
+    model = build_model(tiny_config("experiment=dense_attention").model, TaskSpec((32,)))
     onnx_model = to_onnx(model, 17)
     assert _dims(onnx_model.graph.input[0]) == ["batch", 32]
     assert _dims(onnx_model.graph.output[1]) == ["batch", 32]
@@ -134,7 +134,7 @@ def test_masked_models_give_padding_exactly_zero_attention_in_keras_and_onnx(var
     cfg = tiny_config("data=find_max", "data.min_length=5", f"model={variant}", *extra)
     assert cfg.padded
     keras.utils.set_random_seed(5)
-    model = build_model(cfg.model, (20, 1), cfg.task_type, cfg.padded)
+    model = build_model(cfg.model, TaskSpec((20, 1), cfg.task_type, cfg.padded))
     onnx_model = to_onnx(model, 17)
     for time in (20, 31):  # 31: longer than any training sequence
         x = _padded_batch(24, time, 3, seed=time)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import SEQUENCE_MODELS
-from pipeline.models import build_model, load_model
+from pipeline.models import TaskSpec, build_model, load_model
 from pipeline.models.layers import InputAttention, MultiHeadAttentionPooling, TemporalAttention
 from tests.conftest import tiny_config
 
@@ -16,7 +16,7 @@ CASES = [("lstm_attention", (20, 2), (6, 20, 2)), ("dense_attention", (32,), (6,
 
 def _model(experiment: str, input_shape, *overrides: str):
     keras.utils.set_random_seed(0)
-    return build_model(tiny_config(f"experiment={experiment}", *overrides).model, input_shape)
+    return build_model(tiny_config(f"experiment={experiment}", *overrides).model, TaskSpec(input_shape))
 
 
 @pytest.mark.parametrize("experiment, input_shape, batch_shape", CASES)
@@ -48,7 +48,7 @@ def test_every_sequence_model_gives_attention_distributions_and_reloads(tmp_path
 
 def test_regression_head_is_linear():
     keras.utils.set_random_seed(0)
-    model = build_model(tiny_config("data=find_max").model, (20, 1), "regression")
+    model = build_model(tiny_config("data=find_max").model, TaskSpec((20, 1), "regression"))
     assert model.get_layer("prediction").activation.__name__ == "linear"
 
 

@@ -1,45 +1,79 @@
-"""The model factory: a config section in, a Keras model with outputs `prediction` and `attention`.
+"""The model factory: a config section and a task in, a Keras model with outputs `prediction`
+and `attention`.
 
 Every model takes `x` ([batch, features] or [batch, time, features]) and returns a dict:
-    prediction float32 [batch, 1]  (sigmoid probability of class 1, or a real value for
-                                    regression tasks)
+    prediction float32 [batch, 1] for "binary" (sigmoid probability of class 1) and
+               "regression" (a real value) tasks; [batch, classes] for "multiclass" tasks
+               (softmax probabilities)
     attention  float32 [batch, positions]  (rows are probability distributions)
-This module imports TensorFlow/Keras: only training, export and tests use it.
+Sequence models start with the task's preprocessing (masking of padded steps, z-normalisation),
+so the exported model takes raw series. This module imports TensorFlow/Keras: only training,
+export and tests use it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import keras
 
 from pipeline.config import (
+    ConvAttentionModel,
     FeatureAttentionModel,
     InputAttentionModel,
     MultiHeadPoolingModel,
     RecurrentAttentionModel,
 )
 from pipeline.contract import INPUT_NAME, PAD_VALUE
-from pipeline.models.layers import InputAttention, MultiHeadAttentionPooling, TemporalAttention
+from pipeline.models.layers import (
+    ConvEncoder,
+    InputAttention,
+    MultiHeadAttentionPooling,
+    Standardize,
+    TemporalAttention,
+)
 
 
-OUTPUT_ACTIVATION = {"binary": "sigmoid", "regression": None}
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the prepared data asks of a model (data/prepared/meta.json).
+
+    input_shape: one sample's shape, (features,) or (time, features).
+    task_type: "binary", "regression" or "multiclass".
+    padded: sequences vary in length, padded with PAD_VALUE; the model masks those steps.
+    n_classes: classes of a "multiclass" task.
+    normalization: {"mode": "per_series" | "per_channel" | "none", "mean": [...], "std": [...]},
+        applied inside the model (None: none).
+    """
+
+    input_shape: tuple[int, ...]
+    task_type: str = "binary"
+    padded: bool = False
+    n_classes: int = 1
+    normalization: dict | None = field(default=None)
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "TaskSpec":
+        return cls(
+            input_shape=tuple(meta["input_shape"]),
+            task_type=meta["task_type"],
+            padded=bool(meta["padded"]),
+            n_classes=len(meta.get("labels") or []) or 1,
+            normalization=meta.get("normalization"),
+        )
 
 
-def feature_attention(
-    cfg: FeatureAttentionModel, input_shape: tuple[int, ...], task_type: str = "binary",
-    padded: bool = False,
-) -> keras.Model:
+def feature_attention(cfg: FeatureAttentionModel, task: TaskSpec) -> keras.Model:
     """probs = Dense(n, softmax)(v); Dense(hidden_units)(v * probs); Dense(1, sigmoid).
 
     x [batch, n] -> prediction [batch, 1], attention [batch, n].
     """
-    (n_features,) = input_shape
+    (n_features,) = task.input_shape
     x = keras.Input(shape=(n_features,), name=INPUT_NAME)
     attention = keras.layers.Dense(n_features, activation="softmax", name="attention")(x)
     weighted = keras.layers.Multiply(name="attended_features")([x, attention])
     hidden = keras.layers.Dense(cfg.hidden_units, name="hidden")(weighted)
-    return keras.Model(
-        x, {"prediction": _head(hidden, task_type), "attention": attention}, name=cfg.name
-    )
+    return keras.Model(x, {"prediction": _head(hidden, task), "attention": attention}, name=cfg.name)
 
 
 RECURRENT_CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
@@ -55,19 +89,28 @@ def _encoder(cell: str, units: int, bidirectional: bool = False, sequences: bool
     return keras.layers.Bidirectional(layer, name=f"bi{cell}") if bidirectional else layer
 
 
-def _head(features, task_type: str):
-    return keras.layers.Dense(1, activation=OUTPUT_ACTIVATION[task_type], name="prediction")(features)
+def _head(features, task: TaskSpec):
+    """Dense(1, sigmoid) for binary, Dense(1) for regression, Dense(classes, softmax) for
+    multiclass tasks."""
+    if task.task_type == "multiclass":
+        return keras.layers.Dense(task.n_classes, activation="softmax", name="prediction")(features)
+    activation = "sigmoid" if task.task_type == "binary" else None
+    return keras.layers.Dense(1, activation=activation, name="prediction")(features)
 
 
-def _masked(x, padded: bool):
-    """Mask the steps that hold PAD_VALUE on every feature (variable-length data)."""
-    return keras.layers.Masking(mask_value=PAD_VALUE, name="padding_mask")(x) if padded else x
+def _sequence_input(task: TaskSpec, fixed_time: bool):
+    """(x, preprocessed x): the model input [batch, time, features] (time None unless
+    `fixed_time`), masked where it holds PAD_VALUE on every feature (variable-length data) and
+    z-normalised as the task says."""
+    time_steps, n_features = task.input_shape
+    x = keras.Input(shape=(time_steps if fixed_time else None, n_features), name=INPUT_NAME)
+    h = keras.layers.Masking(mask_value=PAD_VALUE, name="padding_mask")(x) if task.padded else x
+    if task.normalization and task.normalization["mode"] != "none":
+        h = Standardize(**task.normalization, name="standardize")(h)
+    return x, h
 
 
-def recurrent_attention(
-    cfg: RecurrentAttentionModel, input_shape: tuple[int, ...], task_type: str = "binary",
-    padded: bool = False,
-) -> keras.Model:
+def recurrent_attention(cfg: RecurrentAttentionModel, task: TaskSpec) -> keras.Model:
     """LSTM or GRU (return_sequences, optionally bidirectional) -> TemporalAttention -> Dense(1).
 
     x [batch, time, features] -> prediction [batch, 1], attention [batch, time].
@@ -76,52 +119,52 @@ def recurrent_attention(
     bias the model takes exactly `time` steps; without it the time dimension is dynamic.
     A bidirectional encoder concatenates both directions: states are [batch, time, 2 * units].
     """
-    time_steps, n_features = input_shape
-    x = keras.Input(shape=(time_steps if cfg.position_bias else None, n_features), name=INPUT_NAME)
-    states = _encoder(cfg.cell, cfg.units, cfg.bidirectional, recurrent_l2=cfg.recurrent_l2)(
-        _masked(x, padded)
-    )
+    x, h = _sequence_input(task, fixed_time=cfg.position_bias)
+    states = _encoder(cfg.cell, cfg.units, cfg.bidirectional, recurrent_l2=cfg.recurrent_l2)(h)
     context, attention = TemporalAttention(
         score=cfg.score, query=cfg.query, position_bias=cfg.position_bias, name="temporal_attention"
     )(states)
-    return keras.Model(
-        x, {"prediction": _head(context, task_type), "attention": attention}, name=cfg.name
-    )
+    return keras.Model(x, {"prediction": _head(context, task), "attention": attention}, name=cfg.name)
 
 
-def input_attention(
-    cfg: InputAttentionModel, input_shape: tuple[int, ...], task_type: str = "binary",
-    padded: bool = False,
-) -> keras.Model:
+def input_attention(cfg: InputAttentionModel, task: TaskSpec) -> keras.Model:
     """InputAttention on x -> LSTM or GRU (last state) -> Dense(1). Fixed time.
 
     x [batch, time, features] -> prediction [batch, 1], attention [batch, time].
     Fixed-length data only (the config refuses padded data for it).
     """
-    if padded:
+    if task.padded:
         raise ValueError("attention_before_lstm takes fixed-length sequences only")
-    x = keras.Input(shape=tuple(input_shape), name=INPUT_NAME)
-    weighted, attention = InputAttention(shared=cfg.shared, name="input_attention")(x)
+    x, h = _sequence_input(task, fixed_time=True)
+    weighted, attention = InputAttention(shared=cfg.shared, name="input_attention")(h)
     last_state = _encoder(cfg.cell, cfg.units, sequences=False)(weighted)
-    return keras.Model(
-        x, {"prediction": _head(last_state, task_type), "attention": attention}, name=cfg.name
-    )
+    return keras.Model(x, {"prediction": _head(last_state, task), "attention": attention}, name=cfg.name)
 
 
-def multihead_pooling(
-    cfg: MultiHeadPoolingModel, input_shape: tuple[int, ...], task_type: str = "binary",
-    padded: bool = False,
-) -> keras.Model:
+def multihead_pooling(cfg: MultiHeadPoolingModel, task: TaskSpec) -> keras.Model:
     """LSTM or GRU states -> MultiHeadAttentionPooling (learned query) -> Dense(1).
 
     x [batch, time, features] -> prediction [batch, 1], attention [batch, time] (mean of heads).
     """
-    x = keras.Input(shape=(None, input_shape[-1]), name=INPUT_NAME)
-    states = _encoder(cfg.cell, cfg.units, cfg.bidirectional)(_masked(x, padded))
+    x, h = _sequence_input(task, fixed_time=False)
+    states = _encoder(cfg.cell, cfg.units, cfg.bidirectional)(h)
     context, attention = MultiHeadAttentionPooling(cfg.heads, cfg.key_dim, name="pooling")(states)
-    return keras.Model(
-        x, {"prediction": _head(context, task_type), "attention": attention}, name=cfg.name
-    )
+    return keras.Model(x, {"prediction": _head(context, task), "attention": attention}, name=cfg.name)
+
+
+def conv_attention(cfg: ConvAttentionModel, task: TaskSpec) -> keras.Model:
+    """ConvEncoder (Conv1D-BatchNorm-ReLU blocks) -> TemporalAttention -> head: attention
+    pooling in place of the global average pooling of the fully convolutional network.
+
+    x [batch, time, features] -> prediction, attention [batch, time]. Time is dynamic unless
+    `position_bias`.
+    """
+    x, h = _sequence_input(task, fixed_time=cfg.position_bias)
+    states = ConvEncoder(cfg.filters, cfg.kernel_sizes, name="conv_encoder")(h)
+    context, attention = TemporalAttention(
+        score=cfg.score, query=cfg.query, position_bias=cfg.position_bias, name="temporal_attention"
+    )(states)
+    return keras.Model(x, {"prediction": _head(context, task), "attention": attention}, name=cfg.name)
 
 
 BUILDERS = {
@@ -129,14 +172,13 @@ BUILDERS = {
     RecurrentAttentionModel: recurrent_attention,
     InputAttentionModel: input_attention,
     MultiHeadPoolingModel: multihead_pooling,
+    ConvAttentionModel: conv_attention,
 }
 
 
-def build_model(model_cfg, input_shape, task_type: str = "binary", padded: bool = False) -> keras.Model:
-    """The model `model_cfg` describes, for inputs of `input_shape` (without batch); the
-    prediction head is a sigmoid for "binary" tasks and linear for "regression" tasks.
-    `padded`: sequences vary in length, padded with PAD_VALUE; the model masks those steps."""
-    return BUILDERS[type(model_cfg)](model_cfg, tuple(input_shape), task_type, padded)
+def build_model(model_cfg, task: TaskSpec) -> keras.Model:
+    """The model `model_cfg` describes, for the task's inputs, preprocessing and head."""
+    return BUILDERS[type(model_cfg)](model_cfg, task)
 
 
 def load_model(path) -> keras.Model:

@@ -247,3 +247,127 @@ class MultiHeadAttentionPooling(_AttentionPooling):
 
     def get_config(self):
         return {**super().get_config(), "heads": self.heads, "key_dim": self.key_dim}
+
+
+NORMALIZATIONS = ("per_series", "per_channel", "none")
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class Standardize(keras.layers.Layer):
+    """z-normalisation inside the model, so that a deployed model takes raw series.
+
+        per_series   each series and channel by its own mean and standard deviation over its
+                     valid steps (computed at inference; nothing fitted)
+        per_channel  each channel by the mean and standard deviation fitted on the training split
+        none         values unchanged
+    Padded steps (mask False) come out as exactly 0, so the layers after see zero padding.
+
+    Args:
+        mode: one of "per_series", "per_channel", "none".
+        mean, std: per channel (lists of `channels` floats), for "per_channel" only.
+
+    Call arguments:
+        x: float32 [batch, time, channels]; mask: optional bool [batch, time], True on valid steps.
+
+    Returns:
+        float32 [batch, time, channels]; the mask passes through.
+    """
+
+    def __init__(self, mode="per_series", mean=None, std=None, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in NORMALIZATIONS:
+            raise ValueError(f"mode must be one of {NORMALIZATIONS}, got {mode!r}")
+        if (mode == "per_channel") != (mean is not None and std is not None):
+            raise ValueError(f"mean and std are given for mode 'per_channel' only (mode {mode!r})")
+        if mode == "per_channel" and (len(mean) != len(std) or min(std) <= 0):
+            raise ValueError(f"need one mean and one positive std per channel, got {mean}, {std}")
+        self.mode = mode
+        self.mean = None if mean is None else [float(v) for v in mean]
+        self.std = None if std is None else [float(v) for v in std]
+        self.supports_masking = True
+
+    def call(self, x, mask=None):
+        valid = None if mask is None else ops.expand_dims(ops.cast(mask, x.dtype), -1)
+        if self.mode == "per_channel":
+            x = (x - ops.convert_to_tensor(self.mean, x.dtype)) / ops.convert_to_tensor(self.std, x.dtype)
+        elif self.mode == "per_series":
+            weights = ops.ones_like(x[:, :, :1]) if valid is None else valid
+            count = ops.sum(weights, axis=1, keepdims=True)  # [batch, 1, 1]
+            mean = ops.sum(x * weights, axis=1, keepdims=True) / count
+            variance = ops.sum(ops.square(x - mean) * weights, axis=1, keepdims=True) / count
+            std = ops.sqrt(variance)
+            x = (x - mean) / ops.where(std > 1e-8, std, ops.ones_like(std))  # constant series -> 0
+        return x if valid is None else x * valid
+
+    def compute_mask(self, x, mask=None):
+        return mask
+
+    def compute_output_shape(self, x_shape):
+        return x_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode, "mean": self.mean, "std": self.std}
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class ConvEncoder(keras.layers.Layer):
+    """The fully convolutional encoder of time-series classification (Wang et al. 2017):
+    blocks of Conv1D ("same" padding) -> BatchNormalization -> ReLU, one per filter count.
+    Padded steps are set to 0 after every block, so a series gives the same states whatever
+    its padding.
+
+    Args:
+        filters: filters of each block, e.g. [128, 256, 128].
+        kernel_sizes: kernel size of each block, e.g. [8, 5, 3].
+
+    Call arguments:
+        x: float32 [batch, time, channels]; mask: optional bool [batch, time].
+
+    Returns:
+        states float32 [batch, time, filters[-1]]; the mask passes through.
+    """
+
+    def __init__(self, filters=(128, 256, 128), kernel_sizes=(8, 5, 3), **kwargs):
+        super().__init__(**kwargs)
+        filters, kernel_sizes = list(filters), list(kernel_sizes)
+        if not filters or len(filters) != len(kernel_sizes):
+            raise ValueError(
+                f"need one kernel size per block, got filters {filters} and kernel_sizes {kernel_sizes}"
+            )
+        if min(filters + kernel_sizes) < 1:
+            raise ValueError(f"filters and kernel sizes must be positive, got {filters}, {kernel_sizes}")
+        self.filters, self.kernel_sizes = filters, kernel_sizes
+        self.blocks = [
+            (
+                keras.layers.Conv1D(f, k, padding="same", name=f"conv{i}"),
+                keras.layers.BatchNormalization(name=f"norm{i}"),
+            )
+            for i, (f, k) in enumerate(zip(filters, kernel_sizes))
+        ]
+        self.supports_masking = True
+
+    def build(self, x_shape):
+        shape = tuple(x_shape)
+        for conv, norm in self.blocks:
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+            norm.build(shape)
+
+    def call(self, x, mask=None, training=None):
+        valid = None if mask is None else ops.expand_dims(ops.cast(mask, x.dtype), -1)
+        if valid is not None:
+            x = x * valid  # zero padding; the product carries no mask into the Conv1D layers
+        for conv, norm in self.blocks:
+            x = ops.relu(norm(conv(x), training=training))
+            if valid is not None:
+                x = x * valid
+        return x
+
+    def compute_mask(self, x, mask=None):
+        return mask
+
+    def compute_output_shape(self, x_shape):
+        return (*tuple(x_shape)[:2], self.filters[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_sizes": self.kernel_sizes}
