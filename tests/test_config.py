@@ -99,3 +99,31 @@ def test_unreadable_files_are_reported(tmp_path):
     broken.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(broken)
+
+
+@pytest.mark.parametrize("overrides, fragments", [
+    (("data=ucr", "data.normalization=zscore"), ["data.normalization", "'per_series'", "zscore"]),
+    (("data=ucr", "data.val_fraction=1.5"), ["data.val_fraction", "less than 1"]),
+    (("data=ucr", "data.name=../etc"), ["data.name", "should match pattern"]),
+    (("data=ts_file", "data.source=s3"), ["data.source: unknown value 's3'", "'ucr'", "'ts_file'"]),
+    (("data=ucr", "model=conv_attention", "model.kernel_sizes=[8,5]"),
+     ["model", "filters and kernel_sizes need one entry per block, got 3 and 2"]),
+    (("data=ucr", "model=conv_attention", "model.score=last_state"), ["model.score", "last_state"]),
+    (("data=ucr", "model=feature_attention"), ["feature_attention needs vector data"]),
+])
+def test_bad_real_data_configs_name_the_key(overrides, fragments):
+    with pytest.raises(ConfigError) as caught:
+        validate(tiny_params(*overrides))
+    for fragment in fragments:
+        assert fragment in str(caught.value), f"{fragment!r} missing from: {caught.value}"
+
+
+@pytest.mark.parametrize("preset, name", [
+    ("ucr_gun_point", "GunPoint"), ("ucr_italy_power_demand", "ItalyPowerDemand"),
+    ("ucr_basic_motions", "BasicMotions"), ("ucr_japanese_vowels", "JapaneseVowels"),
+])
+def test_ucr_presets_compose_to_multiclass_configs(preset, name):
+    cfg = validate(compose_defaults(REPO_ROOT / "conf", [f"experiment={preset}"]))
+    assert (cfg.data.source, cfg.data.name, cfg.model.name) == ("ucr", name, "conv_attention")
+    assert cfg.task_type == "multiclass" and cfg.train.early_stopping_patience > 0
+    assert cfg.mlflow.experiment_name == f"attention-{name}"
