@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,22 @@ class StageDir(type(Path())):
         path = self / "params.yaml"
         path.write_text(yaml.safe_dump(tiny_params(*overrides), sort_keys=False))
         return path
+
+
+@contextmanager
+def stages_run(workdir: Path, *overrides: str) -> Iterator[StageDir]:
+    """prepare, train, export and evaluate, in-process, in `workdir` on tiny params plus
+    `overrides`, logging to an MLflow store of its own; yields the directory with the outputs."""
+    from pipeline import evaluate, export, prepare, train
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+        patch.delenv("DVC_ROOT", raising=False)
+        StageDir(workdir).write_params(*overrides)
+        for stage_module in (prepare, train, export, evaluate):
+            stage_module.main()
+        yield StageDir(workdir)
 
 
 @pytest.fixture

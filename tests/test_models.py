@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import SEQUENCE_MODELS
+from pipeline.contract import PAD_VALUE
 from pipeline.models import TaskSpec, build_model, load_model
 from pipeline.models.layers import InputAttention, MultiHeadAttentionPooling, TemporalAttention
 from tests.conftest import tiny_config
@@ -14,9 +15,10 @@ from tests.conftest import tiny_config
 CASES = [("lstm_attention", (20, 2), (6, 20, 2)), ("dense_attention", (32,), (6, 32))]
 
 
-def _model(experiment: str, input_shape, *overrides: str):
+def _model(experiment: str, input_shape, *overrides: str, task: TaskSpec | None = None):
     keras.utils.set_random_seed(0)
-    return build_model(tiny_config(f"experiment={experiment}", *overrides).model, TaskSpec(input_shape))
+    return build_model(tiny_config(f"experiment={experiment}", *overrides).model,
+                       task or TaskSpec(input_shape))
 
 
 @pytest.mark.parametrize("experiment, input_shape, batch_shape", CASES)
@@ -126,3 +128,21 @@ def test_multihead_pooling_averages_the_heads():
     context, attention = layer(np.random.default_rng(0).standard_normal((2, 7, 5)).astype("float32"))
     assert context.shape == (2, 5) and attention.shape == (2, 7)
     np.testing.assert_allclose(np.asarray(attention).sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", SEQUENCE_MODELS)
+def test_every_sequence_model_takes_raw_multiclass_series(variant):
+    """Real-data task: softmax over 4 classes, z-normalisation inside, padding masked."""
+    padded = variant != "attention_before_lstm"  # it takes fixed-length series only
+    task = TaskSpec((12, 3), "multiclass", padded=padded, n_classes=4,
+                    normalization={"mode": "per_series"})
+    model = _model("lstm_attention", None, f"model={variant}", task=task)
+    x = np.random.default_rng(4).normal(50.0, 10.0, size=(6, 12, 3)).astype("float32")
+    if padded:
+        x[:, 9:] = PAD_VALUE
+    out = model(x)
+    prediction, attention = np.asarray(out["prediction"]), np.asarray(out["attention"])
+    assert prediction.shape == (6, 4)
+    np.testing.assert_allclose(prediction.sum(axis=1), 1.0, atol=1e-5)
+    if padded:
+        assert (attention[:, 9:] == 0).all()

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import yaml
 
@@ -42,13 +43,19 @@ def _write_params(repo: Path, params: dict) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A git clone of the project with a tiny params.yaml, after one full `dvc repro`."""
-    path = copy_repository(tmp_path_factory.mktemp("clone"))
+def _git_copy(destination: Path) -> Path:
+    """The project's files in a fresh git repository (one commit)."""
+    path = copy_repository(destination)
     _run(["git", "init", "-q"], path)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], path)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"], path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A git clone of the project with a tiny params.yaml, after one full `dvc repro`."""
+    path = _git_copy(tmp_path_factory.mktemp("clone"))
     _write_params(path, tiny_params())
     first = _dvc(path, "repro")
     assert _ran(first) == list(STAGES)
@@ -130,3 +137,42 @@ def test_queued_sweep_logs_into_the_repository_store(repo):
         assert "attention/argmax_hit" in run.data.metrics and "test/mae" in run.data.metrics
         assert run.info.artifact_uri.startswith((repo / "mlartifacts").as_uri())
     assert not list((repo / ".dvc" / "tmp" / "exps").glob("**/mlflow.db"))
+
+
+def _ts_file(n_series: int, seed: int) -> str:
+    """A .ts file of 2-channel series of 16 steps, class "sine" or "ramp"."""
+    rng = np.random.default_rng(seed)
+    lines = ["@problemName mine", "@univariate false", "@dimensions 2", "@equalLength true",
+             "@seriesLength 16", "@classLabel true sine ramp", "@data"]
+    steps = np.linspace(0, 1, 16)
+    for i in range(n_series):
+        label = ("sine", "ramp")[i % 2]
+        base = np.sin(6 * steps) if label == "sine" else steps
+        channels = [base + 0.1 * rng.standard_normal(16), 2 * base + 0.1 * rng.standard_normal(16)]
+        lines.append(":".join(",".join(f"{v:.4f}" for v in c) for c in channels) + f":{label}")
+    return "\n".join(lines) + "\n"
+
+
+def test_user_files_tracked_by_dvc_feed_the_pipeline(tmp_path):
+    path = _git_copy(tmp_path)
+    mine = path / "data" / "raw" / "mine"
+    mine.mkdir()
+    (mine / "mine_TRAIN.ts").write_text(_ts_file(30, seed=0))
+    (mine / "mine_TEST.ts").write_text(_ts_file(10, seed=1))
+    _dvc(path, "add", "data/raw/mine")
+    _write_params(path, tiny_params(
+        "data=ts_file", "data.name=mine", "data.train_file=data/raw/mine/mine_TRAIN.ts",
+        "data.test_file=data/raw/mine/mine_TEST.ts", "model=conv_attention", "model.filters=[8]",
+        "model.kernel_sizes=[3]"))
+    assert _ran(_dvc(path, "repro")) == list(STAGES)
+    predictions = (path / "reports/predictions.csv").read_text().splitlines()
+    assert len(predictions) == 11 and {row.split(",")[1] for row in predictions[1:]} == {"sine", "ramp"}
+
+    outputs = [path / p for p in ("data/prepared/train.npz", "models/model.onnx", "reports/metrics.json")]
+    before = {p: _digest(p) for p in outputs}
+    with open(mine / "mine_TEST.ts", "a") as handle:  # a ragged row in a fixed-length file
+        handle.write("1,2,3:1,2,3:sine\n")
+    failed = _dvc(path, "repro", check=False)
+    assert _ran(failed) == ["prepare"] and failed.returncode != 0
+    assert "data/raw/mine/mine_TEST.ts: line 18: series of length 3" in failed.stderr
+    assert {p: _digest(p) for p in outputs} == before

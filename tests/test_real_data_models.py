@@ -11,14 +11,13 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline import evaluate, export, prepare, stage, train
+from pipeline import prepare, stage
 from pipeline.contract import PAD_VALUE
-from pipeline.data.files import file_splits
 from pipeline.export import parity, to_onnx
 from pipeline.inference import OnnxModel
 from pipeline.models import TaskSpec, build_model
 from pipeline.models.layers import Standardize
-from tests.conftest import StageDir, tiny_config
+from tests.conftest import stages_run, tiny_config
 
 SMALL_CONV = ("model=conv_attention", "model.filters=[8,8]", "model.kernel_sizes=[5,3]")
 
@@ -88,16 +87,9 @@ def test_the_normalization_is_inside_the_model(japanese_vowels_model):
 @pytest.fixture(scope="module")
 def ucr_pipeline_run(tmp_path_factory):
     """prepare, train, export, evaluate on BasicMotions (6 channels, 4 named classes)."""
-    workdir = tmp_path_factory.mktemp("ucr_stages")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(workdir)
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
-        patch.delenv("DVC_ROOT", raising=False)
-        StageDir(workdir).write_params("data=ucr", "data.name=BasicMotions",
-                                       "data.normalization=per_channel", *SMALL_CONV,
-                                       "train.epochs=3", "train.early_stopping_patience=2")
-        for stage_module in (prepare, train, export, evaluate):
-            stage_module.main()
+    with stages_run(tmp_path_factory.mktemp("ucr_stages"), "data=ucr", "data.name=BasicMotions",
+                    "data.normalization=per_channel", *SMALL_CONV, "train.epochs=3",
+                    "train.early_stopping_patience=2") as workdir:
         yield workdir
 
 

@@ -9,8 +9,8 @@ import sys
 import mlflow
 import pytest
 
-from pipeline import evaluate, export, prepare, stage, train
-from tests.conftest import REPO_ROOT, subprocess_env
+from pipeline import stage
+from tests.conftest import REPO_ROOT, stages_run, subprocess_env
 
 TENSORFLOW_FREE = ("pipeline.prepare", "pipeline.evaluate", "pipeline.inference", "pipeline.config",
                    "pipeline.metrics", "pipeline.tracking", "pipeline.data", "pipeline.compare")
@@ -29,17 +29,8 @@ def test_stages_that_do_not_train_do_not_import_tensorflow():
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
     """prepare, train, export, evaluate once on tiny data in a scratch directory."""
-    workdir = tmp_path_factory.mktemp("stages")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(workdir)
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
-        patch.delenv("DVC_ROOT", raising=False)
-        from tests.conftest import StageDir
-
-        StageDir(workdir).write_params()
-        for stage_module in (prepare, train, export, evaluate):
-            stage_module.main()
-        yield StageDir(workdir)
+    with stages_run(tmp_path_factory.mktemp("stages")) as workdir:
+        yield workdir
 
 
 def test_stages_write_their_outputs_and_one_mlflow_run(pipeline_run, monkeypatch):
