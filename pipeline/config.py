@@ -229,9 +229,26 @@ class TrainConfig(_Strict):
 
 
 class ExportConfig(_Strict):
+    """ONNX export and the gates of its variants (pipeline/variants.py)."""
+
     opset: int = Field(ge=13, le=OPSET_MAX)
     parity_tolerance: float = Field(gt=0)
     parity_samples: int = Field(gt=0)
+    variants: list[Literal["fp32", "fp16", "int8"]] = Field(min_length=1)
+    variant_tolerance: dict[Literal["fp16", "int8"], Annotated[float, Field(gt=0)]]
+    attention_sum_tolerance: float = Field(gt=0)
+    min_class_agreement: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _variants_have_tolerances(self):
+        if "fp32" not in self.variants:
+            raise ValueError(f"variants must include fp32, the reference (got {self.variants})")
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants repeat a name: {self.variants}")
+        missing = [v for v in self.variants if v != "fp32" and v not in self.variant_tolerance]
+        if missing:
+            raise ValueError(f"variant_tolerance has no value for {missing}")
+        return self
 
 
 class MlflowConfig(_Strict):

@@ -2,14 +2,17 @@
 
     python -m pipeline.export         # reads params.yaml: export, mlflow
 
-Outputs: models/model.onnx (input `x`, outputs `prediction` and `attention`, dynamic `batch` and,
-for sequence models, `time`) and reports/export.json. The stage fails, writing nothing, when the
-largest absolute difference between ONNX Runtime and Keras on held-out inputs exceeds
-`export.parity_tolerance`.
+Outputs: models/model.onnx (fp32; input `x`, outputs `prediction` and `attention`, dynamic `batch`
+and, for sequence models, `time`), models/variants/model_<fp16|int8>.onnx (the other
+`export.variants`) and reports/export.json. Every variant carries the same metadata (task, model,
+MLflow run id, config digest, labels, preprocessing, input layout, opset, package versions) and
+must pass its gate against Keras on held-out inputs (pipeline/variants.py); if one misses, the
+stage fails and writes nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -32,6 +35,7 @@ from pipeline.contract import (  # noqa: E402
 from pipeline.inference import OnnxModel  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
 from pipeline.prepare import load_split  # noqa: E402
+from pipeline.variants import convert, gate_failures, gate_report  # noqa: E402
 
 
 def _input_signature(model) -> tuple[tf.TensorSpec]:
@@ -89,51 +93,84 @@ def parity(model, runtime: OnnxModel, x: np.ndarray) -> dict[str, float]:
     return {name: float(np.max(np.abs(keras_out[name] - onnx_out[name]))) for name in OUTPUT_NAMES}
 
 
+def config_digest(cfg) -> str:
+    """sha256 of the run's whole config, canonical JSON: which config made this model."""
+    canonical = json.dumps(cfg.model_dump(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def model_metadata(cfg, meta: dict, run_id: str) -> dict[str, str]:
+    """What every exported variant carries in its ONNX metadata."""
+    import keras
+    import onnxruntime
+
+    return {
+        "task": cfg.data.name,
+        "task_type": meta["task_type"],
+        "model": cfg.model.name,
+        "mlflow_run_id": run_id,
+        "config_digest": config_digest(cfg),
+        "labels": json.dumps(meta.get("labels")),
+        "preprocessing": json.dumps(meta.get("normalization") or {"mode": "none"}),
+        "input_layout": meta["input_layout"],
+        "input_shape": json.dumps(meta["input_shape"]),
+        "pad_value": PAD_VALUE if meta["padded"] else "none",
+        "opset": cfg.export.opset,
+        "precision": "fp32",
+        "versions": json.dumps({
+            "tensorflow": tf.__version__, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+        }),
+    }
+
+
 def main() -> None:
     cfg = load_config()
     model = load_model(stage.KERAS_MODEL)
     test = load_split("test")
     meta = stage.read_json(stage.META_FILE)
-    metadata = {
-        "task": cfg.data.name,
-        "task_type": meta["task_type"],
-        "model": cfg.model.name,
-        "input_layout": meta["input_layout"],
-        "opset": cfg.export.opset,
-        "pad_value": PAD_VALUE if meta["padded"] else "none",
-        "labels": json.dumps(meta.get("labels")),
-        "preprocessing": json.dumps(meta.get("normalization") or {"mode": "none"}),
-        "tensorflow": tf.__version__,
-        "tf2onnx": tf2onnx.__version__,
-        "onnx": onnx.__version__,
-    }
-    onnx_model = to_onnx(model, cfg.export.opset, metadata)
+    run_id = stage.read_json(stage.MLFLOW_RUN_FILE)["run_id"]
+    fp32_model = to_onnx(model, cfg.export.opset, model_metadata(cfg, meta, run_id))
     x_check = test.x[: cfg.export.parity_samples]
-    runtime = OnnxModel(onnx_model.SerializeToString())
-    differences = parity(model, runtime, x_check)
-    worst = max(differences.values())
-    if worst > cfg.export.parity_tolerance:
+    keras_out = model.predict(x_check, batch_size=1024, verbose=0)
+    variants, report, failures = {}, {}, []
+    for variant in cfg.export.variants:
+        variants[variant] = convert(fp32_model, variant)
+        onnx_out = OnnxModel(variants[variant].SerializeToString()).run(x_check)
+        figures = gate_report(variant, meta["task_type"], keras_out, onnx_out)
+        report.update(figures)
+        failures += [f"{variant}: {problem}" for problem in gate_failures(variant, figures, cfg.export)]
+    if failures:
         raise stage.StageFailed(
-            f"ONNX parity failed: max abs difference {worst:.3g} > export.parity_tolerance="
-            f"{cfg.export.parity_tolerance:g} (per output: {differences}); "
-            f"{stage.ONNX_MODEL} left unchanged"
+            "ONNX parity failed:\n  - " + "\n  - ".join(failures)
+            + f"\n{stage.ONNX_MODEL} and {stage.VARIANTS_DIR} left unchanged"
         )
+    worst = max(report["export/fp32/prediction_max_abs"], report["export/fp32/attention_max_abs"])
     report = {
         "export/parity_max_abs": worst,
-        **{f"export/parity_max_abs_{name}": value for name, value in differences.items()},
+        **report,
         "export/parity_samples": len(x_check),
         "export/opset": cfg.export.opset,
-        "export/onnx_bytes": onnx_model.ByteSize(),
+        **{f"export/{v}/bytes": m.ByteSize() for v, m in variants.items()},
     }
     with stage.atomic_path(stage.ONNX_MODEL) as tmp:
-        onnx.save(onnx_model, tmp)
+        onnx.save(fp32_model, tmp)
+    with stage.atomic_dir(stage.VARIANTS_DIR) as folder:
+        for variant, onnx_model in variants.items():
+            if variant != "fp32":
+                onnx.save(onnx_model, folder / stage.variant_file(variant).name)
     stage.write_json(stage.EXPORT_REPORT, report)
     with tracking.resume_pipeline_run(cfg):
         tracking.log_params(flatten({"export": cfg.section("export")}))
-        tracking.log_metrics({k: report[k] for k in report if "parity_max_abs" in k})
+        tracking.log_metrics({k: v for k, v in report.items() if k.startswith("export/") and
+                              not k.endswith(("/bytes", "parity_samples", "opset"))})
         example = x_check[:2]
-        tracking.log_onnx_model(onnx_model, example, runtime.run(example))
-    print(f"exported {stage.ONNX_MODEL}: parity max abs {worst:.2e} on {len(x_check)} samples")
+        tracking.log_onnx_model(fp32_model, example, OnnxModel(fp32_model.SerializeToString()).run(example))
+        tracking.log_artifacts(
+            [stage.variant_file(v) for v in variants if v != "fp32"], artifact_path="onnx_variants"
+        )
+    print(f"exported {', '.join(variants)}: fp32 parity max abs {worst:.2e} on {len(x_check)} samples; "
+          + ", ".join(f"{v} {report[f'export/{v}/prediction_max_abs']:.2e}" for v in variants))
 
 
 if __name__ == "__main__":

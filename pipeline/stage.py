@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ SPLITS = ("train", "val", "test")
 META_FILE = PREPARED_DIR / "meta.json"
 KERAS_MODEL = Path("models/model.keras")
 ONNX_MODEL = Path("models/model.onnx")
+VARIANTS_DIR = Path("models/variants")  # model_fp16.onnx, model_int8.onnx: the configured variants
 REPORTS = Path("reports")
 TRAIN_REPORT = REPORTS / "train.json"
 HISTORY_CSV = REPORTS / "history.csv"
@@ -54,6 +56,29 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def variant_file(variant: str) -> Path:
+    """Where the export stage writes an ONNX variant (fp32 is the contract's models/model.onnx)."""
+    return ONNX_MODEL if variant == "fp32" else VARIANTS_DIR / f"model_{variant}.onnx"
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    tmp.chmod(0o755)  # mkdtemp makes it private
+    try:
+        yield tmp
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: Path, payload: dict) -> None:

@@ -1,0 +1,98 @@
+"""Predict with an exported ONNX model from a file of inputs; writes predictions with attention.
+
+    python -m pipeline.predict models/model.onnx inputs.npy
+    python -m pipeline.predict models/model.onnx inputs.json --out predictions.json
+    python -m pipeline.predict deploy/model_int8.onnx inputs.csv --providers cpu
+
+INPUT is .npy (an array [batch, time, features] or [batch, features]), .json (that array as
+nested lists, bare or as {"inputs": [...]}) or .csv (one sample per line, its values flattened
+row-major: time-major for sequences). The output (stdout unless --out) is JSON: the provider used
+and, per sample, its prediction, predicted label and attention weights. A bad model or input
+exits 2 with the problem. No TensorFlow import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.inference import InputError, Predictor, ProviderUnavailable
+
+
+def read_inputs(path: Path, predictor: Predictor) -> np.ndarray:
+    """The array a .npy, .json or .csv file holds (not yet validated)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if suffix == ".json":
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            return np.asarray(payload["inputs"] if isinstance(payload, dict) else payload, dtype=np.float64)
+        if suffix == ".csv":
+            rows = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
+            if predictor.rank == 2:
+                return rows
+            per_step = predictor.n_features or 1
+            if rows.shape[1] % per_step:
+                raise InputError(f"{rows.shape[1]} values per line is not a multiple of the "
+                                 f"model's {per_step} features per step")
+            return rows.reshape(len(rows), -1, per_step)
+    except FileNotFoundError:
+        raise InputError(f"{path}: not found") from None
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: cannot read {suffix[1:]} inputs ({err})") from None
+    raise InputError(f"{path}: unknown input type {suffix!r}; expected .npy, .json or .csv")
+
+
+def to_records(result, n_decimals: int = 6) -> list[dict]:
+    """One JSON-ready dict per sample."""
+    records = []
+    for i in range(len(result.prediction)):
+        record = {
+            "prediction": np.round(result.prediction[i].astype(float), n_decimals).tolist(),
+            "attention": np.round(result.attention[i].astype(float), n_decimals).tolist(),
+        }
+        if result.labels is not None:
+            record["label"] = result.labels[i]
+        records.append(record)
+    return records
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path, help="an ONNX model exported by the pipeline")
+    parser.add_argument("inputs", type=Path, help=".npy, .json or .csv")
+    parser.add_argument("--out", type=Path, help="write the JSON here instead of stdout")
+    parser.add_argument("--providers", default="cpu", help="comma-separated, e.g. cuda,cpu")
+    parser.add_argument("--allow-cpu-fallback", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        predictor = Predictor(args.model, providers=tuple(args.providers.split(",")),
+                              allow_cpu_fallback=args.allow_cpu_fallback)
+    except ProviderUnavailable as err:
+        _fail(str(err))
+    except Exception as err:  # not a readable ONNX model of the contract
+        _fail(f"{args.model}: cannot load the model ({err})")
+    try:
+        result = predictor.predict(read_inputs(args.inputs, predictor))
+    except InputError as err:
+        _fail(f"{args.inputs}: {err}" if not str(err).startswith(str(args.inputs)) else str(err))
+    document = json.dumps({"model": str(args.model), "provider": predictor.provider,
+                           "predictions": to_records(result)})
+    if args.out:
+        args.out.write_text(document + "\n", encoding="utf-8")
+    else:
+        print(document)
+
+
+if __name__ == "__main__":
+    main()
