@@ -42,16 +42,16 @@ class StageDir(type(Path())):
 
 @contextmanager
 def stages_run(workdir: Path, *overrides: str) -> Iterator[StageDir]:
-    """prepare, train, export and evaluate, in-process, in `workdir` on tiny params plus
-    `overrides`, logging to an MLflow store of its own; yields the directory with the outputs."""
-    from pipeline import evaluate, export, prepare, train
+    """Every stage, in-process, in `workdir` on tiny params plus `overrides`, logging to an
+    MLflow store of its own; yields the directory with the outputs."""
+    from pipeline import deploy, evaluate, export, prepare, train
 
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
         patch.delenv("DVC_ROOT", raising=False)
         StageDir(workdir).write_params(*overrides)
-        for stage_module in (prepare, train, export, evaluate):
+        for stage_module in (prepare, train, export, evaluate, deploy):
             stage_module.main()
         yield StageDir(workdir)
 

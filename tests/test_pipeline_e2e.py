@@ -17,7 +17,7 @@ import yaml
 from tests.conftest import copy_repository, subprocess_env, tiny_params
 
 pytestmark = pytest.mark.slow
-STAGES = ("prepare", "train", "export", "evaluate")
+STAGES = ("prepare", "train", "export", "evaluate", "deploy")
 
 
 def _run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -82,7 +82,7 @@ def test_second_repro_runs_nothing_and_export_params_rerun_export_and_evaluate(r
     params = tiny_params()
     params["export"]["parity_samples"] = 20
     _write_params(repo, params)
-    assert _ran(_dvc(repo, "repro")) == ["export", "evaluate"]
+    assert _ran(_dvc(repo, "repro")) == ["export", "evaluate", "deploy"]
     assert json.loads((repo / "reports/export.json").read_text())["export/parity_samples"] == 20
 
 

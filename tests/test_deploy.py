@@ -1,0 +1,60 @@
+"""The deploy bundle: every variant, metadata, a model card, and a Triton model repository whose
+config parses with Triton's own schema and names the ONNX graph's inputs and outputs."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from pipeline.inference import Predictor
+from tests.conftest import stages_run
+
+VARIANTS = ("fp32", "fp16", "int8")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """The pipeline on tiny data with all three variants (int8 gate loosened for an untrained
+    model: this tests the bundle, test_inference tests the gates)."""
+    with stages_run(tmp_path_factory.mktemp("deploy"), "export.variants=[fp32,fp16,int8]",
+                    "export.variant_tolerance.int8=0.2", "export.min_class_agreement=0.8") as workdir:
+        yield workdir / "deploy"
+
+
+def test_bundle_holds_every_variant_with_its_metadata(bundle):
+    document = json.loads((bundle / "metadata.json").read_text())
+    assert set(document["variants"]) == set(VARIANTS)
+    assert document["input"] == {"name": "x", "dims": ["batch", 20, 2]}
+    metadata = document["metadata"]
+    for key in ("task", "model", "mlflow_run_id", "config_digest", "labels", "preprocessing",
+                "input_layout", "opset", "versions"):
+        assert metadata[key], key
+    for variant in VARIANTS:
+        predictor = Predictor(bundle / f"model_{variant}.onnx")
+        assert predictor.metadata["precision"] == variant
+        assert predictor.metadata["mlflow_run_id"] == metadata["mlflow_run_id"]
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert card.startswith("# lstm_attention on planted_step") and "| int8 | model_int8.onnx |" in card
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_triton_config_parses_and_matches_the_onnx_graph(bundle, variant):
+    folder = bundle / "triton" / f"attention_{variant}"
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    graph = onnx.load(folder / "1" / "model.onnx").graph
+    assert config.name == f"attention_{variant}" and config.platform == "onnxruntime_onnx"
+    assert [i.name for i in config.input] == [i.name for i in graph.input] == ["x"]
+    assert [o.name for o in config.output] == [o.name for o in graph.output] == ["prediction", "attention"]
+    for declared, value_info in zip([*config.input, *config.output], [*graph.input, *graph.output]):
+        graph_dims = [d.dim_value if d.HasField("dim_value") else -1
+                      for d in value_info.type.tensor_type.shape.dim]
+        assert [-1, *declared.dims] == [-1, *graph_dims[1:]], declared.name
+        assert declared.data_type == model_config_pb2.TYPE_FP32
+    assert config.max_batch_size > 0 and config.HasField("dynamic_batching")
+    expected_kind = model_config_pb2.ModelInstanceGroup.KIND_GPU if variant == "fp16" \
+        else model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert config.instance_group[0].kind == expected_kind
