@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Stage commands (`python -m pipeline.<stage>`) must find the venv's python, also under `dvc repro`.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install repro test test-fast ui golden params clean
+.PHONY: install repro test test-fast bench ui golden params clean
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ test: $(STAMP)
 # Everything but the end-to-end runs of the real pipeline.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
+
+# Inference benchmarks of the pipeline's model (reproduced first if needed) -> reports/bench.json.
+bench: $(STAMP)
+	$(BIN)/dvc repro
+	$(BIN)/python -m pipeline.bench
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

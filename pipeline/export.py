@@ -67,6 +67,55 @@ def _order_outputs(onnx_model: onnx.ModelProto) -> None:
     onnx_model.graph.output.extend(ordered)
 
 
+def _is_zero_constant(name: str, producers: dict, initializers: dict) -> bool:
+    if name in initializers:
+        return not np.any(onnx.numpy_helper.to_array(initializers[name]))
+    node = producers.get(name)
+    if node is not None and node.op_type == "Constant":
+        return not np.any(onnx.numpy_helper.to_array(node.attribute[0].t))
+    return False
+
+
+def _drop_zero_initial_states(onnx_model: onnx.ModelProto) -> None:
+    """Keras builds an LSTM's zero initial states from the batch size at run time (Shape, Expand,
+    Unsqueeze nodes); zero is the ONNX LSTM default, so drop those inputs and the nodes that only
+    fed them. Outputs are identical; batch-1 latency drops."""
+    graph = onnx_model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    initializers = {i.name: i for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type != "LSTM":
+            continue
+        for index in (5, 6):  # initial_h, initial_c
+            if index >= len(node.input) or not node.input[index]:
+                continue
+            source = producers.get(node.input[index])
+            while source is not None and source.op_type in ("Unsqueeze", "Identity", "Cast"):
+                source = producers.get(source.input[0])
+            if source is not None and source.op_type == "Expand" and \
+                    _is_zero_constant(source.input[0], producers, initializers):
+                node.input[index] = ""
+    _prune_unused(graph)
+
+
+def _prune_unused(graph: onnx.GraphProto) -> None:
+    """Remove nodes (and initializers) no graph output depends on."""
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(out in needed for out in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+            for attribute in node.attribute:  # Loop / If bodies read outer names
+                for subgraph in [attribute.g, *attribute.graphs]:
+                    needed.update(name for sub in subgraph.node for name in sub.input if name)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    unused = [i for i in graph.initializer if i.name not in needed]
+    for initializer in unused:
+        graph.initializer.remove(initializer)
+
+
 def to_onnx(model, opset: int, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
     """Convert a two-output Keras model to a checked ONNX model that follows the contract."""
     signature = _input_signature(model)
@@ -77,6 +126,7 @@ def to_onnx(model, opset: int, metadata: dict[str, str] | None = None) -> onnx.M
         return {name: tf.identity(outputs[name], name=name) for name in OUTPUT_NAMES}
 
     onnx_model, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=opset)
+    _drop_zero_initial_states(onnx_model)
     _order_outputs(onnx_model)
     _name_dynamic_dims(onnx_model, sequence=len(signature[0].shape) == 3)
     onnx_model.producer_name = "attention-pipeline"

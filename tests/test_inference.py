@@ -216,3 +216,22 @@ def test_predict_command_refuses_bad_inputs_with_exit_2(tmp_path, multiclass_var
     (tmp_path / "bad.json").write_text(inputs)
     result = _predict_cli(str(model_path), str(tmp_path / "bad.json"))
     assert result.returncode == 2 and fragment in result.stderr and result.stdout == ""
+
+
+def test_flop_count_of_an_lstm_attention_graph(binary_variants):
+    """LSTM: 2 * T * B * 4H * (F + H); the location score and the head add their MatMuls."""
+    from pipeline.bench import count_flops
+
+    fp32 = binary_variants[1]["fp32"]
+    hidden = tiny_config("model=lstm_attention").model.units
+    lstm = 2 * 20 * 8 * 4 * hidden * (2 + hidden)
+    head = 2 * 8 * hidden  # Dense(1) on the context
+    assert lstm + head <= count_flops(fp32, [8, 20, 2]) <= lstm + head + 2 * 8 * 20 * hidden * 2
+
+
+def test_exported_lstm_has_no_run_time_zero_state_construction(binary_variants):
+    """Keras's zero initial states are dropped: ONNX LSTM defaults to zeros."""
+    graph = binary_variants[1]["fp32"].graph
+    lstm = next(n for n in graph.node if n.op_type == "LSTM")
+    assert not any(lstm.input[5:7])
+    assert not {"Expand", "ConstantOfShape"} & {n.op_type for n in graph.node}

@@ -117,8 +117,8 @@ class TemporalAttention(_AttentionPooling):
 
     def _scores(self, states, last_step):
         """[batch, time] raw scores."""
-        if self.score == "location":
-            return ops.squeeze(ops.matmul(states, self.score_kernel), axis=-1)
+        if self.score == "location":  # a product and a sum: no reshapes around a matmul in ONNX
+            return ops.sum(states * self.score_kernel[:, 0], axis=-1)
         query = self._query(states, last_step)
         if self.score == "additive":
             hidden = ops.tanh(

@@ -1,0 +1,232 @@
+"""Inference benchmarks, all in one process on the same inputs; writes reports/bench.json.
+
+    make bench                        # dvc repro (if needed), then python -m pipeline.bench
+
+On the pipeline's model (models/model.keras and models/model.onnx, test-split inputs):
+    ONNX Runtime vs Keras `model.predict` vs a `tf.function` of the model: latency p50 and p99 at
+    batch 1, throughput at batch 1024; the Predictor (input checks) vs a bare
+    `InferenceSession.run` at batch 1; the share of the CPU's peak FLOP rate ONNX Runtime reaches
+    at batch 1024 (FLOPs counted from the ONNX graph, peak measured with a large float32 matmul).
+On a deployment-size model (a 128-unit LSTM with additive attention over 100 steps of 6
+features, 4 classes, trained briefly on a synthetic task): int8 vs fp32 throughput at batch 256,
+with the int8 variant's gate against Keras.
+
+Top-level figures: ort_vs_tf_function_batch1, ort_vs_keras_predict_batch1,
+ort_vs_tf_function_batch1024, int8_vs_fp32_batch256_large (speed-ups, > 1: ONNX Runtime or int8
+is faster), predictor_vs_raw_ort_batch1 (a slow-down) and flop_share_batch1024.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from pipeline import stage  # noqa: E402
+from pipeline.config import RecurrentAttentionModel, load_config  # noqa: E402
+from pipeline.contract import INPUT_NAME, OUTPUT_NAMES  # noqa: E402
+from pipeline.export import to_onnx  # noqa: E402
+from pipeline.inference import Predictor, usable_cpus  # noqa: E402
+from pipeline.models import TaskSpec, build_model, load_model  # noqa: E402
+from pipeline.prepare import load_split  # noqa: E402
+from pipeline.variants import convert, gate_failures, gate_report  # noqa: E402
+
+BENCH_FILE = stage.REPORTS / "bench.json"
+TARGETS = {  # figure: (bound, "min" or "max")
+    "ort_vs_tf_function_batch1": (30.0, "min"),
+    "ort_vs_keras_predict_batch1": (1000.0, "min"),
+    "ort_vs_tf_function_batch1024": (1.5, "min"),
+    "int8_vs_fp32_batch256_large": (1.5, "min"),
+    "predictor_vs_raw_ort_batch1": (1.5, "max"),
+}
+LARGE = {"time": 100, "features": 6, "classes": 4, "units": 128, "train_samples": 4096}
+
+
+def latency_ms(call, repeats: int, warmup: int = 20) -> dict[str, float]:
+    """p50 and p99 of one call's wall time, in milliseconds."""
+    for _ in range(warmup):
+        call()
+    times = np.empty(repeats)
+    for i in range(repeats):
+        started = time.perf_counter()
+        call()
+        times[i] = time.perf_counter() - started
+    return {"p50_ms": float(np.percentile(times, 50) * 1e3), "p99_ms": float(np.percentile(times, 99) * 1e3)}
+
+
+def throughput(call, batch: int, seconds: float = 3.0) -> float:
+    """Samples per second of repeated calls on one batch (after one warm-up call)."""
+    call()
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        call()
+        calls += 1
+    return calls * batch / (time.perf_counter() - started)
+
+
+def ort_session(model) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = usable_cpus()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def count_flops(onnx_model: onnx.ModelProto, input_shape: list[int]) -> int:
+    """Multiply-add FLOPs (2 per MAC) of the MatMul, Gemm, Conv and LSTM nodes for one input of
+    `input_shape` (batch included); elementwise ops are not counted."""
+    model = onnx.ModelProto()
+    model.CopyFrom(onnx_model)
+    for dim, value in zip(model.graph.input[0].type.tensor_type.shape.dim, input_shape):
+        dim.Clear()
+        dim.dim_value = value
+    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    shapes = {i.name: list(i.dims) for i in model.graph.initializer}
+    for info in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None
+                             for d in info.type.tensor_type.shape.dim]
+    total = 0
+    for node in model.graph.node:
+        known = [shapes.get(name) for name in (*node.input[:3], node.output[0])]
+        if node.op_type in ("MatMul", "Gemm"):
+            a, out = known[0], known[-1]
+            if a and out and None not in a + out:
+                total += 2 * int(np.prod(out)) * a[-1]
+        elif node.op_type == "Conv":
+            w, out = known[1], known[-1]
+            if w and out and None not in w + out:
+                total += 2 * int(np.prod(out)) * int(np.prod(w[1:]))
+        elif node.op_type == "LSTM":
+            x, w, r = known[:3]
+            if x and None not in x:
+                steps, batch, features = x
+                directions, gates, hidden = w[0], w[1], r[2]
+                total += 2 * steps * batch * directions * gates * (features + hidden)
+    return total
+
+
+def peak_flops(size: int = 2048, seconds: float = 3.0) -> float:
+    """The machine's float32 FLOP rate on a large matmul (NumPy's BLAS, all usable cores)."""
+    a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+    rate = throughput(lambda: a @ a, 1, seconds)
+    return rate * 2 * size**3
+
+
+def _tile(x: np.ndarray, batch: int) -> np.ndarray:
+    return np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])).astype(np.float32))
+
+
+def pipeline_model_figures() -> dict:
+    """ORT vs Keras predict vs tf.function, Predictor overhead and FLOP share, default model."""
+    model = load_model(stage.KERAS_MODEL)
+    session = ort_session(stage.ONNX_MODEL)
+    predictor = Predictor(stage.ONNX_MODEL)
+    test = load_split("test").x
+    x1, x1024 = _tile(test, 1), _tile(test, 1024)
+    signature = tf.TensorSpec((None, *model.input.shape[1:]), tf.float32)
+    graph_function = tf.function(lambda x: model(x, training=False), input_signature=[signature])
+    names = list(OUTPUT_NAMES)
+
+    def ort_run(x):
+        return session.run(names, {INPUT_NAME: x})
+
+    def tf_run(x):
+        return {k: v.numpy() for k, v in graph_function(tf.constant(x)).items()}
+
+    results = {
+        "onnxruntime": {"batch1": latency_ms(lambda: ort_run(x1), 3000),
+                        "batch1024_samples_per_s": throughput(lambda: ort_run(x1024), 1024)},
+        "tf_function": {"batch1": latency_ms(lambda: tf_run(x1), 1000),
+                        "batch1024_samples_per_s": throughput(lambda: tf_run(x1024), 1024)},
+        "keras_predict": {"batch1": latency_ms(lambda: model.predict(x1, verbose=0), 100, warmup=5),
+                          "batch1024_samples_per_s": throughput(
+                              lambda: model.predict(x1024, batch_size=1024, verbose=0), 1024)},
+        "predictor": {"batch1": latency_ms(lambda: predictor.predict(x1), 3000)},
+    }
+    flops = count_flops(onnx.load(stage.ONNX_MODEL), list(x1024.shape))
+    peak = peak_flops()
+    achieved = flops * results["onnxruntime"]["batch1024_samples_per_s"] / 1024
+    results["flops"] = {"per_batch1024": flops, "achieved_per_s": achieved, "peak_matmul_per_s": peak}
+    return results
+
+
+def large_model_figures(export_cfg) -> dict:
+    """int8 vs fp32 throughput at batch 256 on a trained deployment-size model, with the gate."""
+    shape = (LARGE["time"], LARGE["features"])
+    rng = np.random.default_rng(0)
+    n = LARGE["train_samples"] + 512
+    y = rng.integers(0, LARGE["classes"], n)
+    x = rng.standard_normal((n, *shape)).astype(np.float32)
+    steps = rng.integers(0, LARGE["time"], n)
+    x[np.arange(n), steps, y] += 3.0  # class c: a spike on feature c at a random step
+    keras.utils.set_random_seed(0)
+    model_cfg = RecurrentAttentionModel(
+        name="bahdanau", cell="lstm", bidirectional=False, units=LARGE["units"], score="additive",
+        query="learned", recurrent_l2=0.0, position_bias=False)
+    model = build_model(model_cfg, TaskSpec(shape, "multiclass", n_classes=LARGE["classes"]))
+    trainer = keras.Model(model.input, model.output["prediction"])
+    trainer.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = trainer.fit(x[:-512], y[:-512], epochs=2, batch_size=64, verbose=0)
+    held_out = x[-512:]
+    fp32 = to_onnx(model, 17, {"task_type": "multiclass"})
+    int8 = convert(fp32, "int8")
+    keras_out = model.predict(held_out, batch_size=512, verbose=0)
+    gate = gate_report("int8", "multiclass", keras_out,
+                       dict(zip(OUTPUT_NAMES, ort_session(int8).run(list(OUTPUT_NAMES), {INPUT_NAME: held_out}))))
+    batch = held_out[:256]
+    sessions = {"fp32": ort_session(fp32), "int8": ort_session(int8)}
+    rates = {name: throughput(lambda s=s: s.run(list(OUTPUT_NAMES), {INPUT_NAME: batch}), 256, 5.0)
+             for name, s in sessions.items()}
+    return {
+        "model": {**LARGE, "train_accuracy": float(history.history["accuracy"][-1]),
+                  "flops_per_batch256": count_flops(fp32, [256, *shape])},
+        "batch256_samples_per_s": rates,
+        "int8_gate": {**gate, "failures": gate_failures("int8", gate, export_cfg)},
+    }
+
+
+def main() -> None:
+    cfg = load_config()
+    default = pipeline_model_figures()
+    large = large_model_figures(cfg.export)
+    ort1 = default["onnxruntime"]["batch1"]["p50_ms"]
+    figures = {
+        "ort_vs_tf_function_batch1": default["tf_function"]["batch1"]["p50_ms"] / ort1,
+        "ort_vs_keras_predict_batch1": default["keras_predict"]["batch1"]["p50_ms"] / ort1,
+        "ort_vs_tf_function_batch1024": default["onnxruntime"]["batch1024_samples_per_s"]
+        / default["tf_function"]["batch1024_samples_per_s"],
+        "int8_vs_fp32_batch256_large": large["batch256_samples_per_s"]["int8"]
+        / large["batch256_samples_per_s"]["fp32"],
+        "predictor_vs_raw_ort_batch1": default["predictor"]["batch1"]["p50_ms"] / ort1,
+        "flop_share_batch1024": default["flops"]["achieved_per_s"] / default["flops"]["peak_matmul_per_s"],
+    }
+    met = {k: (figures[k] >= bound if kind == "min" else figures[k] <= bound)
+           for k, (bound, kind) in TARGETS.items()}
+    met["int8_vs_fp32_batch256_large"] &= not large["int8_gate"]["failures"]
+    report = {
+        **{k: round(v, 4) for k, v in figures.items()},
+        "targets": {k: f"{'>=' if kind == 'min' else '<='} {bound:g}" for k, (bound, kind) in TARGETS.items()},
+        "met": met,
+        "model": cfg.model.name,
+        "machine": {"cpus_usable": usable_cpus(), "processor": platform.processor() or platform.machine(),
+                    "onnxruntime": ort.__version__, "tensorflow": tf.__version__},
+        "default_model": default,
+        "large_model": large,
+    }
+    stage.write_json(BENCH_FILE, report)
+    for key, value in figures.items():
+        target = f"  (target {report['targets'][key]}: {'met' if met[key] else 'NOT met'})" if key in met else ""
+        print(f"{key:32s} {value:10.3f}{target}")
+    print(f"wrote {BENCH_FILE}")
+
+
+if __name__ == "__main__":
+    main()
