@@ -10,14 +10,17 @@ working directory.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline import stage
@@ -40,18 +43,33 @@ def tracking_uri(cfg: MlflowConfig) -> str:
     return f"sqlite:///{repository_root() / DEFAULT_STORE}"
 
 
+def _store_lock(uri: str):
+    """A file lock beside a SQLite store: creating and migrating its schema, and creating an
+    experiment, must not run in two processes at once (`dvc queue start -j 2`); a server
+    store handles that itself."""
+    from filelock import FileLock
+
+    if uri.startswith("sqlite:///"):
+        return FileLock(uri.removeprefix("sqlite:///") + ".lock", timeout=300)
+    return nullcontext()
+
+
 def _connect(cfg: MlflowConfig) -> str:
     """Point MLflow at the configured store and return the experiment id, creating it if new."""
     uri = tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
-    experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
-    if experiment is None:
-        artifact_location = None
-        if uri.startswith("sqlite:"):  # artifacts beside the store, not in the working directory
-            artifact_location = (repository_root() / DEFAULT_ARTIFACTS).as_uri()
-        experiment_id = mlflow.create_experiment(cfg.experiment_name, artifact_location=artifact_location)
-    else:
-        experiment_id = experiment.experiment_id
+    with _store_lock(uri):
+        mlflow.set_tracking_uri(uri)
+        experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
+        if experiment is None:
+            artifact_location = None
+            if uri.startswith("sqlite:"):  # artifacts beside the store, not in the working directory
+                artifact_location = (repository_root() / DEFAULT_ARTIFACTS).as_uri()
+            try:
+                experiment_id = mlflow.create_experiment(cfg.experiment_name, artifact_location=artifact_location)
+            except MlflowException:  # another client created it first
+                experiment_id = mlflow.get_experiment_by_name(cfg.experiment_name).experiment_id
+        else:
+            experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)  # the run we resume must match it
     return experiment_id
 
@@ -61,12 +79,45 @@ def start_pipeline_run(cfg: Config, run_name: str) -> Iterator[str]:
     """Open a new MLflow run for this pipeline run, record its id for the later stages."""
     experiment_id = _connect(cfg.mlflow)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        mlflow.set_tags({"task": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed})
+        mlflow.set_tags({"task": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed,
+                         **lineage_tags()})
         yield run.info.run_id
     stage.write_json(
         stage.MLFLOW_RUN_FILE,
         {"run_id": run.info.run_id, "experiment_name": cfg.mlflow.experiment_name},
     )
+
+
+def lineage_tags() -> dict[str, str]:
+    """What leads a run back to its code and `dvc exp apply`: the DVC experiment name and
+    baseline (set by DVC during `dvc exp run`) and the git commit of the working copy."""
+    tags = {}
+    for variable, tag in (("DVC_EXP_NAME", "dvc.experiment"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
+        if os.environ.get(variable):
+            tags[tag] = os.environ[variable]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        tags["git.commit"] = tags["mlflow.source.git.commit"] = commit
+    except (OSError, subprocess.SubprocessError):
+        pass  # not a git working copy
+    return tags
+
+
+def log_prepared_data(split_files: list[Path], name: str) -> str:
+    """The prepared splits as the run's training dataset input, identified by the sha256 of
+    their files (the tag `data.digest`): runs on the same data share it. Returns the digest."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    digest = hashlib.sha256()
+    for path in split_files:
+        digest.update(Path(path).read_bytes())
+    hexdigest = digest.hexdigest()
+    source = LocalArtifactDatasetSource(str(stage.PREPARED_DIR.resolve()))
+    mlflow.log_input(MetaDataset(source, name=name, digest=hexdigest[:16]), context="training")
+    mlflow.set_tag("data.digest", hexdigest)
+    return hexdigest
 
 
 @contextmanager

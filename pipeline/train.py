@@ -119,6 +119,7 @@ def main() -> None:
     with tracking.start_pipeline_run(cfg, run_name=cfg.model.name):
         tracking.log_params(flatten({k: cfg.section(k) for k in ("data", "model", "train")}))
         tracking.log_params({"seed": cfg.seed, "param_count": model.count_params()})
+        tracking.log_prepared_data([stage.split_file(s) for s in stage.SPLITS], cfg.data.name)
         if meta.get("labels"):
             tracking.log_labels(meta["labels"])
         started = time.perf_counter()

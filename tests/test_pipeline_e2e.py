@@ -75,6 +75,8 @@ def test_repro_writes_the_model_metrics_and_one_mlflow_run(repo):
     assert run.data.params["data.n_samples"] == "300" and run.data.params["train.epochs"] == "1"
     assert run.data.metrics["attention/lift"] == pytest.approx(metrics["attention/lift"])
     assert run.info.artifact_uri.startswith((repo / "mlartifacts").as_uri())
+    head = _run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    assert run.data.tags["git.commit"] == head and "dvc.experiment" not in run.data.tags
 
 
 def test_second_repro_runs_nothing_and_export_params_rerun_export_and_evaluate(repo):

@@ -1,0 +1,63 @@
+"""MLflow records that hold: parallel stages on one fresh SQLite store, lineage tags, and the
+prepared data as a dataset input identified by its digest."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+from tests.conftest import REPO_ROOT, stages_run, subprocess_env
+
+CONNECT = """
+import sys
+from pipeline.config import MlflowConfig
+from pipeline.tracking import _connect
+print(_connect(MlflowConfig(tracking_uri=sys.argv[1], experiment_name=sys.argv[2])))
+"""
+
+
+def test_parallel_stages_can_create_one_fresh_store_and_experiment(tmp_path):
+    """Four processes start at once on a store that does not exist yet (dvc queue start -j N)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", CONNECT, uri, f"attention-{i % 2}"], cwd=REPO_ROOT,
+                         env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(4)
+    ]
+    results = [(p.wait(timeout=120), p.stdout.read().strip(), p.stderr.read()) for p in processes]
+    assert [code for code, _, _ in results] == [0, 0, 0, 0], [err[-500:] for _, _, err in results]
+    ids = [out.splitlines()[-1] for _, out, _ in results]
+    assert ids[0] == ids[2] and ids[1] == ids[3] and ids[0] != ids[1]
+    mlflow.set_tracking_uri(uri)
+    assert {e.name for e in mlflow.search_experiments()} >= {"attention-0", "attention-1"}
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DVC_EXP_NAME", "tidy-gnus")
+        patch.setenv("DVC_EXP_BASELINE_REV", "0123abc")
+        with stages_run(tmp_path_factory.mktemp("tracked")) as workdir:
+            import json
+
+            run_id = json.loads((workdir / "reports/mlflow_run.json").read_text())["run_id"]
+            mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+            yield mlflow.get_run(run_id)
+
+
+def test_runs_carry_the_dvc_experiment_name_and_baseline(tracked_run):
+    """(The git commit tag is tested end to end, in a git repository: test_pipeline_e2e.)"""
+    tags = tracked_run.data.tags
+    assert tags["dvc.experiment"] == "tidy-gnus" and tags["dvc.baseline_rev"] == "0123abc"
+    assert "git.commit" not in tags, "the scratch directory is no git working copy"
+
+
+def test_prepared_data_is_a_dataset_input_with_its_digest(tracked_run):
+    inputs = tracked_run.inputs.dataset_inputs
+    assert len(inputs) == 1
+    dataset = inputs[0].dataset
+    assert dataset.name == "planted_step" and tracked_run.data.tags["data.digest"].startswith(dataset.digest)
+    assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "training"
