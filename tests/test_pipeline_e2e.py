@@ -120,24 +120,56 @@ def test_exp_run_composes_hydra_overrides(repo):
     assert [r.info.run_name for r in runs] == ["feature_attention"]
 
 
-def test_queued_sweep_logs_into_the_repository_store(repo):
-    """`dvc exp run --queue` runs in temporary copies; their runs must land in <repo>/mlflow.db."""
-    _dvc(repo, "exp", "run", "--queue", "-S", "model=luong_dot,lstm_baseline", "-S", "data=find_max",
+def _exp_show_metrics(repo: Path) -> dict[str, dict]:
+    """{model name: metrics.json} of every experiment `dvc exp show --json` lists."""
+    found = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            data = node.get("data")
+            if isinstance(data, dict) and data.get("metrics") and data.get("params"):
+                params = data["params"]["params.yaml"]["data"]
+                metrics = data["metrics"]["reports/metrics.json"]["data"]
+                found[params["model"]["name"]] = metrics
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads(_dvc(repo, "exp", "show", "--json").stdout))
+    return found
+
+
+def test_parallel_queued_sweep_logs_complete_runs_into_the_repository_store(repo):
+    """4 variants through `dvc queue start -j 2`: they run in temporary copies, two at a time,
+    and must land, complete, in <repo>/mlflow.db, agreeing with `dvc exp show`."""
+    models = ["luong_dot", "lstm_baseline", "bahdanau", "gru_attention"]
+    _dvc(repo, "exp", "run", "--queue", "-S", f"model={','.join(models)}", "-S", "data=find_max",
          "-S", "data.n_samples=300", "-S", "train.epochs=1", "-S", "export.parity_samples=30")
-    _dvc(repo, "queue", "start", "-j", "1")
-    deadline = time.monotonic() + 480
+    _dvc(repo, "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         status = _dvc(repo, "queue", "status").stdout
         if "Queued" not in status and "Running" not in status:
             break
         time.sleep(5)
-    assert status.count("Success") >= 2, status
+    assert status.count("Success") >= 4, status
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["attention-find_max"], output_format="list")
-    assert sorted(r.info.run_name for r in runs) == ["lstm_baseline", "luong_dot"]
+    assert sorted(r.info.run_name for r in runs) == sorted(models)
+    logged = mlflow.search_logged_models(experiment_ids=[runs[0].info.experiment_id], output_format="list")
+    shown = _exp_show_metrics(repo)
+    client = mlflow.MlflowClient()
     for run in runs:
-        assert "attention/argmax_hit" in run.data.metrics and "test/mae" in run.data.metrics
+        assert run.data.params["model.name"] == run.info.run_name and run.info.status == "FINISHED"
         assert run.info.artifact_uri.startswith((repo / "mlartifacts").as_uri())
+        assert any(m.source_run_id == run.info.run_id and m.name == "onnx_model" for m in logged)
+        reports = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
+        assert "reports/attention.png" in reports
+        assert run.data.tags["dvc.experiment"], "the DVC experiment name leads back to `dvc exp apply`"
+        for name in ("test/mae", "attention/argmax_hit", "attention/lift"):
+            assert run.data.metrics[name] == pytest.approx(shown[run.info.run_name][name], rel=1e-6)
     assert not list((repo / ".dvc" / "tmp" / "exps").glob("**/mlflow.db"))
 
 
