@@ -254,6 +254,7 @@ class ExportConfig(_Strict):
 class MlflowConfig(_Strict):
     tracking_uri: str | None
     experiment_name: str = Field(min_length=1)
+    registered_model: str = Field(min_length=1)
 
 
 def _data_tag(raw: Any) -> str | None:

@@ -99,13 +99,16 @@ def main() -> None:
         f"{cfg.model.name} on {cfg.data.name}: attention on the test set",
     )
     stage.write_json(stage.METRICS_FILE, metrics)
-    with tracking.resume_pipeline_run(cfg):
+    with tracking.resume_pipeline_run(cfg) as run_id:
         tracking.log_metrics(metrics)
         tracking.log_artifacts(
             [stage.METRICS_FILE, stage.ATTENTION_CSV, stage.ATTENTION_PNG, stage.PREDICTIONS_CSV],
             artifact_path="reports",
         )
+        # export passed every variant's gate, or it would have failed: register the model
+        version = tracking.register_candidate(run_id, cfg.mlflow.registered_model)
     print("evaluated: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    print(f"registered {cfg.mlflow.registered_model} version {version} as @{tracking.CANDIDATE}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,20 @@ import onnxruntime as ort
 from pipeline.contract import INPUT_NAME, OUTPUT_NAMES
 
 
+def resolve_model_source(model):
+    """A local path (or bytes) for `model`; an MLflow URI such as models:/NAME@champion is
+    downloaded from the tracking server (MLFLOW_TRACKING_URI) first."""
+    if isinstance(model, str) and model.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
+        candidates = sorted(folder.glob("*.onnx"))
+        if not candidates:
+            raise FileNotFoundError(f"{model}: no .onnx file in the downloaded model")
+        return candidates[0]
+    return model
+
+
 class OnnxModel:
     """An ONNX Runtime session bound to the pipeline's contract: input `x`, named outputs."""
 
@@ -125,7 +139,7 @@ class Predictor:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads or usable_cpus()
         options.graph_optimization_level = GRAPH_OPTIMIZATION[graph_optimization]
-        self.onnx = OnnxModel(model, tuple(chosen), options)
+        self.onnx = OnnxModel(resolve_model_source(model), tuple(chosen), options)
         self.provider = self.onnx.session.get_providers()[0]
         metadata = self.onnx.metadata
         self.task_type = metadata.get("task_type", "binary")

@@ -69,7 +69,7 @@ def _fail(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, help="an ONNX model exported by the pipeline")
+    parser.add_argument("model", help="an ONNX model file, or an MLflow URI such as models:/NAME@champion")
     parser.add_argument("inputs", type=Path, help=".npy, .json or .csv")
     parser.add_argument("--out", type=Path, help="write the JSON here instead of stdout")
     parser.add_argument("--providers", default="cpu", help="comma-separated, e.g. cuda,cpu")

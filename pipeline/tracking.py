@@ -120,6 +120,27 @@ def log_prepared_data(split_files: list[Path], name: str) -> str:
     return hexdigest
 
 
+CANDIDATE, CHAMPION = "candidate", "champion"
+
+
+def register_candidate(run_id: str, name: str) -> str:
+    """Register the run's logged ONNX model as a new version of `name` and point the alias
+    `candidate` at it; returns the version."""
+    logged = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'",
+                                         output_format="list")
+    onnx_models = [m for m in logged if m.name == "onnx_model"]
+    if not onnx_models:
+        raise stage.StageFailed(f"MLflow run {run_id} has no logged onnx_model; rerun `dvc repro export`")
+    latest = max(onnx_models, key=lambda m: m.creation_timestamp)
+    with _store_lock(mlflow.get_tracking_uri()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # parallel runs must not race to create the model
+        version = mlflow.register_model(f"models:/{latest.model_id}", name).version
+        client = MlflowClient()
+        client.set_registered_model_alias(name, CANDIDATE, version)
+        client.set_model_version_tag(name, version, "run_id", run_id)
+    return str(version)
+
+
 @contextmanager
 def resume_pipeline_run(cfg: Config) -> Iterator[str]:
     """Reopen the run that `train` started (its id is in reports/mlflow_run.json)."""

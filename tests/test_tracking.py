@@ -15,7 +15,7 @@ CONNECT = """
 import sys
 from pipeline.config import MlflowConfig
 from pipeline.tracking import _connect
-print(_connect(MlflowConfig(tracking_uri=sys.argv[1], experiment_name=sys.argv[2])))
+print(_connect(MlflowConfig(tracking_uri=sys.argv[1], experiment_name=sys.argv[2], registered_model="m")))
 """
 
 
