@@ -54,9 +54,34 @@ def _store_lock(uri: str):
     return nullcontext()
 
 
+SERVER_PROBE_SECONDS = 5
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, before any training, when a tracking server does not answer its health
+    check (MLflow's own client would retry for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_PROBE_SECONDS) as reply:
+            if reply.status == 200:
+                return
+            problem = f"HTTP {reply.status}"
+    except (urllib.error.URLError, OSError) as err:
+        problem = str(getattr(err, "reason", err))
+    raise stage.StageFailed(
+        f"MLflow tracking server {uri} is unreachable ({problem}); start it, or point "
+        "mlflow.tracking_uri / MLFLOW_TRACKING_URI at a reachable store"
+    )
+
+
 def _connect(cfg: MlflowConfig) -> str:
     """Point MLflow at the configured store and return the experiment id, creating it if new."""
     uri = tracking_uri(cfg)
+    check_reachable(uri)
     with _store_lock(uri):
         mlflow.set_tracking_uri(uri)
         experiment = mlflow.get_experiment_by_name(cfg.experiment_name)

@@ -61,3 +61,24 @@ def test_prepared_data_is_a_dataset_input_with_its_digest(tracked_run):
     dataset = inputs[0].dataset
     assert dataset.name == "planted_step" and tracked_run.data.tags["data.digest"].startswith(dataset.digest)
     assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "training"
+
+
+def test_unreachable_tracking_server_fails_fast_before_training(stage_dir):
+    import socket
+    import time
+
+    from pipeline import prepare, stage
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stage_dir.write_params(f"mlflow.tracking_uri=http://127.0.0.1:{port}")
+    prepare.main()
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "pipeline.train"], cwd=stage_dir,
+                            env={**subprocess_env(), "PYTHONPATH": str(REPO_ROOT)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"MLflow tracking server http://127.0.0.1:{port} is unreachable" in result.stderr
+    assert not (stage_dir / stage.KERAS_MODEL).exists(), "nothing trained, nothing written"
+    assert time.monotonic() - started < 60
