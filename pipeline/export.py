@@ -136,13 +136,6 @@ def to_onnx(model, opset: int, metadata: dict[str, str] | None = None) -> onnx.M
     return onnx_model
 
 
-def parity(model, runtime: OnnxModel, x: np.ndarray) -> dict[str, float]:
-    """Max abs difference, per output, between Keras and ONNX Runtime on the same inputs."""
-    keras_out = model.predict(x, batch_size=1024, verbose=0)
-    onnx_out = runtime.run(x)
-    return {name: float(np.max(np.abs(keras_out[name] - onnx_out[name]))) for name in OUTPUT_NAMES}
-
-
 def config_digest(cfg) -> str:
     """sha256 of the run's whole config, canonical JSON: which config made this model."""
     canonical = json.dumps(cfg.model_dump(), sort_keys=True, separators=(",", ":"))
@@ -183,10 +176,11 @@ def main() -> None:
     fp32_model = to_onnx(model, cfg.export.opset, model_metadata(cfg, meta, run_id))
     x_check = test.x[: cfg.export.parity_samples]
     keras_out = model.predict(x_check, batch_size=1024, verbose=0)
-    variants, report, failures = {}, {}, []
+    variants, runtimes, report, failures = {}, {}, {}, []
     for variant in cfg.export.variants:
         variants[variant] = convert(fp32_model, variant)
-        onnx_out = OnnxModel(variants[variant].SerializeToString()).run(x_check)
+        runtimes[variant] = OnnxModel(variants[variant].SerializeToString())
+        onnx_out = runtimes[variant].run(x_check)
         figures = gate_report(variant, meta["task_type"], keras_out, onnx_out)
         report.update(figures)
         failures += [f"{variant}: {problem}" for problem in gate_failures(variant, figures, cfg.export)]
@@ -215,7 +209,7 @@ def main() -> None:
         tracking.log_metrics({k: v for k, v in report.items() if k.startswith("export/") and
                               not k.endswith(("/bytes", "parity_samples", "opset"))})
         example = x_check[:2]
-        tracking.log_onnx_model(fp32_model, example, OnnxModel(fp32_model.SerializeToString()).run(example))
+        tracking.log_onnx_model(fp32_model, example, runtimes["fp32"].run(example))
         tracking.log_artifacts(
             [stage.variant_file(v) for v in variants if v != "fp32"], artifact_path="onnx_variants"
         )

@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from pipeline.contract import INPUT_NAME, OUTPUT_NAMES
+from pipeline.metrics import predicted_classes
 
 
 def resolve_model_source(model):
@@ -188,7 +189,5 @@ class Predictor:
         outputs = self.onnx.run(self.validate(x))
         labels = None
         if self.task_type != "regression" and self.class_labels:
-            classes = (outputs["prediction"][:, 0] >= 0.5).astype(np.int64) if self.task_type == "binary" \
-                else outputs["prediction"].argmax(axis=1)
-            labels = [self.class_labels[c] for c in classes]
+            labels = [self.class_labels[c] for c in predicted_classes(self.task_type, outputs["prediction"])]
         return Prediction(outputs["prediction"], outputs["attention"], labels)

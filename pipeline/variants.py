@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from pipeline.metrics import predicted_classes
+
 VARIANTS = ("fp32", "fp16", "int8")
 
 
@@ -49,15 +51,6 @@ def convert(fp32_model: onnx.ModelProto, variant: str) -> onnx.ModelProto:
     return converted
 
 
-def predicted_class(task_type: str, prediction: np.ndarray) -> np.ndarray | None:
-    """[n] class of each row (None for regression)."""
-    if task_type == "binary":
-        return (prediction[:, 0] >= 0.5).astype(np.int64)
-    if task_type == "multiclass":
-        return prediction.argmax(axis=1)
-    return None
-
-
 def gate_report(
     variant: str, task_type: str, keras_out: dict[str, np.ndarray], onnx_out: dict[str, np.ndarray]
 ) -> dict[str, float]:
@@ -71,8 +64,8 @@ def gate_report(
         f"export/{variant}/attention_sum_error":
             float(np.max(np.abs(onnx_out["attention"].astype(np.float64).sum(axis=1) - 1.0))),
     }
-    ours, theirs = (predicted_class(task_type, out["prediction"]) for out in (onnx_out, keras_out))
-    if ours is not None:
+    if task_type != "regression":
+        ours, theirs = (predicted_classes(task_type, out["prediction"]) for out in (onnx_out, keras_out))
         report[f"export/{variant}/class_agreement"] = float(np.mean(ours == theirs))
     return report
 

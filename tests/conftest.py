@@ -27,6 +27,17 @@ def tiny_params(*overrides: str) -> dict:
     return params
 
 
+def parity(model, runtime, x) -> dict[str, float]:
+    """Max abs difference, per output, between a Keras model and an OnnxModel on inputs x."""
+    import numpy as np
+
+    from pipeline.contract import OUTPUT_NAMES
+
+    keras_out = model.predict(x, batch_size=1024, verbose=0)
+    onnx_out = runtime.run(x)
+    return {name: float(np.max(np.abs(keras_out[name] - onnx_out[name]))) for name in OUTPUT_NAMES}
+
+
 def tiny_config(*overrides: str) -> Config:
     return validate(tiny_params(*overrides), "tests")
 

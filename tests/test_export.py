@@ -9,11 +9,11 @@ import pytest
 
 from pipeline.config import SEQUENCE_MODELS
 from pipeline.contract import OUTPUT_NAMES, PAD_VALUE
-from pipeline.export import parity, to_onnx
+from pipeline.export import to_onnx
 from pipeline.inference import OnnxModel
 from pipeline.models import TaskSpec, build_model
 from tests import golden_models
-from tests.conftest import tiny_config
+from tests.conftest import parity, tiny_config
 
 
 def _runtime(onnx_model) -> OnnxModel:

@@ -13,11 +13,11 @@ import pytest
 
 from pipeline import prepare, stage
 from pipeline.contract import PAD_VALUE
-from pipeline.export import parity, to_onnx
+from pipeline.export import to_onnx
 from pipeline.inference import OnnxModel
 from pipeline.models import TaskSpec, build_model
 from pipeline.models.layers import Standardize
-from tests.conftest import stages_run, tiny_config
+from tests.conftest import parity, stages_run, tiny_config
 
 SMALL_CONV = ("model=conv_attention", "model.filters=[8,8]", "model.kernel_sizes=[5,3]")
 
