@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Stage commands (`python -m pipeline.<stage>`) must find the venv's python, also under `dvc repro`.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install repro test test-fast bench ui golden params clean
+.PHONY: install repro test test-fast bench ui team-server golden params clean
 
 install: $(STAMP)
 
@@ -35,6 +35,13 @@ bench: $(STAMP)
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+# A team's MLflow server: runs in PostgreSQL (DB=postgresql://USER:PASSWORD@HOST:PORT/DATABASE),
+# artifacts in ARTIFACTS; see README, "A team's tracking server".
+ARTIFACTS ?= mlartifacts-team
+PORT ?= 5000
+team-server: $(STAMP)
+	$(BIN)/python -m pipeline.team_server --db "$(DB)" --artifacts "$(ARTIFACTS)" --port $(PORT)
 
 # Rewrites tests/golden/ from the current model definitions; commit the result and say why it changed.
 golden: $(STAMP)

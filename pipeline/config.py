@@ -253,6 +253,7 @@ class ExportConfig(_Strict):
 
 class MlflowConfig(_Strict):
     tracking_uri: str | None
+    required: bool = True  # false: an unreachable server at the start means "record offline, sync later"
     experiment_name: str = Field(min_length=1)
     registered_model: str = Field(min_length=1)
 

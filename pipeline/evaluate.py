@@ -108,7 +108,10 @@ def main() -> None:
         # export passed every variant's gate, or it would have failed: register the model
         version = tracking.register_candidate(run_id, cfg.mlflow.registered_model)
     print("evaluated: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    print(f"registered {cfg.mlflow.registered_model} version {version} as @{tracking.CANDIDATE}")
+    if version is not None:
+        print(f"registered {cfg.mlflow.registered_model} version {version} as @{tracking.CANDIDATE}")
+    else:
+        print(f"{cfg.mlflow.registered_model}: registered by `python -m pipeline.sync` (run recorded offline)")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,12 @@ One pipeline run is one MLflow run: `train` opens it and writes its id to report
 mlflow.db at the repository root, with artifacts in mlartifacts/ beside it. The root is DVC_ROOT
 when DVC runs the stage (so queued and temporary experiments log to the real repository), else the
 working directory.
+
+Outages: a tracking server that does not answer when `train` starts fails the stage before any
+training (mlflow.required, the default) or, with mlflow.required=false, the run is recorded in the
+offline store mlflow-offline.db at the repository root. A server that stops answering mid-run
+never fails a stage: its records continue in the offline store. `python -m pipeline.sync`
+uploads the offline records to their server later.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -55,62 +62,196 @@ def _store_lock(uri: str):
 
 
 SERVER_PROBE_SECONDS = 5
+# MLflow's client retries a failed request for minutes by default; a stage should notice an
+# outage in seconds and keep its records locally (see `_Recorder`). Users may still override.
+for _variable, _value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
+                          ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                          ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")):
+    os.environ.setdefault(_variable, _value)
 
 
-def check_reachable(uri: str) -> None:
-    """Fail fast, before any training, when a tracking server does not answer its health
-    check (MLflow's own client would retry for minutes)."""
+def server_problem(uri: str) -> str | None:
+    """Why the tracking server at `uri` does not answer its health check; None when it does,
+    or when `uri` is no server."""
     if not uri.startswith(("http://", "https://")):
-        return
+        return None
     import urllib.error
     import urllib.request
 
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_PROBE_SECONDS) as reply:
-            if reply.status == 200:
-                return
-            problem = f"HTTP {reply.status}"
+            return None if reply.status == 200 else f"HTTP {reply.status}"
     except (urllib.error.URLError, OSError) as err:
-        problem = str(getattr(err, "reason", err))
-    raise stage.StageFailed(
-        f"MLflow tracking server {uri} is unreachable ({problem}); start it, or point "
-        "mlflow.tracking_uri / MLFLOW_TRACKING_URI at a reachable store"
-    )
+        return str(getattr(err, "reason", err))
 
 
-def _connect(cfg: MlflowConfig) -> str:
-    """Point MLflow at the configured store and return the experiment id, creating it if new."""
-    uri = tracking_uri(cfg)
-    check_reachable(uri)
-    with _store_lock(uri):
-        mlflow.set_tracking_uri(uri)
-        experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
-        if experiment is None:
-            artifact_location = None
-            if uri.startswith("sqlite:"):  # artifacts beside the store, not in the working directory
-                artifact_location = (repository_root() / DEFAULT_ARTIFACTS).as_uri()
-            try:
-                experiment_id = mlflow.create_experiment(cfg.experiment_name, artifact_location=artifact_location)
-            except MlflowException:  # another client created it first
-                experiment_id = mlflow.get_experiment_by_name(cfg.experiment_name).experiment_id
-        else:
-            experiment_id = experiment.experiment_id
-    mlflow.set_experiment(experiment_id=experiment_id)  # the run we resume must match it
-    return experiment_id
+def check_reachable(uri: str) -> None:
+    """Fail fast, before any training, when a tracking server does not answer its health
+    check (MLflow's own client would retry for minutes)."""
+    problem = server_problem(uri)
+    if problem:
+        raise stage.StageFailed(
+            f"MLflow tracking server {uri} is unreachable ({problem}); start it, point "
+            "mlflow.tracking_uri / MLFLOW_TRACKING_URI at a reachable store, or set "
+            "mlflow.required=false to keep this run's records locally and `python -m pipeline.sync` them later"
+        )
+
+
+def experiment_id(uri: str, name: str) -> str:
+    """The id of the experiment `name` in the store `uri`, created if new (artifacts of a
+    SQLite store go beside it, not into the working directory)."""
+    with _store_lock(uri):  # the client's first call creates a new store's schema
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        artifact_location = None
+        if uri.startswith("sqlite:///"):
+            store = Path(uri.removeprefix("sqlite:///"))
+            artifact_location = (store.parent / ARTIFACT_FOLDERS.get(store.name, DEFAULT_ARTIFACTS)).as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:  # another client created it first
+            return client.get_experiment_by_name(name).experiment_id
+
+
+# Records of runs whose tracking server was unreachable wait here for `python -m pipeline.sync`.
+OFFLINE_STORE = "mlflow-offline.db"
+OFFLINE_ARTIFACTS = "mlartifacts-offline"
+ARTIFACT_FOLDERS = {DEFAULT_STORE: DEFAULT_ARTIFACTS, OFFLINE_STORE: OFFLINE_ARTIFACTS}
+SYNC_TARGET, SYNC_REMOTE_RUN, SYNC_STATUS, SYNC_REGISTER = (
+    "sync.target", "sync.remote_run_id", "sync.status", "sync.register")
+
+
+def offline_uri() -> str:
+    return f"sqlite:///{repository_root() / OFFLINE_STORE}"
+
+
+class _Recorder:
+    """Where this process's records of one pipeline run go: the run `run_id` in the store `uri`.
+
+    When the tracking server stops answering mid-run, the records continue in a run of the
+    offline store, tagged with the server and the server's run (`sync.*`), and the stage goes on:
+    an outage loses neither the trained model nor the DVC outputs."""
+
+    def __init__(self, uri: str, run_id: str, experiment_name: str, remote_run_id: str | None = None):
+        self.uri, self.run_id, self.experiment_name = uri, run_id, experiment_name
+        self.remote_run_id = remote_run_id  # the server's run, for an offline continuation
+        self.client = MlflowClient(uri)
+
+    @property
+    def offline(self) -> bool:
+        return self.uri == offline_uri()
+
+    def __call__(self, action):
+        """Run action(client, run_id); if it fails because the server is down, go offline and
+        run it there."""
+        try:
+            return action(self.client, self.run_id)
+        except Exception as err:
+            problem = None if self.offline else server_problem(self.uri)
+            if problem is None:
+                raise
+            self.go_offline(f"{problem}; {type(err).__name__}")
+            return action(self.client, self.run_id)
+
+    def go_offline(self, problem: str) -> None:
+        server, remote_run_id = self.uri, self.run_id
+        print(f"warning: MLflow tracking server {server} is unreachable ({problem}); the records of "
+              f"run {remote_run_id} continue in {offline_uri()}: upload them with `python -m "
+              "pipeline.sync` when the server is back", file=sys.stderr, flush=True)
+        self.uri, self.client = offline_uri(), MlflowClient(offline_uri())
+        self.run_id = open_offline_run(self.experiment_name, server, remote_run_id)
+        self.remote_run_id = remote_run_id
+
+
+def open_offline_run(experiment_name: str, server: str, remote_run_id: str | None,
+                     run_name: str | None = None) -> str:
+    """A run in the offline store holding records for the server `server`: a continuation of
+    its run `remote_run_id`, or a new run there when None."""
+    tags = {SYNC_TARGET: server, SYNC_STATUS: "pending"}
+    if remote_run_id:
+        tags[SYNC_REMOTE_RUN] = remote_run_id
+    uri = offline_uri()
+    return MlflowClient(uri).create_run(experiment_id(uri, experiment_name), tags=tags,
+                                        run_name=run_name).info.run_id
+
+
+_recorder: _Recorder | None = None
+
+
+def _record(action):
+    if _recorder is None:
+        raise RuntimeError("no pipeline run is open: use start_pipeline_run or resume_pipeline_run")
+    return _recorder(action)
+
+
+@contextmanager
+def _open(recorder: _Recorder) -> Iterator[_Recorder]:
+    """Make `recorder` the current one; end its run FINISHED (or FAILED on an error)."""
+    global _recorder
+    _recorder = recorder
+    mlflow.set_tracking_uri(recorder.uri)
+    status = "FAILED"
+    try:
+        yield recorder
+        status = "FINISHED"
+    finally:
+        try:
+            recorder(lambda client, run_id: client.set_terminated(run_id, status))
+        finally:
+            _recorder = None
 
 
 @contextmanager
 def start_pipeline_run(cfg: Config, run_name: str) -> Iterator[str]:
-    """Open a new MLflow run for this pipeline run, record its id for the later stages."""
-    experiment_id = _connect(cfg.mlflow)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        mlflow.set_tags({"task": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed,
-                         **lineage_tags()})
-        yield run.info.run_id
-    stage.write_json(
-        stage.MLFLOW_RUN_FILE,
-        {"run_id": run.info.run_id, "experiment_name": cfg.mlflow.experiment_name},
-    )
+    """Open a new MLflow run for this pipeline run; record its id for the later stages.
+
+    An unreachable server fails the stage before any training, unless mlflow.required is
+    false: then the run is recorded in the offline store, for `python -m pipeline.sync`."""
+    uri = tracking_uri(cfg.mlflow)
+    tags = {"task": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed, **lineage_tags()}
+    problem = server_problem(uri)
+    if problem and cfg.mlflow.required:
+        check_reachable(uri)
+    if problem:
+        print(f"warning: MLflow tracking server {uri} is unreachable ({problem}); mlflow.required is "
+              f"false: this run is recorded in {offline_uri()}, upload it with `python -m pipeline.sync`",
+              file=sys.stderr, flush=True)
+        run_id = open_offline_run(cfg.mlflow.experiment_name, uri, None, run_name)
+        recorder = _Recorder(offline_uri(), run_id, cfg.mlflow.experiment_name)
+    else:
+        run_id = MlflowClient(uri).create_run(experiment_id(uri, cfg.mlflow.experiment_name),
+                                              run_name=run_name).info.run_id
+        recorder = _Recorder(uri, run_id, cfg.mlflow.experiment_name)
+    with _open(recorder):
+        set_tags(tags)
+        yield recorder.remote_run_id or recorder.run_id
+    run_file = {"run_id": recorder.remote_run_id or recorder.run_id,
+                "experiment_name": cfg.mlflow.experiment_name}
+    if recorder.offline:
+        run_file["offline_run_id"] = recorder.run_id
+    stage.write_json(stage.MLFLOW_RUN_FILE, run_file)
+
+
+@contextmanager
+def resume_pipeline_run(cfg: Config) -> Iterator[str]:
+    """Reopen the run that `train` started (reports/mlflow_run.json); yields the run id to cite.
+
+    A run that `train` recorded offline stays offline; a server that is down now gets an
+    offline continuation of its run: the stage never fails for the tracking server."""
+    run_file = stage.read_json(stage.MLFLOW_RUN_FILE)
+    name = run_file.get("experiment_name", cfg.mlflow.experiment_name)
+    if run_file.get("offline_run_id"):
+        recorder = _Recorder(offline_uri(), run_file["offline_run_id"], name,
+                             remote_run_id=run_file["run_id"])
+    else:
+        recorder = _Recorder(tracking_uri(cfg.mlflow), run_file["run_id"], name)
+        problem = server_problem(recorder.uri)
+        if problem:
+            recorder.go_offline(problem)
+    with _open(recorder):
+        yield run_file["run_id"]
 
 
 def lineage_tags() -> dict[str, str]:
@@ -132,76 +273,104 @@ def lineage_tags() -> dict[str, str]:
 def log_prepared_data(split_files: list[Path], name: str) -> str:
     """The prepared splits as the run's training dataset input, identified by the sha256 of
     their files (the tag `data.digest`): runs on the same data share it. Returns the digest."""
-    from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     digest = hashlib.sha256()
     for path in split_files:
         digest.update(Path(path).read_bytes())
     hexdigest = digest.hexdigest()
     source = LocalArtifactDatasetSource(str(stage.PREPARED_DIR.resolve()))
-    mlflow.log_input(MetaDataset(source, name=name, digest=hexdigest[:16]), context="training")
-    mlflow.set_tag("data.digest", hexdigest)
+    dataset = DatasetInput(
+        Dataset(name=name, digest=hexdigest[:16], source_type="local", source=source.to_json()),
+        tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")],
+    )
+    _record(lambda client, run_id: client.log_inputs(run_id, datasets=[dataset]))
+    set_tags({"data.digest": hexdigest})
     return hexdigest
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    _record(lambda client, run_id: [client.set_tag(run_id, k, str(v)) for k, v in tags.items()])
 
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 
 
-def register_candidate(run_id: str, name: str) -> str:
+def register_candidate(run_id: str, name: str) -> str | None:
     """Register the run's logged ONNX model as a new version of `name` and point the alias
-    `candidate` at it; returns the version."""
-    logged = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'",
-                                         output_format="list")
+    `candidate` at it; returns the version, or None when the run is offline (then
+    `python -m pipeline.sync` registers it on the server)."""
+    if _recorder is not None and _recorder.offline:
+        set_tags({SYNC_REGISTER: name})
+        return None
+    return _record(lambda client, _: register_model_of_run(_recorder.uri, run_id, name))
+
+
+def register_model_of_run(uri: str, run_id: str, name: str) -> str:
+    """Register the newest `onnx_model` logged by run `run_id` in the store `uri` as a new
+    version of `name`, alias `candidate`; returns the version."""
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    logged = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         filter_string=f"source_run_id = '{run_id}'")
     onnx_models = [m for m in logged if m.name == "onnx_model"]
     if not onnx_models:
         raise stage.StageFailed(f"MLflow run {run_id} has no logged onnx_model; rerun `dvc repro export`")
     latest = max(onnx_models, key=lambda m: m.creation_timestamp)
-    with _store_lock(mlflow.get_tracking_uri()), warnings.catch_warnings():
+    with _store_lock(uri), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # parallel runs must not race to create the model
-        version = mlflow.register_model(f"models:/{latest.model_id}", name).version
-        client = MlflowClient()
+        try:
+            client.create_registered_model(name)
+        except MlflowException:
+            pass  # it exists
+        version = client.create_model_version(name, f"models:/{latest.model_id}", run_id=run_id,
+                                              model_id=latest.model_id).version
         client.set_registered_model_alias(name, CANDIDATE, version)
         client.set_model_version_tag(name, version, "run_id", run_id)
     return str(version)
 
 
-@contextmanager
-def resume_pipeline_run(cfg: Config) -> Iterator[str]:
-    """Reopen the run that `train` started (its id is in reports/mlflow_run.json)."""
-    run_id = stage.read_json(stage.MLFLOW_RUN_FILE)["run_id"]
-    _connect(cfg.mlflow)
-    with mlflow.start_run(run_id=run_id):
-        yield run_id
-
-
 def log_params(params: dict[str, Any]) -> None:
     """Log params; a value that differs from one already logged (a stage rerun with new params
     on the same run) is kept as the tag `param.<key>`, since MLflow params are immutable."""
-    run = mlflow.active_run()
-    logged = MlflowClient().get_run(run.info.run_id).data.params
-    fresh = {k: v for k, v in params.items() if k not in logged}
+    _record(lambda client, run_id: merge_params(client, run_id, params))
+
+
+def merge_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    logged = client.get_run(run_id).data.params
+    fresh = [Param(k, str(v)) for k, v in params.items() if k not in logged]
     changed = {k: v for k, v in params.items() if k in logged and logged[k] != str(v)}
     if fresh:
-        mlflow.log_params(fresh)
+        client.log_batch(run_id, params=fresh)
     if changed:
         warnings.warn(f"params changed since this run logged them, kept as tags: {sorted(changed)}")
-        mlflow.set_tags({f"param.{k}": v for k, v in changed.items()})
+        for key, value in changed.items():
+            client.set_tag(run_id, f"param.{key}", str(value))
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+    _record(lambda client, run_id: client.log_batch(run_id, metrics=batch))
 
 
 def log_labels(labels: list[str]) -> None:
     """The class labels (index i is class i): labels.json and the tag `labels`."""
-    mlflow.log_dict({"labels": labels}, "labels.json")
-    mlflow.set_tag("labels", ",".join(labels))
+    _record(lambda client, run_id: client.log_dict(run_id, {"labels": labels}, "labels.json"))
+    set_tags({"labels": ",".join(labels)})
 
 
 def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
     for path in paths:
-        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        _record(lambda client, run_id: client.log_artifact(run_id, str(path), artifact_path=artifact_path))
 
 
 def log_onnx_model(onnx_model, input_example, outputs: dict) -> None:
@@ -209,12 +378,21 @@ def log_onnx_model(onnx_model, input_example, outputs: dict) -> None:
     import mlflow.onnx
     import onnx
     import onnxruntime
-    from mlflow.models import infer_signature
+    from mlflow.models import Model, infer_signature
 
-    mlflow.onnx.log_model(
-        onnx_model,
-        name="onnx_model",
-        signature=infer_signature(input_example, outputs),
-        input_example=input_example,
-        pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
-    )
+    def log(client, run_id):
+        # Model.log creates the logged model in the fluent API's store and experiment
+        mlflow.set_tracking_uri(_recorder.uri)
+        mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
+        Model.log(
+            artifact_path=None,
+            name="onnx_model",
+            flavor=mlflow.onnx,
+            run_id=run_id,
+            onnx_model=onnx_model,
+            signature=infer_signature(input_example, outputs),
+            input_example=input_example,
+            pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
+        )
+
+    _record(log)

@@ -99,3 +99,26 @@ def subprocess_env() -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     return env
+
+
+def run_command(args: list[str], cwd: Path, check: bool = True):
+    """Run a command with our interpreter's environment; on `check`, fail with its output."""
+    import subprocess
+
+    result = subprocess.run(args, cwd=cwd, env=subprocess_env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def dvc(repo: Path, *args: str, check: bool = True):
+    return run_command([sys.executable, "-m", "dvc", *args], repo, check)
+
+
+def git_copy(destination: Path) -> Path:
+    """The project's files in a fresh git repository (one commit)."""
+    path = copy_repository(destination)
+    run_command(["git", "init", "-q"], path)
+    run_command(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], path)
+    run_command(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"], path)
+    return path

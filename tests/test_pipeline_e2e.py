@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,21 +13,13 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import copy_repository, subprocess_env, tiny_params
+from tests.conftest import dvc as _dvc
+from tests.conftest import git_copy as _git_copy
+from tests.conftest import run_command as _run
+from tests.conftest import tiny_params
 
 pytestmark = pytest.mark.slow
 STAGES = ("prepare", "train", "export", "evaluate", "deploy")
-
-
-def _run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=subprocess_env(), capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-def _dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return _run([sys.executable, "-m", "dvc", *args], repo, check)
 
 
 def _ran(result: subprocess.CompletedProcess) -> list[str]:
@@ -41,15 +32,6 @@ def _digest(path: Path) -> str:
 
 def _write_params(repo: Path, params: dict) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def _git_copy(destination: Path) -> Path:
-    """The project's files in a fresh git repository (one commit)."""
-    path = copy_repository(destination)
-    _run(["git", "init", "-q"], path)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], path)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"], path)
-    return path
 
 
 @pytest.fixture(scope="module")

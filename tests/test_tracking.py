@@ -13,9 +13,8 @@ from tests.conftest import REPO_ROOT, stages_run, subprocess_env
 
 CONNECT = """
 import sys
-from pipeline.config import MlflowConfig
-from pipeline.tracking import _connect
-print(_connect(MlflowConfig(tracking_uri=sys.argv[1], experiment_name=sys.argv[2], registered_model="m")))
+from pipeline.tracking import experiment_id
+print(experiment_id(sys.argv[1], sys.argv[2]))
 """
 
 
