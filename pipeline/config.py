@@ -226,6 +226,11 @@ class TrainConfig(_Strict):
     optimizer: Literal["adam", "rmsprop", "sgd"]
     early_stopping_patience: int = Field(ge=0)
     lr_decay_patience: int = Field(ge=0)
+    # default: one device; mirrored: synchronous data parallelism over this machine's GPUs (or,
+    # without GPUs, over `cpu_replicas` logical CPU devices); multi_worker: over the machines that
+    # the TF_CONFIG variable names (tf.distribute.MultiWorkerMirroredStrategy).
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    cpu_replicas: int = Field(default=1, ge=1, le=64)
 
 
 class ExportConfig(_Strict):

@@ -22,6 +22,7 @@ PREPARED_DIR = Path("data/prepared")
 SPLITS = ("train", "val", "test")
 META_FILE = PREPARED_DIR / "meta.json"
 KERAS_MODEL = Path("models/model.keras")
+TRAIN_BACKUP_DIR = Path(".checkpoints/train")  # BackupAndRestore of an unfinished training
 ONNX_MODEL = Path("models/model.onnx")
 VARIANTS_DIR = Path("models/variants")  # model_fp16.onnx, model_int8.onnx: the configured variants
 REPORTS = Path("reports")

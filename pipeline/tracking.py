@@ -137,6 +137,7 @@ class _Recorder:
     def __init__(self, uri: str, run_id: str, experiment_name: str, remote_run_id: str | None = None):
         self.uri, self.run_id, self.experiment_name = uri, run_id, experiment_name
         self.remote_run_id = remote_run_id  # the server's run, for an offline continuation
+        self.configured_uri = uri  # the store the config names (this one, unless offline)
         self.client = MlflowClient(uri)
 
     @property
@@ -204,34 +205,58 @@ def _open(recorder: _Recorder) -> Iterator[_Recorder]:
 
 
 @contextmanager
-def start_pipeline_run(cfg: Config, run_name: str) -> Iterator[str]:
-    """Open a new MLflow run for this pipeline run; record its id for the later stages.
+def start_pipeline_run(cfg: Config, run_name: str, resume: dict | None = None) -> Iterator[str]:
+    """Open a new MLflow run for this pipeline run, or continue the run `resume` (from
+    current_run() of a training that was killed); record its id for the later stages.
 
     An unreachable server fails the stage before any training, unless mlflow.required is
     false: then the run is recorded in the offline store, for `python -m pipeline.sync`."""
     uri = tracking_uri(cfg.mlflow)
-    tags = {"task": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed, **lineage_tags()}
     problem = server_problem(uri)
     if problem and cfg.mlflow.required:
         check_reachable(uri)
-    if problem:
+    recorder = _continued(resume, uri, cfg.mlflow.experiment_name, problem) if resume else None
+    if recorder is None and problem:
         print(f"warning: MLflow tracking server {uri} is unreachable ({problem}); mlflow.required is "
               f"false: this run is recorded in {offline_uri()}, upload it with `python -m pipeline.sync`",
               file=sys.stderr, flush=True)
         run_id = open_offline_run(cfg.mlflow.experiment_name, uri, None, run_name)
         recorder = _Recorder(offline_uri(), run_id, cfg.mlflow.experiment_name)
-    else:
+    elif recorder is None:
         run_id = MlflowClient(uri).create_run(experiment_id(uri, cfg.mlflow.experiment_name),
                                               run_name=run_name).info.run_id
         recorder = _Recorder(uri, run_id, cfg.mlflow.experiment_name)
+    recorder.configured_uri = uri
     with _open(recorder):
-        set_tags(tags)
+        set_tags({"task": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed, **lineage_tags()})
         yield recorder.remote_run_id or recorder.run_id
     run_file = {"run_id": recorder.remote_run_id or recorder.run_id,
                 "experiment_name": cfg.mlflow.experiment_name}
     if recorder.offline:
         run_file["offline_run_id"] = recorder.run_id
     stage.write_json(stage.MLFLOW_RUN_FILE, run_file)
+
+
+def current_run() -> dict:
+    """Where the open pipeline run records, for continuing it after a crash (start_pipeline_run's
+    `resume`)."""
+    return {"configured_uri": _recorder.configured_uri, "uri": _recorder.uri, "run_id": _recorder.run_id,
+            "remote_run_id": _recorder.remote_run_id, "experiment_name": _recorder.experiment_name}
+
+
+def _continued(resume: dict, uri: str, experiment_name: str, problem: str | None) -> _Recorder | None:
+    """A recorder on the run of a killed training, if it was recorded for the same store and
+    experiment and still exists; None otherwise."""
+    if resume.get("configured_uri") != uri or resume.get("experiment_name") != experiment_name:
+        return None
+    recorder = _Recorder(resume["uri"], resume["run_id"], experiment_name, resume.get("remote_run_id"))
+    if problem and not recorder.offline:
+        recorder.go_offline(problem)
+    try:
+        recorder(lambda client, run_id: client.update_run(run_id, status="RUNNING"))
+    except MlflowException:
+        return None  # the store no longer has it
+    return recorder
 
 
 @contextmanager

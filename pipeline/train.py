@@ -4,21 +4,31 @@
 
 Outputs: models/model.keras, reports/train.json, reports/history.csv, reports/mlflow_run.json.
 Opens the pipeline's MLflow run: config params, per-epoch metrics, the Keras model.
+
+Resumable: after each epoch the weights, the optimizer state and the epoch number are backed up
+in .checkpoints/train/ (Keras BackupAndRestore). A training process that is killed resumes from
+its last finished epoch on the next run with the same config and data, and ends with the same
+result as an uninterrupted run: the order of each epoch's batches is drawn from (seed, epoch)
+alone. Its outputs are written only at the end, so DVC never records a partial model.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import os
+import shutil
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from pipeline import stage, tracking  # noqa: E402
-from pipeline.config import Config, flatten, load_config  # noqa: E402
+from pipeline.config import Config, TrainConfig, flatten, load_config  # noqa: E402
 from pipeline.models import TaskSpec, build_model  # noqa: E402
 from pipeline.prepare import load_split  # noqa: E402
 
@@ -67,69 +77,179 @@ def validation_callbacks(cfg: Config) -> list[keras.callbacks.Callback]:
     return callbacks
 
 
+def distribution_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
+    """The tf.distribute strategy of train.strategy. Call before TensorFlow runs any op: the
+    logical CPU devices of `mirrored` without GPUs must be set up first."""
+    if cfg.strategy == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if cfg.strategy == "mirrored":
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * cfg.cpu_replicas)
+        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cfg.cpu_replicas)])
+    return tf.distribute.get_strategy()  # the default: no distribution
+
+
+class EpochBatches(keras.callbacks.Callback):
+    """The training split as a tf.data pipeline with prefetch. Epoch e visits the samples in a
+    permutation drawn from (seed, e) alone, so a run resumed at epoch e sees the same batches as
+    an uninterrupted one. x [samples, ...], y [samples, ...] -> batches of `batch_size`."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+        super().__init__()
+        self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch  # before the epoch's iterator, hence its generator, starts
+
+    def _batches(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.x))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            yield self.x[rows], self.y[rows]
+
+    def dataset(self) -> tf.data.Dataset:
+        signature = tuple(tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in (self.x, self.y))
+        batches = -(-len(self.x) // self.batch_size)
+        return (tf.data.Dataset.from_generator(self._batches, output_signature=signature)
+                .apply(tf.data.experimental.assert_cardinality(batches))
+                .prefetch(tf.data.AUTOTUNE))
+
+
 def fit(
-    cfg: Config, model: keras.Model, task: TaskSpec, train, val, callbacks=()
+    cfg: Config, model: keras.Model, task: TaskSpec, train, val, callbacks=(),
+    strategy: tf.distribute.Strategy | None = None,
 ) -> keras.callbacks.History:
     """Train the model's `prediction` head (cross-entropy, or mean squared error for regression
     tasks) on the training split, watching the validation split; the attention is learned only
-    through the head."""
-    trainer = keras.Model(model.input, model.output["prediction"], name=f"{model.name}_trainer")
-    loss, metric = OBJECTIVES[task.task_type]
-    trainer.compile(
-        optimizer=OPTIMIZERS[cfg.train.optimizer](learning_rate=cfg.train.learning_rate),
-        loss=loss,
-        metrics=[metric],
-    )
+    through the head. Under a distribution strategy, `model` must have been built in its scope."""
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        trainer = keras.Model(model.input, model.output["prediction"], name=f"{model.name}_trainer")
+        loss, metric = OBJECTIVES[task.task_type]
+        trainer.compile(
+            optimizer=OPTIMIZERS[cfg.train.optimizer](learning_rate=cfg.train.learning_rate),
+            loss=loss,
+            metrics=[metric],
+        )
+    batches = EpochBatches(train.x, train.y, cfg.train.batch_size, cfg.seed)
+    validation = tf.data.Dataset.from_tensor_slices((val.x, val.y)).batch(cfg.train.batch_size)
     return trainer.fit(
-        train.x,
-        train.y,
-        validation_data=(val.x, val.y),
+        batches.dataset(),
+        validation_data=validation.prefetch(tf.data.AUTOTUNE),
         epochs=cfg.train.epochs,
-        batch_size=cfg.train.batch_size,
-        shuffle=True,
-        callbacks=[*validation_callbacks(cfg), *callbacks],
+        shuffle=False,  # EpochBatches shuffles, by (seed, epoch)
+        callbacks=[batches, *validation_callbacks(cfg), *callbacks],
         verbose=2,
     )
 
 
-def best_epoch(history: keras.callbacks.History) -> dict[str, float]:
+def training_digest(cfg: Config) -> str:
+    """sha256 of everything that decides the trained weights: seed, the data, model and train
+    sections, and the prepared splits. A backup is resumed only by a run with the same digest."""
+    digest = hashlib.sha256(json.dumps(
+        {k: cfg.section(k) for k in ("data", "model", "train")} | {"seed": cfg.seed}, sort_keys=True,
+    ).encode())
+    for split in stage.SPLITS:
+        digest.update(stage.split_file(split).read_bytes())
+    return digest.hexdigest()
+
+
+class TrainingBackup(keras.callbacks.Callback):
+    """.checkpoints/train/ of an unfinished training: Keras BackupAndRestore's weights, optimizer
+    state and epoch count, plus the per-epoch history and the MLflow run so far, so that a killed
+    training resumes where it stopped. A backup made with another config or data (another
+    `digest`) is discarded. Put it before the callbacks that log an epoch, and `keras_backup`
+    after them."""
+
+    def __init__(self, digest: str):
+        super().__init__()
+        self.folder = stage.TRAIN_BACKUP_DIR
+        owner = self.folder / "digest.txt"
+        if self.folder.exists() and (not owner.exists() or owner.read_text() != digest):
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        owner.write_text(digest)
+        self.keras_backup = keras.callbacks.BackupAndRestore(
+            str(self.folder), save_freq="epoch", delete_checkpoint=False, double_checkpoint=True)
+        self.history: dict[str, list[float]] = self._read("history.json") or {}
+        self.mlflow_run: dict | None = self._read("mlflow_run.json")
+
+    def _read(self, name: str) -> dict | None:
+        path = self.folder / name
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def record_mlflow_run(self, run: dict) -> None:
+        stage.write_json(self.folder / "mlflow_run.json", run)
+
+    def on_train_begin(self, logs=None):
+        self._first_epoch = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch and epoch:
+            print(f"resumed from {self.folder}: {epoch} of {self.params['epochs']} epochs were done")
+        self._first_epoch = False
+        self.history = {k: v[:epoch] for k, v in self.history.items()}  # epochs after the backup redo
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        stage.write_json(self.folder / "history.json", self.history)
+
+    def finish(self) -> None:
+        """Training is complete and its outputs written: the next run starts from scratch."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def best_epoch(history: dict[str, list[float]]) -> dict[str, float]:
     """The epoch of the lowest validation loss (the weights kept under early stopping)."""
-    val_loss = history.history["val_loss"]
+    val_loss = history["val_loss"]
     best = min(range(len(val_loss)), key=val_loss.__getitem__)
     return {"train/best_epoch": best, "train/best_val_loss": float(val_loss[best])}
 
 
-def write_history(history: keras.callbacks.History, path=stage.HISTORY_CSV) -> None:
+def write_history(history: dict[str, list[float]], path=stage.HISTORY_CSV) -> None:
     """reports/history.csv: one row per epoch, the columns DVC plots."""
-    keys = sorted(history.history)
+    keys = sorted(history)
     with stage.atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["epoch", *keys])
-        for epoch in range(len(history.epoch)):
-            writer.writerow([epoch, *(f"{history.history[k][epoch]:.6f}" for k in keys)])
+        for epoch in range(len(history[keys[0]])):
+            writer.writerow([epoch, *(f"{history[k][epoch]:.6f}" for k in keys)])
 
 
 def main() -> None:
     cfg = load_config()
+    strategy = distribution_strategy(cfg.train)
     train, val = load_split("train"), load_split("val")
     meta = stage.read_json(stage.META_FILE)
     task = TaskSpec.from_meta(meta)
     make_deterministic(cfg.seed)
-    model = build_model(cfg.model, task)
-    with tracking.start_pipeline_run(cfg, run_name=cfg.model.name):
+    with strategy.scope():
+        model = build_model(cfg.model, task)
+    backup = TrainingBackup(training_digest(cfg))
+    with tracking.start_pipeline_run(cfg, run_name=cfg.model.name, resume=backup.mlflow_run):
+        backup.record_mlflow_run(tracking.current_run())
         tracking.log_params(flatten({k: cfg.section(k) for k in ("data", "model", "train")}))
         tracking.log_params({"seed": cfg.seed, "param_count": model.count_params()})
         tracking.log_prepared_data([stage.split_file(s) for s in stage.SPLITS], cfg.data.name)
         if meta.get("labels"):
             tracking.log_labels(meta["labels"])
         started = time.perf_counter()
-        history = fit(cfg, model, task, train, val, callbacks=[MlflowEpochLogger()])
+        fit(cfg, model, task, train, val, strategy=strategy,
+            callbacks=[backup, MlflowEpochLogger(), backup.keras_backup])
         train_seconds = time.perf_counter() - started
+        history = backup.history
         report = {
             "train/seconds": round(train_seconds, 3),
             "train/param_count": model.count_params(),
-            "train/epochs": len(history.epoch),
-            **{f"train/final_{k}": float(v[-1]) for k, v in history.history.items()},
+            "train/epochs": len(history["loss"]),
+            "train/replicas": strategy.num_replicas_in_sync,
+            **{f"train/final_{k}": v[-1] for k, v in history.items()},
             **best_epoch(history),
         }
         with stage.atomic_path(stage.KERAS_MODEL) as tmp_model:
@@ -139,6 +259,7 @@ def main() -> None:
         tracking.log_metrics(report)
         tracking.log_artifacts([stage.KERAS_MODEL], artifact_path="keras_model")
         tracking.log_artifacts([stage.HISTORY_CSV], artifact_path="reports")
+    backup.finish()
     print(f"trained {cfg.model.name} in {train_seconds:.1f}s: {report}")
 
 
