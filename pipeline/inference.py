@@ -35,11 +35,58 @@ def resolve_model_source(model):
     return model
 
 
+# The standard ONNX domains, and ONNX Runtime's own built-in operators (com.microsoft: the int8
+# variant's DynamicQuantizeLSTM, fused kernels). Any other domain needs a custom-op library: code
+# that ships with a model file is not loaded.
+ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+
+
+class UnsafeModel(ValueError):
+    """A model file that would run code from outside the standard operator sets."""
+
+
+def check_operator_domains(model: str | Path | bytes) -> None:
+    """Refuse an ONNX model with an operator (or an opset import) outside ALLOWED_DOMAINS,
+    subgraphs (Loop, If, Scan bodies) and local functions included."""
+    import onnx
+
+    label = "ONNX model" if isinstance(model, bytes) else str(model)
+    try:
+        proto = (onnx.load_model_from_string(model) if isinstance(model, bytes)
+                 else onnx.load_model(str(model), load_external_data=False))
+    except Exception as err:  # not a protobuf ONNX model at all
+        raise UnsafeModel(f"{label}: not a readable ONNX model ({err})") from None
+    local_functions = {(f.domain, f.name) for f in proto.functions}
+
+    def graphs(graph):
+        yield graph
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    yield from graphs(attribute.g)
+                for subgraph in attribute.graphs:
+                    yield from graphs(subgraph)
+
+    nodes = [n for g in graphs(proto.graph) for n in g.node] + [n for f in proto.functions for n in f.node]
+    for node in nodes:
+        if node.domain not in ALLOWED_DOMAINS and (node.domain, node.op_type) not in local_functions:
+            raise UnsafeModel(f"{label}: refused: operator {node.op_type!r} of domain {node.domain!r} "
+                              f"is outside the standard ONNX domains (ai.onnx, ai.onnx.ml) and ONNX Runtime's "
+                              "built-in com.microsoft")
+    for opset in proto.opset_import:
+        if opset.domain not in ALLOWED_DOMAINS and opset.domain not in {d for d, _ in local_functions}:
+            raise UnsafeModel(f"{label}: refused: it imports the operator set {opset.domain!r}, "
+                              "outside the standard ONNX domains (ai.onnx, ai.onnx.ml) and ONNX Runtime's built-in "
+                              "com.microsoft")
+
+
 class OnnxModel:
-    """An ONNX Runtime session bound to the pipeline's contract: input `x`, named outputs."""
+    """An ONNX Runtime session bound to the pipeline's contract: input `x`, named outputs. Models
+    with operators outside the standard domains are refused (UnsafeModel)."""
 
     def __init__(self, model: str | Path | bytes, providers: tuple[str, ...] = ("CPUExecutionProvider",),
                  options: ort.SessionOptions | None = None):
+        check_operator_domains(model)
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, options, providers=list(providers))
         inputs = [i.name for i in self.session.get_inputs()]

@@ -192,3 +192,24 @@ def test_user_files_tracked_by_dvc_feed_the_pipeline(tmp_path):
     assert _ran(failed) == ["prepare"] and failed.returncode != 0
     assert "data/raw/mine/mine_TEST.ts: line 18: series of length 3" in failed.stderr
     assert {p: _digest(p) for p in outputs} == before
+
+
+def test_dvc_remote_push_and_pull_round_trip_data_and_models(repo, tmp_path):
+    """A DVC remote (a local folder here, S3 for a team): a fresh git clone gets the prepared
+    data and every model back with `dvc pull`, byte for byte."""
+    remote = tmp_path / "remote"
+    _dvc(repo, "remote", "add", "--default", "shared", str(remote))
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline run"], repo)
+    pushed = _dvc(repo, "push")
+    assert any(remote.rglob("*")) and "pushed" in pushed.stdout
+
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    cached = sorted(p.relative_to(repo) for folder in ("data/prepared", "models") for p in (repo / folder).rglob("*")
+                    if p.is_file())
+    assert {"data/prepared/train.npz", "models/model.keras", "models/model.onnx"} <= {str(p) for p in cached}
+    assert not (clone / "models/model.onnx").exists(), "models are not in git"
+    _dvc(clone, "pull")
+    assert {str(p): _digest(clone / p) for p in cached} == {str(p): _digest(repo / p) for p in cached}
+    assert json.loads(_dvc(clone, "status", "--json").stdout) == {}

@@ -182,5 +182,14 @@ def build_model(model_cfg, task: TaskSpec) -> keras.Model:
 
 
 def load_model(path) -> keras.Model:
-    """A saved .keras model; safe_mode refuses Lambda layers and any pickled code."""
-    return keras.saving.load_model(path, safe_mode=True, compile=False)
+    """A saved .keras model; safe_mode refuses Lambda layers and any pickled code (StageFailed,
+    naming the file)."""
+    from pipeline.stage import StageFailed
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except ValueError as err:
+        if "safe_mode" not in str(err) and "Lambda" not in str(err):
+            raise
+        raise StageFailed(f"{path}: refused to load: it holds Python code (a Lambda layer or a "
+                          "pickled function), which safe_mode does not run") from None

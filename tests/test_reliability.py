@@ -1,0 +1,167 @@
+"""Reliability: the same seed gives the same numbers in separate processes, a training killed
+with SIGKILL resumes on the next `dvc repro` to the same result, data-parallel training on two
+logical CPUs agrees with one device, and nothing unsafe is loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT, dvc, git_copy, subprocess_env, tiny_params
+
+# Long enough to kill mid-training: 12 epochs of 30 small batches.
+TRAINING = ("train.epochs=12", "train.batch_size=8")
+RUN_STAGES = "from pipeline import prepare, train, export\nfor stage in (prepare, train, export): stage.main()"
+
+
+def _pipeline_process(folder: Path, *overrides: str) -> subprocess.Popen:
+    """prepare, train and export in a fresh process of their own, in `folder`."""
+    folder.mkdir()
+    (folder / "params.yaml").write_text(yaml.safe_dump(tiny_params(*TRAINING, *overrides), sort_keys=False))
+    env = {**subprocess_env(), "PYTHONPATH": str(REPO_ROOT),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
+    return subprocess.Popen([sys.executable, "-c", RUN_STAGES], cwd=folder, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Two runs with the same seed, and one under MirroredStrategy on 2 logical CPU devices."""
+    base = tmp_path_factory.mktemp("runs")
+    variants = {"first": (), "second": (), "mirrored": ("train.strategy=mirrored", "train.cpu_replicas=2")}
+    processes = {name: _pipeline_process(base / name, *extra) for name, extra in variants.items()}
+    for name, process in processes.items():
+        output, _ = process.communicate(timeout=900)
+        assert process.returncode == 0, f"{name}: {output[-3000:]}"
+    return {name: base / name for name in variants}
+
+
+def _train_report(folder: Path) -> dict:
+    report = json.loads((folder / "reports/train.json").read_text())
+    report.pop("train/seconds")
+    return report
+
+
+def _onnx_outputs(folder: Path) -> dict[str, np.ndarray]:
+    from pipeline.inference import OnnxModel
+
+    with np.load(folder / "data/prepared/test.npz", allow_pickle=False) as test:
+        return OnnxModel(folder / "models/model.onnx").run(test["x"])
+
+
+def test_same_seed_gives_identical_metrics_and_onnx_outputs(runs):
+    first, second = runs["first"], runs["second"]
+    assert _train_report(first) == _train_report(second)
+    assert (first / "reports/history.csv").read_text() == (second / "reports/history.csv").read_text()
+    assert (json.loads((first / "reports/export.json").read_text())
+            == json.loads((second / "reports/export.json").read_text()))
+    for name, values in _onnx_outputs(first).items():
+        assert np.array_equal(values, _onnx_outputs(second)[name]), f"{name} differs"
+
+
+def test_mirrored_strategy_on_two_cpus_matches_the_default_strategy(runs):
+    default, mirrored = _train_report(runs["first"]), _train_report(runs["mirrored"])
+    assert default["train/replicas"] == 1 and mirrored["train/replicas"] == 2
+    for key in ("train/final_loss", "train/final_val_loss", "train/final_accuracy"):
+        assert mirrored[key] == pytest.approx(default[key], rel=1e-3), key
+    for name, values in _onnx_outputs(runs["first"]).items():
+        np.testing.assert_allclose(_onnx_outputs(runs["mirrored"])[name], values, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_training_killed_mid_epoch_resumes_on_the_next_repro_to_the_same_result(runs, tmp_path):
+    import mlflow
+
+    repo = git_copy(tmp_path / "repo")
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(*TRAINING), sort_keys=False))
+    backup = repo / ".checkpoints/train/training_metadata.json"
+    committed_report = (repo / "reports/train.json").read_bytes()  # the repository's last run
+    committed_train = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["train"]
+    repro = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=subprocess_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while _epochs_backed_up(backup) < 4:
+        assert repro.poll() is None and time.monotonic() < deadline, "training ended before the kill"
+        time.sleep(0.05)
+    os.killpg(repro.pid, signal.SIGKILL)  # dvc and the training process under it
+    repro.wait(timeout=30)
+
+    assert not (repo / "models/model.keras").exists(), "no partial model"
+    assert (repo / "reports/train.json").read_bytes() == committed_report, "outputs as they were"
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert lock["train"] == committed_train, "DVC recorded no partial training"
+
+    resumed = dvc(repo, "repro")
+    assert "resumed from .checkpoints/train:" in resumed.stdout
+    assert _train_report(repo) == _train_report(runs["first"]), "the same result as an uninterrupted run"
+    for name, values in _onnx_outputs(runs["first"]).items():
+        assert np.array_equal(_onnx_outputs(repo)[name], values), name
+    assert not (repo / ".checkpoints/train").exists(), "a finished training leaves no backup"
+    assert json.loads(dvc(repo, "status", "--json").stdout) == {}
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    [run] = mlflow.search_runs(experiment_names=["attention-planted_step"], output_format="list")
+    steps = {m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "epoch/loss")}
+    assert steps == set(range(12)) and run.info.status == "FINISHED", "one run holds every epoch"
+
+
+def _epochs_backed_up(metadata: Path) -> int:
+    try:
+        return json.loads(metadata.read_text())["epoch"]
+    except (OSError, ValueError, KeyError):  # not there yet, or being written
+        return 0
+
+
+def test_a_backup_of_another_config_is_not_resumed(stage_dir):
+    """A stale backup (other params or data) is discarded, not mixed into a new training."""
+    from pipeline import stage
+    from pipeline.train import TrainingBackup
+
+    backup = stage_dir / stage.TRAIN_BACKUP_DIR
+    backup.mkdir(parents=True)
+    (backup / "digest.txt").write_text("another config")
+    (backup / "history.json").write_text(json.dumps({"loss": [1.0, 0.9]}))
+    (backup / "training_metadata.json").write_text(json.dumps({"epoch": 2, "batch": 0}))
+    fresh = TrainingBackup("this config")
+    assert fresh.history == {} and fresh.mlflow_run is None
+    assert sorted(p.name for p in backup.iterdir()) == ["digest.txt"]
+
+
+def test_onnx_model_with_an_operator_outside_the_standard_domains_is_refused(tmp_path):
+    from onnx import TensorProto, helper, save
+
+    from pipeline.inference import OnnxModel, UnsafeModel
+
+    body = helper.make_graph([helper.make_node("Spy", ["v"], ["w"], domain="com.example")], "body",
+                             [helper.make_tensor_value_info("v", TensorProto.FLOAT, None)],
+                             [helper.make_tensor_value_info("w", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(  # the custom operator hides in a subgraph
+        [helper.make_node("If", ["c"], ["prediction"], then_branch=body, else_branch=body),
+         helper.make_node("Identity", ["x"], ["attention"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("prediction", "attention")])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    with pytest.raises(UnsafeModel, match="operator 'Spy' of domain 'com.example' is outside"):
+        OnnxModel(tmp_path / "m.onnx")
+
+
+def test_no_pickle_anywhere_in_the_pipeline():
+    """Arrays load with allow_pickle=False, Keras models with safe_mode=True (a Lambda layer is
+    refused: test_models.py); nothing pickles."""
+    forbidden = ("import pickle", "from pickle", "cloudpickle", "joblib", "allow_pickle=True",
+                 "safe_mode=False", "torch.load", "dill")
+    sources = {p: p.read_text() for p in (REPO_ROOT / "pipeline").rglob("*.py")}
+    found = [f"{p.relative_to(REPO_ROOT)}: {word}" for p, text in sources.items() for word in forbidden
+             if word in text]
+    assert found == []
+    assert sum("allow_pickle=False" in text for text in sources.values()) >= 2
+    assert any("safe_mode=True" in text for text in sources.values())
