@@ -3,7 +3,9 @@
     fp32  the tf2onnx export itself
     fp16  float16 weights and compute for GPUs; graph inputs and outputs stay float32
           (onnxruntime.transformers.float16, which keeps a graph output that is also consumed
-          inside the graph, such as `attention`, correct)
+          inside the graph, such as `attention`, correct). Recurrent layers add up rounding
+          over every time step: when full fp16 misses the gate, they stay float32 (the
+          metadata `float32_ops` names them) and the rest is fp16
     int8  ONNX Runtime dynamic quantization (int8 weights, activations quantized at run time)
           for CPUs; an ONNX LSTM node becomes com.microsoft DynamicQuantizeLSTM
 
@@ -23,16 +25,19 @@ import onnx
 from pipeline.metrics import predicted_classes
 
 VARIANTS = ("fp32", "fp16", "int8")
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 
 
-def convert(fp32_model: onnx.ModelProto, variant: str) -> onnx.ModelProto:
-    """The `variant` of an fp32 model, with the same inputs, outputs (float32) and metadata."""
+def convert(fp32_model: onnx.ModelProto, variant: str, keep_float32: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """The `variant` of an fp32 model, with the same inputs, outputs (float32) and metadata; for
+    fp16, the op types in `keep_float32` stay float32."""
     if variant == "fp32":
         return fp32_model
     if variant == "fp16":
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+        from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-        converted = convert_float_to_float16(fp32_model, keep_io_types=True)
+        converted = convert_float_to_float16(fp32_model, keep_io_types=True,
+                                             op_block_list=[*DEFAULT_OP_BLOCK_LIST, *keep_float32])
     elif variant == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -48,7 +53,23 @@ def convert(fp32_model: onnx.ModelProto, variant: str) -> onnx.ModelProto:
     for prop in converted.metadata_props:
         if prop.key == "precision":
             prop.value = variant
+    if keep_float32:
+        onnx.helper.set_model_props(converted, {**{p.key: p.value for p in converted.metadata_props},
+                                                "float32_ops": ",".join(keep_float32)})
     return converted
+
+
+def gated_variant(fp32_model: onnx.ModelProto, variant: str, check) -> tuple[onnx.ModelProto, list[str]]:
+    """The variant and what it misses of its gate (`check(model) -> failures`). fp16 is tried in
+    full first, then with the recurrent layers kept float32; the first that passes, else the
+    last tried."""
+    attempts = [(), RECURRENT_OPS] if variant == "fp16" else [()]
+    for keep_float32 in attempts:
+        converted = convert(fp32_model, variant, keep_float32)
+        failures = check(converted)
+        if not failures:
+            break
+    return converted, failures
 
 
 def gate_report(

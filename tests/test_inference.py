@@ -19,9 +19,9 @@ from hypothesis.extra import numpy as hnp
 
 from pipeline.contract import PAD_VALUE
 from pipeline.export import to_onnx
-from pipeline.inference import InputError, Predictor, ProviderUnavailable
+from pipeline.inference import InputError, OnnxModel, Predictor, ProviderUnavailable
 from pipeline.models import TaskSpec, build_model
-from pipeline.variants import VARIANTS, convert, gate_failures, gate_report
+from pipeline.variants import VARIANTS, convert, gate_failures, gate_report, gated_variant
 from tests.conftest import REPO_ROOT, subprocess_env, tiny_config
 
 LABELS = ["walk", "run", "sit", "jump"]
@@ -92,6 +92,31 @@ def test_fp16_keeps_float32_io_and_the_attention_output_consumed_inside(binary_v
     assert onnx.TensorProto.FLOAT16 in {i.data_type for i in fp16.graph.initializer}
     metadata = {p.key: p.value for p in fp16.metadata_props}
     assert metadata["precision"] == "fp16"
+
+
+def test_fp16_keeps_the_recurrent_layers_float32_only_when_full_fp16_misses_its_gate(binary_variants):
+    model, variants = binary_variants
+    fp32 = variants["fp32"]
+    tried = []
+
+    def lstm_weights_float32(candidate):
+        weights = {i.name: i.data_type for i in candidate.graph.initializer}
+        lstm = next(n for n in candidate.graph.node if n.op_type == "LSTM")
+        return weights[lstm.input[1]] == onnx.TensorProto.FLOAT
+
+    def check(candidate):  # a gate that full fp16 misses
+        tried.append(lstm_weights_float32(candidate))
+        return [] if tried[-1] else ["too far from Keras"]
+
+    chosen, failures = gated_variant(fp32, "fp16", check)
+    assert tried == [False, True] and failures == []
+    assert {p.key: p.value for p in chosen.metadata_props}["float32_ops"] == "LSTM,GRU,RNN"
+    assert onnx.TensorProto.FLOAT16 in {i.data_type for i in chosen.graph.initializer}, "the rest is fp16"
+    x = _inputs(64, 20, 2)
+    np.testing.assert_allclose(OnnxModel(chosen.SerializeToString()).run(x)["prediction"],
+                               model.predict(x, verbose=0)["prediction"], atol=1e-3)
+    full, _ = gated_variant(fp32, "fp16", lambda candidate: [])
+    assert "float32_ops" not in {p.key for p in full.metadata_props} and not lstm_weights_float32(full)
 
 
 def test_int8_quantizes_the_lstm_node(binary_variants):
