@@ -194,6 +194,22 @@ def test_user_files_tracked_by_dvc_feed_the_pipeline(tmp_path):
     assert {p: _digest(p) for p in outputs} == before
 
 
+def test_dvc_plots_show_and_diff_render_training_curves_and_attention(repo):
+    """The training curves, the mean attention per position, the heatmap and the confusion
+    matrix are DVC plots: `dvc plots show` renders the workspace, `dvc plots diff` it beside a
+    commit."""
+    shown = json.loads(_dvc(repo, "plots", "show", "--json").stdout)["data"]
+    assert {"loss", "accuracy", "attention_per_position", "reports/attention.png", "confusion"} <= set(shown)
+    curve = shown["loss"][0]["content"]["data"]["values"]
+    epochs = json.loads((repo / "reports/train.json").read_text())["train/epochs"]
+    assert len({row["epoch"] for row in curve}) == epochs
+    attention = shown["attention_per_position"][0]["content"]["data"]["values"]
+    assert sum(float(row["mean_attention"]) for row in attention) == pytest.approx(1, abs=1e-3)
+    diff = json.loads(_dvc(repo, "plots", "diff", "HEAD", "--json").stdout)["data"]
+    assert set(diff["loss"][0]["revisions"]) == {"workspace", "HEAD"}
+    assert {image["revisions"][0] for image in diff["reports/attention.png"]} == {"workspace", "HEAD"}
+
+
 def test_dvc_remote_push_and_pull_round_trip_data_and_models(repo, tmp_path):
     """A DVC remote (a local folder here, S3 for a team): a fresh git clone gets the prepared
     data and every model back with `dvc pull`, byte for byte."""
