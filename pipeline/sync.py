@@ -40,12 +40,12 @@ def pending_runs(offline: MlflowClient) -> list[Run]:
     return list(runs)
 
 
-def copy_metrics(offline: MlflowClient, server: MlflowClient, run: Run, remote_run_id: str) -> int:
+def copy_metrics(offline: MlflowClient, server: MlflowClient, run: Run, remote_run_id: str) -> None:
+    """Every metric's whole history (values, steps, timestamps)."""
     history = [m for key in run.data.metrics for m in offline.get_metric_history(run.info.run_id, key)]
     for start in range(0, len(history), METRICS_PER_BATCH):
         batch = [Metric(m.key, m.value, m.timestamp, m.step) for m in history[start:start + METRICS_PER_BATCH]]
         server.log_batch(remote_run_id, metrics=batch)
-    return len(history)
 
 
 def copy_artifacts(offline: MlflowClient, server: MlflowClient, run: Run, remote_run_id: str) -> None:
@@ -56,7 +56,7 @@ def copy_artifacts(offline: MlflowClient, server: MlflowClient, run: Run, remote
         server.log_artifacts(remote_run_id, local)
 
 
-def copy_logged_models(offline: MlflowClient, server: MlflowClient, run: Run, remote_run_id: str) -> int:
+def copy_logged_models(offline: MlflowClient, server: MlflowClient, run: Run, remote_run_id: str) -> None:
     """Each model the run logged (the ONNX model), as a logged model of the server's run."""
     remote = server.get_run(remote_run_id)
     models = offline.search_logged_models(experiment_ids=[run.info.experiment_id],
@@ -70,7 +70,6 @@ def copy_logged_models(offline: MlflowClient, server: MlflowClient, run: Run, re
         server.log_outputs(remote_run_id, [LoggedModelOutput(copy.model_id, step=0)])
         with tempfile.TemporaryDirectory() as folder:
             server.log_model_artifacts(copy.model_id, download_logged_model(model.model_id, folder))
-    return len(models)
 
 
 def download_logged_model(model_id: str, folder: str) -> str:
