@@ -33,6 +33,7 @@ import tensorflow as tf  # noqa: E402
 from pipeline import stage  # noqa: E402
 from pipeline.config import RecurrentAttentionModel, load_config  # noqa: E402
 from pipeline.contract import INPUT_NAME, OUTPUT_NAMES  # noqa: E402
+from pipeline.errors import run_command  # noqa: E402
 from pipeline.export import to_onnx  # noqa: E402
 from pipeline.inference import Predictor, usable_cpus  # noqa: E402
 from pipeline.models import TaskSpec, build_model, load_model  # noqa: E402
@@ -229,4 +230,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -20,6 +20,7 @@ from pathlib import Path
 import mlflow
 
 from pipeline.config import CONF_DIR, compose_defaults, flatten
+from pipeline.errors import run_command
 from pipeline.tracking import DEFAULT_STORE, repository_root
 
 COLUMNS = (
@@ -190,4 +191,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

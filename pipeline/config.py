@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from pipeline.contract import OPSET_MAX
+from pipeline.errors import ConfigError, run_command
 
 PARAMS_FILE = Path("params.yaml")
 CONF_DIR = Path("conf")
@@ -31,10 +32,6 @@ SEQUENCE_TASKS = ("planted_step", "find_max", "add_two_numbers")
 VECTOR_TASKS = ("planted_feature",)
 REGRESSION_TASKS = ("find_max", "add_two_numbers")
 FILE_SOURCES = ("ucr", "ts_file")  # real series from files: data.source selects, data.name names
-
-
-class ConfigError(Exception):
-    """A params file that cannot be used; the message names the file and the key."""
 
 
 class _Strict(BaseModel):
@@ -387,8 +384,9 @@ def validate(raw: Any, source: str = str(PARAMS_FILE)) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        problems = "\n".join(f"  - {_describe(e, raw)}" for e in err.errors())
-        raise ConfigError(f"{source}: invalid config:\n{problems}") from None
+        problems = [_describe(e, raw) for e in err.errors()]
+        listed = f" {problems[0]}" if len(problems) == 1 else "".join(f"\n  - {p}" for p in problems)
+        raise ConfigError(f"{source}: invalid config:{listed}") from None
 
 
 def load_config(path: str | Path = PARAMS_FILE) -> Config:
@@ -434,7 +432,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=dense_attention")
     args = parser.parse_args()
     composed = compose_defaults(overrides=args.overrides)
-    validate(composed, "composed conf/")
+    validate(composed, f"conf/ with {' '.join(args.overrides)}" if args.overrides else "conf/")
     text = yaml.safe_dump(composed, sort_keys=False)
     if args.write_params:
         PARAMS_FILE.write_text(text, encoding="utf-8")
@@ -443,6 +441,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from pipeline.stage import run_stage
-
-    run_stage(main)
+    run_command(main)

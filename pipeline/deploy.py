@@ -23,6 +23,7 @@ import onnx
 from pipeline import stage
 from pipeline.config import load_config
 from pipeline.contract import INPUT_NAME, OUTPUT_NAMES
+from pipeline.errors import run_command
 
 DEPLOY_DIR = Path("deploy")
 TRITON_MAX_BATCH = 1024
@@ -131,4 +132,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run_stage(main)
+    run_command(main)

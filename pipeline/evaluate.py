@@ -16,8 +16,9 @@ import numpy as np
 
 from pipeline import stage, tracking
 from pipeline.config import load_config
-from pipeline.inference import OnnxModel
 from pipeline.data import sequence_lengths
+from pipeline.errors import run_command
+from pipeline.inference import OnnxModel
 from pipeline.metrics import TASK_METRICS, attention_metrics, predicted_classes
 from pipeline.prepare import load_split
 
@@ -115,4 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run_stage(main)
+    run_command(main)

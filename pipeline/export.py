@@ -32,6 +32,7 @@ from pipeline.contract import (  # noqa: E402
     PAD_VALUE,
     TIME_DIM,
 )
+from pipeline.errors import run_command  # noqa: E402
 from pipeline.inference import OnnxModel  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
 from pipeline.prepare import load_split  # noqa: E402
@@ -223,4 +224,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run_stage(main)
+    run_command(main)

@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from pipeline.contract import INPUT_NAME, OUTPUT_NAMES
+from pipeline.errors import PipelineError
 from pipeline.metrics import predicted_classes
 
 
@@ -41,7 +42,11 @@ def resolve_model_source(model):
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 
 
-class UnsafeModel(ValueError):
+class ModelRefused(PipelineError, ValueError):
+    """A model file that cannot be served: unreadable, or not of the contract."""
+
+
+class UnsafeModel(ModelRefused):
     """A model file that would run code from outside the standard operator sets."""
 
 
@@ -92,7 +97,7 @@ class OnnxModel:
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if inputs != [INPUT_NAME] or sorted(outputs) != sorted(OUTPUT_NAMES):
-            raise ValueError(
+            raise ModelRefused(
                 f"{model if not isinstance(model, bytes) else 'ONNX model'}: expected input "
                 f"{INPUT_NAME!r} and outputs {list(OUTPUT_NAMES)}, found {inputs} and {outputs}"
             )
@@ -113,11 +118,11 @@ class OnnxModel:
         return {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(OUTPUT_NAMES)}
 
 
-class InputError(ValueError):
+class InputError(PipelineError, ValueError):
     """An inference request the model cannot take; the message says what is wrong and where."""
 
 
-class ProviderUnavailable(RuntimeError):
+class ProviderUnavailable(PipelineError, RuntimeError):
     """An execution provider was asked for that this ONNX Runtime cannot use."""
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.inference import InputError, Predictor, ProviderUnavailable
+from pipeline.errors import PipelineError, run_command
+from pipeline.inference import InputError, Predictor
 
 
 def read_inputs(path: Path, predictor: Predictor) -> np.ndarray:
@@ -62,9 +62,14 @@ def to_records(result, n_decimals: int = 6) -> list[dict]:
     return records
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+def load_predictor(model: str, providers: str, allow_cpu_fallback: bool) -> Predictor:
+    """The Predictor of a command line's --model and --providers (comma-separated)."""
+    try:
+        return Predictor(model, providers=tuple(providers.split(",")), allow_cpu_fallback=allow_cpu_fallback)
+    except PipelineError:
+        raise
+    except Exception as err:  # not a readable ONNX model of the contract
+        raise PipelineError(f"{model}: cannot load the model ({err})") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,17 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--providers", default="cpu", help="comma-separated, e.g. cuda,cpu")
     parser.add_argument("--allow-cpu-fallback", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        predictor = Predictor(args.model, providers=tuple(args.providers.split(",")),
-                              allow_cpu_fallback=args.allow_cpu_fallback)
-    except ProviderUnavailable as err:
-        _fail(str(err))
-    except Exception as err:  # not a readable ONNX model of the contract
-        _fail(f"{args.model}: cannot load the model ({err})")
+    predictor = load_predictor(args.model, args.providers, args.allow_cpu_fallback)
     try:
         result = predictor.predict(read_inputs(args.inputs, predictor))
     except InputError as err:
-        _fail(f"{args.inputs}: {err}" if not str(err).startswith(str(args.inputs)) else str(err))
+        raise InputError(f"{args.inputs}: {err}" if not str(err).startswith(str(args.inputs)) else str(err)) from None
     document = json.dumps({"model": str(args.model), "provider": predictor.provider,
                            "predictions": to_records(result)})
     if args.out:
@@ -95,4 +94,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

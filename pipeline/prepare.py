@@ -16,6 +16,7 @@ from pipeline import data, stage
 from pipeline.config import load_config
 from pipeline.contract import PAD_VALUE
 from pipeline.data.files import file_splits
+from pipeline.errors import run_command
 
 
 def describe(cfg, splits: dict[str, data.Dataset], file_info: dict | None = None) -> dict:
@@ -81,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run_stage(main)
+    run_command(main)

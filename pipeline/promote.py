@@ -18,6 +18,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import load_config
+from pipeline.errors import PipelineError, run_command
 from pipeline.tracking import CHAMPION, tracking_uri
 
 
@@ -27,7 +28,7 @@ def best_version(name: str, metric: str | None = None, lower_is_better: bool = F
     client = MlflowClient()
     versions = client.search_model_versions(f"name = '{name}'")
     if not versions:
-        raise SystemExit(f"error: no registered model {name!r} in {mlflow.get_tracking_uri()}")
+        raise PipelineError(f"no registered model {name!r} in {mlflow.get_tracking_uri()}")
     scored = []
     for version in versions:
         metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
@@ -35,7 +36,7 @@ def best_version(name: str, metric: str | None = None, lower_is_better: bool = F
         if chosen in metrics:
             scored.append((version.version, chosen, metrics[chosen]))
     if not scored:
-        raise SystemExit(f"error: no version of {name!r} has the metric {metric or 'test/accuracy'}")
+        raise PipelineError(f"no version of {name!r} has the metric {metric or 'test/accuracy'}")
     lower = lower_is_better or (metric is None and scored[0][1] == "test/mae")
     if lower:
         return min(scored, key=lambda s: (s[2], -int(s[0])))
@@ -58,4 +59,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -23,8 +23,9 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from pipeline.errors import run_command
 from pipeline.inference import InputError, Predictor
-from pipeline.predict import to_records
+from pipeline.predict import load_predictor, to_records
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_BATCH = 1024
@@ -114,12 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     args = build_parser().parse_args(argv)
-    predictor = Predictor(args.model, providers=tuple(args.providers.split(",")),
-                          allow_cpu_fallback=args.allow_cpu_fallback)
+    predictor = load_predictor(args.model, args.providers, args.allow_cpu_fallback)
     print(f"serving {args.model} on {predictor.provider} at http://{args.host}:{args.port}", flush=True)
     uvicorn.run(create_app(predictor, args.max_body_bytes, args.max_batch), host=args.host,
                 port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -1,4 +1,4 @@
-"""What every stage shares: its output paths, atomic writes and a uniform way to fail.
+"""What every stage shares: its output paths, atomic writes and its failure (StageFailed).
 
 A stage computes everything first, then writes each output to a temporary file beside it and
 renames it into place, so a stage that fails (bad params, a failed gate) leaves the outputs of the
@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.config import ConfigError
+from pipeline.errors import StageFailed
 
 PREPARED_DIR = Path("data/prepared")
 SPLITS = ("train", "val", "test")
@@ -34,10 +33,6 @@ METRICS_FILE = REPORTS / "metrics.json"
 ATTENTION_PNG = REPORTS / "attention.png"
 ATTENTION_CSV = REPORTS / "attention.csv"
 PREDICTIONS_CSV = REPORTS / "predictions.csv"
-
-
-class StageFailed(Exception):
-    """A stage's own check failed (e.g. the ONNX parity gate); earlier outputs stay as they were."""
 
 
 def split_file(split: str) -> Path:
@@ -94,12 +89,3 @@ def read_json(path: Path) -> dict:
         raise StageFailed(f"{path}: not found; run the stage that writes it first") from None
     except json.JSONDecodeError as err:
         raise StageFailed(f"{path}: not valid JSON ({err})") from None
-
-
-def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main(); a bad config or a failed check exits 2 with a one-line reason."""
-    try:
-        main()
-    except (ConfigError, StageFailed) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)

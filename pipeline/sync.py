@@ -24,6 +24,7 @@ from mlflow.entities import LoggedModelOutput, Metric, Run
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
+from pipeline.errors import run_command
 
 METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -145,4 +146,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

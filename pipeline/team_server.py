@@ -19,8 +19,10 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from pipeline.errors import PipelineError, run_command
 
-class TeamServerError(Exception):
+
+class TeamServerError(PipelineError):
     """The database cannot serve as the MLflow store (wrong URI, unreachable, no rights)."""
 
 
@@ -92,12 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(own)
     if not args.db:
         parser.error("--db (or MLFLOW_TEAM_DB) is required: postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
-    try:
-        if ensure_database(args.db):
-            print(f"created database {urlsplit(args.db).path.lstrip('/')}", flush=True)
-    except TeamServerError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    if ensure_database(args.db):
+        print(f"created database {urlsplit(args.db).path.lstrip('/')}", flush=True)
     args.artifacts.mkdir(parents=True, exist_ok=True)
     command = server_command(args.db, args.artifacts, args.host, args.port, args.workers, extra)
     print(f"MLflow team server on http://{args.host}:{args.port}: runs in {redacted(args.db)}, "
@@ -106,4 +104,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -29,6 +29,7 @@ import tensorflow as tf  # noqa: E402
 
 from pipeline import stage, tracking  # noqa: E402
 from pipeline.config import Config, TrainConfig, flatten, load_config  # noqa: E402
+from pipeline.errors import run_command  # noqa: E402
 from pipeline.models import TaskSpec, build_model  # noqa: E402
 from pipeline.prepare import load_split  # noqa: E402
 
@@ -264,4 +265,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run_stage(main)
+    run_command(main)

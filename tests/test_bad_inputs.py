@@ -128,7 +128,8 @@ def _custom_operator_model(path: Path) -> None:
 @pytest.mark.parametrize("name, kind, bad, fragment", MATRIX, ids=[c[0] for c in MATRIX])
 def test_bad_input_is_refused_with_its_error_and_nothing_changes(pipeline_dir, tmp_path, monkeypatch,
                                                                  capsys, name, kind, bad, fragment):
-    from pipeline import predict, prepare, stage
+    from pipeline import predict, prepare
+    from pipeline.errors import run_command
 
     monkeypatch.chdir(pipeline_dir)
     params_file = pipeline_dir / "params.yaml"
@@ -152,7 +153,7 @@ def test_bad_input_is_refused_with_its_error_and_nothing_changes(pipeline_dir, t
                     "data=ts_file", f"data.train_file={tmp_path / file_name}", f"data.test_file={test_file}",
                 ), sort_keys=False))
             with pytest.raises(SystemExit) as exited:
-                stage.run_stage(prepare.main)
+                run_command(prepare.main)
         else:
             model = pipeline_dir / "models/model.onnx"
             if kind == "model":
@@ -162,7 +163,7 @@ def test_bad_input_is_refused_with_its_error_and_nothing_changes(pipeline_dir, t
             request = tmp_path / bad[0]
             _write_input(request, bad[1])
             with pytest.raises(SystemExit) as exited:
-                predict.main([str(model), str(request), "--out", str(tmp_path / "out.json")])
+                run_command(lambda: predict.main([str(model), str(request), "--out", str(tmp_path / "out.json")]))
             assert not (tmp_path / "out.json").exists(), "a refused request writes no output"
     finally:
         params_file.write_bytes(original_params)

@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.contract import PAD_VALUE
 from pipeline.data.synthetic import Dataset
-from pipeline.stage import StageFailed
+from pipeline.errors import StageFailed
 
 MISSING_TOKENS = ("?", "nan", "NaN", "NAN")
 

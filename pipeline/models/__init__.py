@@ -184,7 +184,7 @@ def build_model(model_cfg, task: TaskSpec) -> keras.Model:
 def load_model(path) -> keras.Model:
     """A saved .keras model; safe_mode refuses Lambda layers and any pickled code (StageFailed,
     naming the file)."""
-    from pipeline.stage import StageFailed
+    from pipeline.errors import StageFailed
 
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)

@@ -1,0 +1,68 @@
+"""Every command reports bad input the same way: one `error:` line and exit code 2."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT, subprocess_env
+
+
+def _imports(path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return ({a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+            | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module})
+
+
+def _main_block(path) -> str | None:
+    """The source of a module's `if __name__ == "__main__":` block, or None."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+            return "\n".join(ast.unparse(statement) for statement in node.body)
+    return None
+
+
+def test_the_errors_module_imports_nothing_of_the_package():
+    assert not {m for m in _imports(REPO_ROOT / "pipeline/errors.py") if m.startswith("pipeline")}
+
+
+def test_every_command_reports_bad_input_through_one_runner():
+    """Each `python -m pipeline.X` ends in run_command(main), which turns the package's errors
+    (all defined in pipeline/errors.py or derived from them) into one line and exit code 2."""
+    commands = {p.relative_to(REPO_ROOT).as_posix(): _main_block(p) for p in (REPO_ROOT / "pipeline").rglob("*.py")}
+    commands = {path: block for path, block in commands.items() if block is not None}
+    assert len(commands) >= 10
+    assert {path: block for path, block in commands.items() if block != "run_command(main)"} == {}
+
+
+@pytest.mark.parametrize("args, key", [
+    (["train.epochs=0"], "train.epochs"),
+    (["data.planted_step=99"], "data"),
+])
+def test_the_config_command_prints_one_error_line_and_exits_2(args, key):
+    result = subprocess.run([sys.executable, "-m", "pipeline.config", *args], cwd=REPO_ROOT,
+                            env=subprocess_env(), capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: conf/ with {args[0]}: invalid config: {key}")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["pipeline.predict", "missing.onnx", "x.npy"], "missing.onnx: not a readable ONNX model"),
+    (["pipeline.serve", "--model", "missing.onnx"], "missing.onnx: not a readable ONNX model"),
+    (["pipeline.promote", "--name", "nothing", "--tracking-uri", "sqlite:///{tmp}/m.db"],
+     "no registered model 'nothing'"),
+    (["pipeline.deploy"], "params.yaml: not found"),
+])
+def test_commands_refuse_bad_input_with_one_error_line_and_exit_2(tmp_path, args, fragment):
+    args = [a.format(tmp=tmp_path) for a in args]
+    result = subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, env=subprocess_env(),
+                            capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert fragment in line
