@@ -70,6 +70,20 @@ def test_second_repro_runs_nothing_and_export_params_rerun_export_and_evaluate(r
     assert json.loads((repo / "reports/export.json").read_text())["export/parity_samples"] == 20
 
 
+def test_a_changed_layer_makes_dvc_report_train_and_export_as_changed(repo):
+    layers = repo / "pipeline/models/layers.py"
+    original = layers.read_text()
+    layers.write_text(original + "\n# any change to the layers' code\n")
+    try:
+        status = json.loads(_dvc(repo, "status", "--json").stdout)
+    finally:
+        layers.write_text(original)
+    assert set(status) == {"train", "export"}, status
+    for stage in ("train", "export"):
+        assert {"changed deps": {"pipeline/models/layers.py": "modified"}} in status[stage]
+    assert json.loads(_dvc(repo, "status", "--json").stdout) == {}
+
+
 @pytest.mark.parametrize("section, key, value, fragment", [
     ("model", "name", "transformer", "model.name: unknown value 'transformer'"),
     ("train", "epochs", "ten", "train.epochs: Input should be a valid integer"),
