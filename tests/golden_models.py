@@ -1,17 +1,24 @@
-"""Golden outputs of the exported models: committed inputs and the ONNX outputs they must give.
+"""Golden files of the exported models: stored weights and inputs, and the ONNX outputs they give.
 
     make golden          # python -m tests.golden_models --write
     python -m tests.golden_models --write --case NAME    # one (new) case only
 
-For each case (every model, and a masked variable-length one): a fixed-seed model trained one
-epoch on tiny data, exported to ONNX; its `prediction` and `attention` on committed inputs are
-stored in tests/golden/<case>.npz, with the config and package versions in <case>.json. Rewrite only when a model definition or the
-pinned packages change on purpose, and say why in the commit.
+What they pin: the model definitions (layers, preprocessing, head), the ONNX export and ONNX
+Runtime, not training. Per case (every model, a masked variable-length one, the conv model on
+JapaneseVowels), tests/golden/ holds
+    <case>.json          the model config and task the model is built from, the package versions
+    <case>.weights.npz   its weights, in the order of `model.weights`
+    <case>.npz           inputs `x` and the `prediction` and `attention` the exported model gives
+The test builds the model from the config, loads the weights, exports it with tf2onnx and runs it
+with ONNX Runtime: no training, so the same on every CPU. Writing trains a fixed-seed model one
+epoch on tiny data, so that the weights (and the attention) are those of a real model. Rewrite only
+when a model definition or the pinned packages change on purpose, and say why in the commit.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 from importlib.metadata import version
@@ -19,14 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import SEQUENCE_MODELS, flatten
+from pipeline.config import SEQUENCE_MODELS
 from tests.conftest import tiny_config
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 CASES = {
     "dense_attention": ("experiment=dense_attention",),
     "lstm_attention": ("experiment=lstm_attention",),
-    **{name: (f"model={name}",) for name in SEQUENCE_MODELS if name != "lstm_attention"},
+    **{name: (f"model={name}",) for name in SEQUENCE_MODELS if name not in ("lstm_attention", "conv_attention")},
+    "conv_attention": ("model=conv_attention", "model.filters=[16,32,16]"),  # small weight files
     "bahdanau_variable_length": ("model=bahdanau", "data=find_max", "data.min_length=5"),
     "conv_attention_japanese_vowels": (
         "model=conv_attention", "data=ucr", "data.name=JapaneseVowels",
@@ -35,51 +43,101 @@ CASES = {
 }
 N_INPUTS = 8
 TOLERANCE = 1e-5
+OPSET = 17
 PACKAGES = ("tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
 
 
-def golden_model(case: str, *overrides: str):
-    """(onnx model, test inputs, config) of a fixed-seed model trained one epoch on tiny data."""
-    from pipeline.export import to_onnx
+class GoldenMismatch(AssertionError):
+    """The stored case no longer fits the code (a changed model definition): see `make golden`."""
+
+
+def _trained(case: str):
+    """(Keras model, task, model config, test inputs [N_INPUTS, ...]) of a fixed-seed model
+    trained one epoch on tiny data: what `write` stores."""
     from pipeline.models import TaskSpec, build_model
     from pipeline.prepare import prepared
     from pipeline.train import fit, make_deterministic
 
-    cfg = tiny_config(*CASES[case], *overrides)
+    cfg = tiny_config(*CASES[case])
     splits, meta = prepared(cfg)
     task = TaskSpec.from_meta(meta)
     make_deterministic(cfg.seed)
     model = build_model(cfg.model, task)
     fit(cfg, model, task, splits["train"], splits["val"])
-    return to_onnx(model, cfg.export.opset), splits["test"].x[:N_INPUTS], cfg
+    return model, task, cfg.model, splits["test"].x[:N_INPUTS]
+
+
+def _files(case: str) -> dict[str, Path]:
+    return {kind: GOLDEN_DIR / f"{case}{suffix}"
+            for kind, suffix in (("record", ".json"), ("weights", ".weights.npz"), ("outputs", ".npz"))}
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as arrays:
+        return dict(arrays)
+
+
+def load(case: str) -> dict[str, np.ndarray]:
+    """The stored inputs `x` and outputs `prediction`, `attention` of a case."""
+    return _arrays(_files(case)["outputs"])
+
+
+def stored_model(case: str):
+    """The case's Keras model, built from its stored config and task, with its stored weights."""
+    import pydantic
+
+    from pipeline.config import ModelConfig
+    from pipeline.models import TaskSpec, build_model
+
+    files = _files(case)
+    record = json.loads(files["record"].read_text())
+    model_cfg = pydantic.TypeAdapter(ModelConfig).validate_python(record["model"])
+    task = TaskSpec(**{**record["task"], "input_shape": tuple(record["task"]["input_shape"])})
+    model = build_model(model_cfg, task)
+    weights = _arrays(files["weights"])
+    stored = [weights[f"w{i:03d}"] for i in range(len(weights))]
+    shapes = [tuple(v.shape) for v in model.weights]
+    if [w.shape for w in stored] != shapes:
+        raise GoldenMismatch(f"{case}: the model built from {files['record'].name} has weights of shapes "
+                             f"{shapes}, {files['weights'].name} holds {[w.shape for w in stored]} "
+                             "(a changed model definition; see `make golden`)")
+    model.set_weights(stored)
+    return model
+
+
+def exported(case: str):
+    """The ONNX model of the case's stored model, as the export stage converts it."""
+    from pipeline.export import to_onnx
+
+    return to_onnx(stored_model(case), OPSET)
 
 
 def write(case: str) -> None:
+    from pipeline.export import to_onnx
     from pipeline.inference import OnnxModel
 
-    onnx_model, inputs, cfg = golden_model(case)
-    outputs = OnnxModel(onnx_model.SerializeToString()).run(inputs)
+    model, task, model_cfg, inputs = _trained(case)
+    outputs = OnnxModel(to_onnx(model, OPSET).SerializeToString()).run(inputs)
+    files = _files(case)
     GOLDEN_DIR.mkdir(exist_ok=True)
-    np.savez(GOLDEN_DIR / f"{case}.npz", x=inputs, **outputs)
+    np.savez(files["weights"], **{f"w{i:03d}": w for i, w in enumerate(model.get_weights())})
+    np.savez(files["outputs"], x=inputs, **outputs)
     record = {
         "case": case,
         "overrides": list(CASES[case]),
         "made_by": "python -m tests.golden_models --write",
         "tolerance": TOLERANCE,
-        "config": flatten(cfg.model_dump()),
+        "model": model_cfg.model_dump(),
+        "task": dataclasses.asdict(task),
+        "weights": [f"{v.path} {list(v.shape)}" for v in model.weights],
         "versions": {"python": platform.python_version(), **{p: version(p) for p in PACKAGES}},
     }
-    (GOLDEN_DIR / f"{case}.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {GOLDEN_DIR / case}.npz/.json")
-
-
-def load(case: str) -> dict[str, np.ndarray]:
-    with np.load(GOLDEN_DIR / f"{case}.npz", allow_pickle=False) as arrays:
-        return dict(arrays)
+    files["record"].write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {', '.join(str(p) for p in files.values())}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Rewrite the golden ONNX outputs.")
+    parser = argparse.ArgumentParser(description="Rewrite the golden files of the exported models.")
     parser.add_argument("--write", action="store_true", help="required: rewrite tests/golden/")
     parser.add_argument("--case", action="append", choices=list(CASES),
                         help="only this case (repeatable), e.g. a newly added one; default: all")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import keras
 import numpy as np
 import onnx
@@ -100,10 +103,10 @@ def test_onnx_model_with_other_names_is_refused(tmp_path):
 
 @pytest.mark.parametrize("case", golden_models.CASES)
 def test_exported_outputs_match_the_golden_files(case):
+    """Stored weights through today's model definition, tf2onnx and ONNX Runtime give the stored
+    outputs: no training on this path, so the comparison holds on any CPU."""
     golden = golden_models.load(case)
-    onnx_model, inputs, _ = golden_models.golden_model(case)
-    np.testing.assert_array_equal(inputs, golden["x"], err_msg="the golden inputs changed")
-    outputs = _runtime(onnx_model).run(golden["x"])
+    outputs = _runtime(golden_models.exported(case)).run(golden["x"])
     for name in OUTPUT_NAMES:
         np.testing.assert_allclose(
             outputs[name], golden[name], rtol=0, atol=golden_models.TOLERANCE,
@@ -111,11 +114,26 @@ def test_exported_outputs_match_the_golden_files(case):
         )
 
 
-def test_a_changed_model_definition_misses_the_golden_files():
+def test_a_changed_layer_misses_the_golden_files(monkeypatch):
+    """A change to a layer's computation (here: the attention scores scaled by 1.1) fails the test."""
+    from pipeline.models.layers import TemporalAttention
+
     golden = golden_models.load("lstm_attention")
-    onnx_model, _, _ = golden_models.golden_model("lstm_attention", "model.units=16")
-    outputs = _runtime(onnx_model).run(golden["x"])
+    scores = TemporalAttention._scores
+    monkeypatch.setattr(TemporalAttention, "_scores", lambda self, *args: 1.1 * scores(self, *args))
+    outputs = _runtime(golden_models.exported("lstm_attention")).run(golden["x"])
     assert np.abs(outputs["attention"] - golden["attention"]).max() > golden_models.TOLERANCE
+
+
+def test_weights_that_no_longer_fit_the_model_are_refused_naming_the_case(tmp_path, monkeypatch):
+    for path in golden_models.GOLDEN_DIR.glob("conv_attention.*"):
+        shutil.copy(path, tmp_path / path.name)
+    record = json.loads((tmp_path / "conv_attention.json").read_text())
+    record["model"]["filters"] = [2 * f for f in record["model"]["filters"]]  # as if a layer grew
+    (tmp_path / "conv_attention.json").write_text(json.dumps(record))
+    monkeypatch.setattr(golden_models, "GOLDEN_DIR", tmp_path)
+    with pytest.raises(golden_models.GoldenMismatch, match=r"conv_attention: the model built from .*make golden"):
+        golden_models.stored_model("conv_attention")
 
 
 def _padded_batch(n: int, time: int, min_length: int, seed: int) -> np.ndarray:
