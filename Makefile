@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Stage commands (`python -m pipeline.<stage>`) must find the venv's python, also under `dvc repro`.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install repro test test-fast bench ui team-server golden params clean
+.PHONY: install repro test test-fast test-portable bench ui team-server golden params clean
 
 install: $(STAMP)
 
@@ -28,6 +28,15 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
+# The fast tests with TensorFlow's kernels of another CPU: oneDNN off (ONEDNN_MODE=off, the
+# default) or limited to AVX2 (ONEDNN_MODE=avx2). A test that holds on one CPU only fails here.
+ONEDNN_MODE ?= off
+ONEDNN_ENV_off := TF_ENABLE_ONEDNN_OPTS=0
+ONEDNN_ENV_avx2 := ONEDNN_MAX_CPU_ISA=AVX2
+test-portable: $(STAMP)
+	$(if $(ONEDNN_ENV_$(ONEDNN_MODE)),,$(error ONEDNN_MODE must be off or avx2, got '$(ONEDNN_MODE)'))
+	$(ONEDNN_ENV_$(ONEDNN_MODE)) $(BIN)/python -m pytest -m "not slow"
+
 # Inference benchmarks of the pipeline's model (reproduced first if needed) -> reports/bench.json.
 bench: $(STAMP)
 	$(BIN)/dvc repro
@@ -43,7 +52,7 @@ PORT ?= 5000
 team-server: $(STAMP)
 	$(BIN)/python -m pipeline.team_server --db "$(DB)" --artifacts "$(ARTIFACTS)" --port $(PORT)
 
-# Rewrites tests/golden/ from the current model definitions; commit the result and say why it changed.
+# Rewrites tests/golden/ (weights, inputs, ONNX outputs); commit the result and say why it changed.
 golden: $(STAMP)
 	$(BIN)/python -m tests.golden_models --write
 
