@@ -28,7 +28,6 @@ CPU_MODES: dict[str, dict[str, str]] = {
     "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},  # oneDNN limited to AVX2 kernels, as on older CPUs
     "onednn_off": {"TF_ENABLE_ONEDNN_OPTS": "0"},  # TensorFlow's own (Eigen) kernels
 }
-MODE_VARIABLES = {name for variables in CPU_MODES.values() for name in variables}
 RUN_STAGES = ("from pipeline import prepare, train, export, evaluate\n"
               "for stage in (prepare, train, export, evaluate): stage.main()")
 COMPARED_REPORTS = ("reports/train.json", "reports/metrics.json")
@@ -44,12 +43,11 @@ GOLDEN_OUTPUTS = ("import sys, numpy as np\n"
 
 
 def mode_environment(mode: str) -> dict[str, str]:
-    """This interpreter's environment for a subprocess (tests/conftest.py), with oneDNN as the
-    mode says, whatever the calling process was given."""
+    """This interpreter's environment for a subprocess (tests/conftest.py) plus the mode's
+    variables: "native" is the environment as this process was given it."""
     from tests.conftest import subprocess_env
 
-    env = {k: v for k, v in subprocess_env().items() if k not in MODE_VARIABLES}
-    return {**env, **CPU_MODES[mode]}
+    return {**subprocess_env(), **CPU_MODES[mode]}
 
 
 def run_pipeline(folder: Path, params: dict, mode: str) -> subprocess.Popen:
