@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = predictor.predict(read_inputs(args.inputs, predictor))
     except InputError as err:
-        raise InputError(f"{args.inputs}: {err}" if not str(err).startswith(str(args.inputs)) else str(err)) from None
+        if str(err).startswith(str(args.inputs)):
+            raise
+        raise InputError(f"{args.inputs}: {err}") from None
     document = json.dumps({"model": str(args.model), "provider": predictor.provider,
                            "predictions": to_records(result)})
     if args.out:

@@ -31,15 +31,6 @@ CPU_MODES: dict[str, dict[str, str]] = {
 RUN_STAGES = ("from pipeline import prepare, train, export, evaluate\n"
               "for stage in (prepare, train, export, evaluate): stage.main()")
 COMPARED_REPORTS = ("reports/train.json", "reports/metrics.json")
-GOLDEN_OUTPUTS = ("import sys, numpy as np\n"
-                  "from tests import golden_models\n"
-                  "from pipeline.inference import OnnxModel\n"
-                  "outputs = {}\n"
-                  "for case in golden_models.CASES:\n"
-                  "    x = golden_models.load(case)['x']\n"
-                  "    run = OnnxModel(golden_models.exported(case).SerializeToString()).run(x)\n"
-                  "    outputs.update({f'{case}/{name}': v for name, v in run.items()})\n"
-                  "np.savez(sys.argv[1], **outputs)")
 
 
 def mode_environment(mode: str) -> dict[str, str]:
@@ -99,6 +90,19 @@ def measure(overrides: list[str], workdir: Path) -> dict:
     }
 
 
+def write_golden_outputs(path: str) -> None:
+    """Export every golden case from its stored weights, in this process, and save the ONNX
+    outputs on the stored inputs to `path` (keys <case>/<output>)."""
+    from pipeline.inference import OnnxModel
+    from tests import golden_models
+
+    outputs = {}
+    for case in golden_models.CASES:
+        run = OnnxModel(golden_models.exported(case).SerializeToString()).run(golden_models.load(case)["x"])
+        outputs.update({f"{case}/{name}": values for name, values in run.items()})
+    np.savez(path, **outputs)
+
+
 def golden_differences(workdir: Path) -> dict[str, float]:
     """Per golden case: the largest difference of its ONNX outputs between any two modes and
     from the stored outputs (stored weights, exported in each mode's process)."""
@@ -108,7 +112,8 @@ def golden_differences(workdir: Path) -> dict[str, float]:
     runs = {}
     for mode in CPU_MODES:
         path = workdir / f"golden-{mode}.npz"
-        subprocess.run([sys.executable, "-c", GOLDEN_OUTPUTS, str(path)], cwd=REPO_ROOT, check=True,
+        write = f"from tests.cpu_modes import write_golden_outputs; write_golden_outputs({str(path)!r})"
+        subprocess.run([sys.executable, "-c", write], cwd=REPO_ROOT, check=True,
                        env=mode_environment(mode), capture_output=True)
         with np.load(path, allow_pickle=False) as arrays:
             runs[mode] = dict(arrays)

@@ -18,28 +18,23 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT, dvc, git_copy, subprocess_env, tiny_params
-from tests.cpu_modes import CPU_MODES, mode_environment
+from tests.cpu_modes import CPU_MODES, run_pipeline
 
 # Long enough to kill mid-training: 12 epochs of 30 small batches.
 TRAINING = ("train.epochs=12", "train.batch_size=8")
-RUN_STAGES = "from pipeline import prepare, train, export\nfor stage in (prepare, train, export): stage.main()"
 CONV = ("model=conv_attention", "model.filters=[16,32,16]")  # Conv1D and BatchNorm kernels
 
 
 # Fixed-epoch training of a planted task under another CPU's kernels (tests/cpu_modes.py): every
-# figure within this relative difference (measured: at most 1.8e-7, README "Reliability").
-CROSS_CPU_RELATIVE_TOLERANCE = 1e-5
+# figure within this relative difference, the ONNX outputs (probabilities, attention weights)
+# within this absolute one (measured: at most 1.8e-7, README "Reliability").
+CROSS_CPU_TOLERANCE = 1e-5
 
 
 def _pipeline_process(folder: Path, *overrides: str, cpu_mode: str = "native") -> subprocess.Popen:
-    """prepare, train and export in a fresh process of their own, in `folder`, with oneDNN as
+    """The pipeline on tiny data in a fresh process of its own, in `folder`, with oneDNN as
     `cpu_mode` (tests/cpu_modes.py) says."""
-    folder.mkdir()
-    (folder / "params.yaml").write_text(yaml.safe_dump(tiny_params(*TRAINING, *overrides), sort_keys=False))
-    env = {**mode_environment(cpu_mode), "PYTHONPATH": str(REPO_ROOT),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
-    return subprocess.Popen([sys.executable, "-c", RUN_STAGES], cwd=folder, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return run_pipeline(folder, tiny_params(*TRAINING, *overrides), cpu_mode)
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +88,12 @@ def test_another_cpus_kernels_keep_every_figure_within_the_stated_tolerance(runs
     native, other = _train_report(runs["first"]), _train_report(runs[mode])
     assert other.keys() == native.keys()
     for key, value in native.items():
-        assert other[key] == pytest.approx(value, rel=CROSS_CPU_RELATIVE_TOLERANCE, abs=1e-12), key
+        assert other[key] == pytest.approx(value, rel=CROSS_CPU_TOLERANCE, abs=1e-12), key
     for key, value in _export_report(runs["first"]).items():  # ONNX/Keras parity: both under the gate
         assert _export_report(runs[mode])[key] == pytest.approx(value, abs=1e-6), key
     for name, values in _onnx_outputs(runs["first"]).items():
         np.testing.assert_allclose(_onnx_outputs(runs[mode])[name], values, rtol=0,
-                                   atol=CROSS_CPU_RELATIVE_TOLERANCE, err_msg=name)
+                                   atol=CROSS_CPU_TOLERANCE, err_msg=name)
 
 
 def test_mirrored_strategy_on_two_cpus_matches_the_default_strategy(runs):
