@@ -5,9 +5,10 @@
     python -m pipeline.compare --tracking-uri http://127.0.0.1:5000
 
 Synthetic tasks: one row per run with the task metric (accuracy or MAE), the attention metrics,
-the parameter count, the training time and the run id. UCR/UEA data sets: the best run of each,
-its test accuracy beside the published references, and the command that reproduces it.
-No TensorFlow import.
+the parameter count, the training time and the run id. UCR/UEA data sets: the study of
+pipeline/study.py, each model's accuracy as mean ± std over seeds beside the published FCN, the
+training times, mean ranks with Friedman and Wilcoxon-Holm tests, and a critical-difference
+diagram (OUT_cd.png). No TensorFlow import.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import mlflow
 
-from pipeline.config import CONF_DIR, compose_defaults, flatten
+from pipeline import study
 from pipeline.errors import run_command
 from pipeline.tracking import DEFAULT_STORE, repository_root
 
@@ -38,20 +39,6 @@ COLUMNS = (
 )
 
 
-# Published test accuracies (%) on the UCR/UEA archives: 1-NN DTW from the archives' pages
-# (DTW_I, dimension-independent, for the multivariate sets) and FCN from Fawaz et al. 2019,
-# "Deep learning for time series classification: a review"; the goal this pipeline must reach.
-UCR_REFERENCES = {
-    "GunPoint": {"1-NN DTW": "90.7", "FCN": "100.0", "goal": 97.0},
-    "ItalyPowerDemand": {"1-NN DTW": "95.0", "FCN": "96.1", "goal": 96.0},
-    "BasicMotions": {"1-NN DTW": "100 (DTW_I)", "FCN": "–", "goal": 97.5},
-    "JapaneseVowels": {"1-NN DTW": "95.9 (DTW_I)", "FCN": "99.3", "goal": 97.0},
-}
-UCR_COLUMNS = ("data set", "model", "test accuracy %", "1-NN DTW", "FCN", "goal", "goal met",
-               "train seconds", "epochs", "command", "run")
-REPRODUCED_SECTIONS = ("seed", "data", "model", "train")
-
-
 def _finished_runs(tracking_uri: str, experiments: list[str] | None) -> list:
     mlflow.set_tracking_uri(tracking_uri)
     if experiments:
@@ -64,62 +51,6 @@ def _finished_runs(tracking_uri: str, experiments: list[str] | None) -> list:
         ids = [e.experiment_id for e in mlflow.search_experiments()]
     runs = mlflow.search_runs(ids, filter_string="attributes.status = 'FINISHED'", output_format="list")
     return [run for run in runs if "attention/entropy" in run.data.metrics]  # evaluated runs
-
-
-def reproducing_command(params: dict[str, str], conf_dir: Path = CONF_DIR) -> str:
-    """`dvc exp run` with the data set's experiment preset (conf/experiment/ucr_<name>.yaml) and
-    a `-S key=value` for every logged param that differs from the preset."""
-    name = params["data.name"]
-    preset = "ucr_" + "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
-    if (conf_dir / "experiment" / f"{preset}.yaml").is_file():
-        base, command = compose_defaults(conf_dir, [f"experiment={preset}"]), f"-S experiment={preset}"
-    else:
-        base = compose_defaults(conf_dir, ["data=ucr", f"data.name={name}"])
-        command = f"-S data=ucr -S data.name={name}"
-    expected = flatten({k: base[k] for k in REPRODUCED_SECTIONS if isinstance(base[k], dict)})
-    expected["seed"] = base["seed"]
-    changed = [
-        f"-S {key}={value}" for key, value in sorted(params.items())
-        if key in expected and str(expected[key]) != value
-    ]
-    return " ".join(["dvc exp run", command, *changed])
-
-
-def ucr_rows(tracking_uri: str, experiments: list[str] | None = None,
-             conf_dir: Path = CONF_DIR) -> list[dict]:
-    """The best run (highest test accuracy, then fastest) of each UCR/UEA data set, beside the
-    published references, in the order of UCR_REFERENCES, then any other data sets."""
-    best: dict[str, object] = {}
-    for run in _finished_runs(tracking_uri, experiments):
-        if run.data.params.get("data.source") != "ucr":
-            continue
-        name = run.data.params["data.name"]
-        key = (run.data.metrics["test/accuracy"], -run.data.metrics.get("train/seconds", 0))
-        current = best.get(name)
-        if current is None or key > (current.data.metrics["test/accuracy"],
-                                     -current.data.metrics.get("train/seconds", 0)):
-            best[name] = run
-    order = [n for n in UCR_REFERENCES if n in best] + sorted(set(best) - set(UCR_REFERENCES))
-    rows = []
-    for name in order:
-        run = best[name]
-        accuracy = 100 * run.data.metrics["test/accuracy"]
-        reference = UCR_REFERENCES.get(name, {})
-        goal = reference.get("goal")
-        rows.append({
-            "data set": name,
-            "model": run.data.params.get("model.name"),
-            "test accuracy %": round(accuracy, 2),
-            "1-NN DTW": reference.get("1-NN DTW", ""),
-            "FCN": reference.get("FCN", ""),
-            "goal": f"≥ {goal:g}" if goal else "",
-            "goal met": ("yes" if accuracy >= goal else "no") if goal else "",
-            "train seconds": round(run.data.metrics.get("train/seconds", float("nan")), 1),
-            "epochs": int(run.data.metrics.get("train/epochs", 0)),
-            "command": reproducing_command(run.data.params, conf_dir),
-            "run": run.info.run_id,
-        })
-    return rows
 
 
 def comparison_rows(tracking_uri: str, experiments: list[str] | None = None) -> list[dict]:
@@ -154,32 +85,97 @@ def to_markdown(rows: list[dict], names: list[str] | None = None) -> str:
 
 
 def write_csv(rows: list[dict], real_rows: list[dict], path: Path) -> None:
-    """Both tables in one CSV: a `table` column says which (synthetic or ucr)."""
-    names = ["table", *[c for c, _ in COLUMNS], *[c for c in UCR_COLUMNS if c not in ("model", "run")]]
+    """Both tables in one CSV: a `table` column says which (synthetic, or real: one row per data
+    set and model, accuracy mean and std over seeds in %)."""
+    names = ["table", *[c for c, _ in COLUMNS], *REAL_COLUMNS]
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=names, restval="")
+        writer = csv.DictWriter(handle, fieldnames=names, restval="", extrasaction="ignore")
         writer.writeheader()
         writer.writerows({"table": "synthetic", **row} for row in rows)
-        writer.writerows({"table": "ucr", "task": row["data set"], "test/accuracy": row["test accuracy %"] / 100,
-                          **row} for row in real_rows)
+        writer.writerows({"table": "real", "task": row["data set"], **row} for row in real_rows)
+
+
+REAL_COLUMNS = ("data set", "model", "seeds", "accuracy mean", "accuracy std", "train seconds mean",
+                "train seconds max", "FCN", "goal", "runs")
+
+
+def _mean_std(row: dict | None) -> str:
+    if row is None:
+        return "–"
+    return f"{row['accuracy mean']:.2f} ± {row['accuracy std']:.2f} ({len(row['seeds'].split(','))})"
+
+
+def real_data_markdown(real_rows: list[dict], statistics: dict | None, diagram: str | None) -> str:
+    """The real-data section: per data set, each model's accuracy mean ± std (seeds) beside
+    FCN and the goal; then training times; then the rank statistics and the diagram."""
+    models = [m for m in study.MODELS if any(r["model"] == m for r in real_rows)]
+    models += sorted({r["model"] for r in real_rows} - set(models))
+    by_cell = {(r["data set"], r["model"]): r for r in real_rows}
+    datasets = list(dict.fromkeys(r["data set"] for r in real_rows))
+    lines = [
+        "Test accuracy (%) as mean ± sample std over seeds (the number of seeds in brackets), each "
+        "seed a DVC experiment logged to MLflow (`python -m pipeline.study missing` prints their "
+        "commands). FCN: Fawaz et al. 2019 (dl-4-tsc). goal: for the attention model's mean.",
+        "",
+        "| data set | " + " | ".join(models) + " | FCN | goal | goal met |",
+        "|---|" + "---|" * (len(models) + 3),
+    ]
+    for name in datasets:
+        reference = study.REFERENCES.get(name, {})
+        attention = by_cell.get((name, "conv_attention"))
+        goal = reference.get("goal")
+        met = "" if goal is None or attention is None else ("yes" if attention["accuracy mean"] >= goal else "no")
+        fcn = reference.get("FCN")
+        lines.append(f"| {name} | " + " | ".join(_mean_std(by_cell.get((name, m))) for m in models)
+                     + f" | {'' if fcn is None else fcn} | {'' if goal is None else f'≥ {goal:g}'} | {met} |")
+    lines += ["", "Training seconds per run (mean / max over seeds; 2 CPU cores):", "",
+              "| data set | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for name in datasets:
+        cells = [by_cell.get((name, m)) for m in models]
+        lines.append(f"| {name} | " + " | ".join(
+            "–" if c is None else f"{c['train seconds mean']:.0f} / {c['train seconds max']:.0f}" for c in cells) + " |")
+    if statistics:
+        lines += ["", f"Across the {statistics['data sets']} data sets where every model has its seeds: mean rank "
+                  "(1 = best), Friedman test p = " + (f"{statistics['friedman p']:.3g}" if statistics["friedman p"]
+                                                       is not None else "–")
+                  + "; two-sided Wilcoxon signed-rank tests with Holm's correction, p per pair.", "",
+                  "| model | mean rank | " + " | ".join(f"p vs {m}" for m in statistics["mean rank"]) + " |",
+                  "|---|---|" + "---|" * len(statistics["mean rank"])]
+        for model, rank in statistics["mean rank"].items():
+            pairs = statistics["wilcoxon holm p"][model]
+            lines.append(f"| {model} | {rank:.2f} | " + " | ".join(
+                "" if other == model else f"{pairs[other]:.3g}" for other in statistics["mean rank"]) + " |")
+    if diagram:
+        lines += ["", f"![critical-difference diagram]({diagram})", "",
+                  "Critical-difference diagram (autorank, Nemenyi test, alpha 0.05): models joined by "
+                  "a bar do not differ significantly."]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tracking-uri", default=f"sqlite:///{repository_root() / DEFAULT_STORE}")
     parser.add_argument("--experiment", action="append", help="MLflow experiment name (repeatable)")
-    parser.add_argument("--out", type=Path, help="write OUT.md and OUT.csv instead of printing")
+    parser.add_argument("--out", type=Path, help="write OUT.md, OUT.csv and OUT_cd.png instead of printing")
     args = parser.parse_args(argv)
     rows = comparison_rows(args.tracking_uri, args.experiment)
-    real_rows = ucr_rows(args.tracking_uri, args.experiment)
+    runs = study.matching_runs(study.evaluated_runs(args.tracking_uri), study.combinations())
+    real_rows = study.summary(runs)
+    for row in real_rows:
+        reference = study.REFERENCES.get(row["data set"], {})
+        row["FCN"], row["goal"] = reference.get("FCN"), reference.get("goal")
+    table_of_means = study.accuracy_table(real_rows)
+    statistics = study.rank_statistics(table_of_means) if table_of_means.shape[0] >= 2 else None
+    diagram = None
+    if statistics and table_of_means.shape[0] >= 5 and args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        diagram_path = args.out.with_name(args.out.name + "_cd.png")
+        study.critical_difference_diagram(table_of_means, diagram_path)
+        diagram = diagram_path.name
     table = to_markdown(rows)
     if real_rows:
-        table = (
-            f"## Synthetic tasks\n\n{table}\n## UCR/UEA time-series classification\n\n"
-            "Test accuracy of the best attention run of each data set (one run, seed 42) beside "
-            "the published references: 1-NN DTW (the archives' pages) and FCN (Fawaz et al. "
-            "2019).\n\n" + to_markdown(real_rows, list(UCR_COLUMNS))
-        )
+        table = (f"## Synthetic tasks\n\n{table}\n## Time-series classification: UCR/UEA data sets\n\n"
+                 + real_data_markdown(real_rows, statistics, diagram))
     if args.out is None:
         sys.stdout.write(table)
         return
@@ -187,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m pipeline.compare " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.with_suffix(".md").write_text(f"<!-- made by: {command} -->\n\n{table}")
     write_csv(rows, real_rows, args.out.with_suffix(".csv"))
-    print(f"wrote {args.out.with_suffix('.md')} and .csv ({len(rows)} + {len(real_rows)} runs)")
+    print(f"wrote {args.out.with_suffix('.md')} and .csv ({len(rows)} synthetic runs, "
+          f"{len(real_rows)} real-data rows{', the diagram' if diagram else ''})")
 
 
 if __name__ == "__main__":

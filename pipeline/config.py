@@ -121,12 +121,17 @@ class AddTwoNumbersData(_VariableLength):
 
 
 class _FileData(_Strict):
-    """Labelled series from a TRAIN/TEST file pair; a stratified `val_fraction` of the training
-    file is held out for early stopping, the test file is used by evaluate only."""
+    """Labelled series from a TRAIN/TEST file pair; the test file is used by evaluate only.
+
+    A training file of at least `val_min_series` series gives a stratified `val_fraction` of
+    itself to a validation split that decides when to stop; a smaller one trains on every series
+    and training stops on the training loss (pipeline/data/files.py, `validation_index`).
+    normalization "auto" is per_series for one channel and per_channel for several."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    normalization: Literal["per_series", "per_channel", "none"]
+    normalization: Literal["auto", "per_series", "per_channel", "none"]
     val_fraction: float = Field(gt=0, lt=1)
+    val_min_series: int = Field(ge=2)
 
 
 class UcrData(_FileData):
@@ -185,14 +190,26 @@ class MultiHeadPoolingModel(_Strict):
 
 class ConvAttentionModel(_Strict):
     """Conv1D-BatchNorm-ReLU blocks (the fully convolutional network of time-series
-    classification) whose states are pooled by attention instead of a global average."""
+    classification) whose states are pooled by attention instead of a global average;
+    `conv_gap` is the same encoder with the global average (score "mean"), its ablation."""
 
-    name: Literal["conv_attention"]
+    name: Literal["conv_attention", "conv_gap"]
     filters: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
     kernel_sizes: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
-    score: Literal["location", "dot", "general", "additive", "scaled_dot"]
+    score: Literal["class", "location", "dot", "general", "additive", "scaled_dot", "mean"]
     query: Literal["last", "learned"]
     position_bias: StrictBool
+
+    @model_validator(mode="after")
+    def _gap_is_the_mean(self):
+        if self.score == "class" and self.position_bias:
+            raise ValueError("position_bias needs a state-scoring attention, not score 'class'")
+        if (self.name == "conv_gap") != (self.score == "mean"):
+            raise ValueError(
+                f"score 'mean' (global average pooling) is model conv_gap and only it "
+                f"(got name {self.name!r} with score {self.score!r})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_kernel_per_block(self):
@@ -204,7 +221,18 @@ class ConvAttentionModel(_Strict):
         return self
 
 
-SEQUENCE_MODELS = (*RECURRENT_VARIANTS, "attention_before_lstm", "multihead_pooling", "conv_attention")
+class MiniRocketModel(_Strict):
+    """MiniRocket (random dilated convolutions, PPV features, a ridge classifier): the peer of
+    time-series classification for accuracy per second; fitted, not trained by gradient descent."""
+
+    name: Literal["minirocket"]
+    num_kernels: int = Field(ge=84)
+    max_dilations_per_kernel: int = Field(ge=1)
+
+
+SEQUENCE_MODELS = (  # trained by gradient descent on sequences (minirocket: series from files only)
+    *RECURRENT_VARIANTS, "attention_before_lstm", "multihead_pooling", "conv_attention", "conv_gap",
+)
 
 
 class FeatureAttentionModel(_Strict):
@@ -213,13 +241,16 @@ class FeatureAttentionModel(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Keras fit settings. With `early_stopping_patience` > 0, training stops after that many
-    epochs without a lower validation loss and keeps the best epoch's weights; with
-    `lr_decay_patience` > 0 the learning rate halves after that many such epochs."""
+    """Keras fit settings. The monitored loss is the validation loss, or the training loss where
+    the data has no validation split. With `early_stopping_patience` > 0, training stops after
+    that many epochs without a lower monitored loss; the weights of its best epoch are kept. With
+    `lr_decay_patience` > 0 the learning rate halves after that many such epochs, down to
+    `min_learning_rate`. A batch is at most a tenth of the training series (at least 2)."""
 
     epochs: int = Field(gt=0)
     batch_size: int = Field(gt=0)
     learning_rate: float = Field(gt=0)
+    min_learning_rate: float = Field(gt=0)
     optimizer: Literal["adam", "rmsprop", "sgd"]
     early_stopping_patience: int = Field(ge=0)
     lr_decay_patience: int = Field(ge=0)
@@ -228,6 +259,15 @@ class TrainConfig(_Strict):
     # the TF_CONFIG variable names (tf.distribute.MultiWorkerMirroredStrategy).
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     cpu_replicas: int = Field(default=1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _decay_ends_below_the_start(self):
+        if self.min_learning_rate > self.learning_rate:
+            raise ValueError(
+                f"min_learning_rate must be <= learning_rate={self.learning_rate} "
+                f"(got {self.min_learning_rate})"
+            )
+        return self
 
 
 class ExportConfig(_Strict):
@@ -284,6 +324,7 @@ ModelConfig = Annotated[
         InputAttentionModel,
         MultiHeadPoolingModel,
         ConvAttentionModel,
+        MiniRocketModel,
         FeatureAttentionModel,
     ],
     Field(discriminator="name"),
@@ -309,6 +350,11 @@ class Config(_Strict):
             raise ValueError(
                 "model attention_before_lstm needs fixed-length data; "
                 f"got data.min_length={self.data.min_length} < data.time_steps={self.data.time_steps}"
+            )
+        if self.model.name == "minirocket" and not self.from_files:
+            raise ValueError(
+                f"model minirocket classifies series from files (data.source in {list(FILE_SOURCES)}), "
+                f"got data.name={self.data.name!r}"
             )
         if self.model.name in SEQUENCE_MODELS and not self.sequence_data:
             raise ValueError(

@@ -152,6 +152,7 @@ def model_metadata(cfg, meta: dict, run_id: str) -> dict[str, str]:
         "task": cfg.data.name,
         "task_type": meta["task_type"],
         "model": cfg.model.name,
+        "seed": cfg.seed,
         "mlflow_run_id": run_id,
         "config_digest": config_digest(cfg),
         "labels": json.dumps(meta.get("labels")),

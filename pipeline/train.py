@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from pipeline import stage, tracking  # noqa: E402
-from pipeline.config import Config, TrainConfig, flatten, load_config  # noqa: E402
+from pipeline.config import Config, MiniRocketModel, TrainConfig, flatten, load_config  # noqa: E402
 from pipeline.errors import run_command  # noqa: E402
 from pipeline.models import TaskSpec, build_model  # noqa: E402
 from pipeline.prepare import load_split  # noqa: E402
@@ -59,23 +59,59 @@ OBJECTIVES = {
     "regression": ("mse", "mae"),
     "multiclass": ("sparse_categorical_crossentropy", "accuracy"),
 }
-MIN_LEARNING_RATE_SHARE = 0.01  # learning-rate decay stops at this share of train.learning_rate
 
 
-def validation_callbacks(cfg: Config) -> list[keras.callbacks.Callback]:
-    """Early stopping on the validation loss (best weights restored) and learning-rate decay on
-    its plateaus, as train.early_stopping_patience and train.lr_decay_patience ask."""
+def monitored_loss(val) -> str:
+    """"val_loss" where the data has a validation split, else "loss" (the training loss)."""
+    return "val_loss" if len(val) else "loss"
+
+
+def stopping_callbacks(cfg: TrainConfig, monitor: str) -> list[keras.callbacks.Callback]:
+    """Learning-rate halving on plateaus of the monitored loss (train.lr_decay_patience, down to
+    train.min_learning_rate) and early stopping (train.early_stopping_patience); `BestWeights`
+    restores the best epoch's weights either way."""
     callbacks = []
-    if cfg.train.lr_decay_patience:
+    if cfg.lr_decay_patience:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            "val_loss", factor=0.5, patience=cfg.train.lr_decay_patience,
-            min_lr=cfg.train.learning_rate * MIN_LEARNING_RATE_SHARE,
+            monitor, factor=0.5, patience=cfg.lr_decay_patience, min_lr=cfg.min_learning_rate,
         ))
-    if cfg.train.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            "val_loss", patience=cfg.train.early_stopping_patience, restore_best_weights=True,
-        ))
+    if cfg.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor, patience=cfg.early_stopping_patience))
     return callbacks
+
+
+def batch_size_for(requested: int, n_series: int) -> int:
+    """The batch size used: `requested`, but at most a tenth of the training series and at
+    least 2 (Fawaz et al. 2019), so that a small training set still takes ten steps an epoch."""
+    return max(2, min(requested, n_series // 10))
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the lowest `monitor` and puts them back when training
+    ends, whether it stopped early or ran all its epochs. The best weights and their epoch live
+    in `folder` (the training backup), so a resumed training still knows them."""
+
+    def __init__(self, monitor: str, folder):
+        super().__init__()
+        self.monitor = monitor
+        self.weights_file = folder / "best.weights.h5"
+        self.record_file = folder / "best.json"
+        record = json.loads(self.record_file.read_text()) if self.record_file.exists() else {}
+        self.best_epoch = record.get("epoch", -1)
+        self.best = record.get("value", float("inf"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = float((logs or {})[self.monitor])
+        if value < self.best:
+            self.best, self.best_epoch = value, epoch
+            partial = self.weights_file.with_name("best.partial.weights.h5")
+            self.model.save_weights(str(partial))
+            os.replace(partial, self.weights_file)
+            stage.write_json(self.record_file, {"epoch": epoch, "value": value, "monitor": self.monitor})
+
+    def on_train_end(self, logs=None):
+        if self.weights_file.exists():
+            self.model.load_weights(str(self.weights_file))
 
 
 def distribution_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
@@ -97,7 +133,9 @@ def distribution_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
 class EpochBatches(keras.callbacks.Callback):
     """The training split as a tf.data pipeline with prefetch. Epoch e visits the samples in a
     permutation drawn from (seed, e) alone, so a run resumed at epoch e sees the same batches as
-    an uninterrupted one. x [samples, ...], y [samples, ...] -> batches of `batch_size`."""
+    an uninterrupted one. x [samples, ...], y [samples, ...] -> batches of `batch_size`; a last
+    batch of one sample joins the batch before it (BatchNormalization cannot normalise a batch
+    of one)."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
         super().__init__()
@@ -109,13 +147,20 @@ class EpochBatches(keras.callbacks.Callback):
 
     def _batches(self):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.x))
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
+        for start, stop in self.bounds():
+            rows = order[start:stop]
             yield self.x[rows], self.y[rows]
+
+    def bounds(self) -> list[tuple[int, int]]:
+        """(start, stop) of each batch in an epoch's permutation."""
+        starts = list(range(0, len(self.x), self.batch_size))
+        if len(starts) > 1 and len(self.x) - starts[-1] == 1:
+            starts.pop()  # the lone last sample goes to the batch before it
+        return list(zip(starts, [*starts[1:], len(self.x)]))
 
     def dataset(self) -> tf.data.Dataset:
         signature = tuple(tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in (self.x, self.y))
-        batches = -(-len(self.x) // self.batch_size)
+        batches = len(self.bounds())
         return (tf.data.Dataset.from_generator(self._batches, output_signature=signature)
                 .apply(tf.data.experimental.assert_cardinality(batches))
                 .prefetch(tf.data.AUTOTUNE))
@@ -126,8 +171,10 @@ def fit(
     strategy: tf.distribute.Strategy | None = None,
 ) -> keras.callbacks.History:
     """Train the model's `prediction` head (cross-entropy, or mean squared error for regression
-    tasks) on the training split, watching the validation split; the attention is learned only
-    through the head. Under a distribution strategy, `model` must have been built in its scope."""
+    tasks) on the training split, watching the validation split if there is one (`val` may be
+    empty); the attention is learned only through the head. `callbacks` come after the batches
+    and the learning-rate and stopping rules. Under a distribution strategy, `model` must have
+    been built in its scope."""
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         trainer = keras.Model(model.input, model.output["prediction"], name=f"{model.name}_trainer")
@@ -137,14 +184,17 @@ def fit(
             loss=loss,
             metrics=[metric],
         )
-    batches = EpochBatches(train.x, train.y, cfg.train.batch_size, cfg.seed)
-    validation = tf.data.Dataset.from_tensor_slices((val.x, val.y)).batch(cfg.train.batch_size)
+    batch_size = batch_size_for(cfg.train.batch_size, len(train))
+    batches = EpochBatches(train.x, train.y, batch_size, cfg.seed)
+    validation = None
+    if len(val):
+        validation = tf.data.Dataset.from_tensor_slices((val.x, val.y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
     return trainer.fit(
         batches.dataset(),
-        validation_data=validation.prefetch(tf.data.AUTOTUNE),
+        validation_data=validation,
         epochs=cfg.train.epochs,
         shuffle=False,  # EpochBatches shuffles, by (seed, epoch)
-        callbacks=[batches, *validation_callbacks(cfg), *callbacks],
+        callbacks=[batches, *stopping_callbacks(cfg.train, monitored_loss(val)), *callbacks],
         verbose=2,
     )
 
@@ -206,13 +256,6 @@ class TrainingBackup(keras.callbacks.Callback):
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def best_epoch(history: dict[str, list[float]]) -> dict[str, float]:
-    """The epoch of the lowest validation loss (the weights kept under early stopping)."""
-    val_loss = history["val_loss"]
-    best = min(range(len(val_loss)), key=val_loss.__getitem__)
-    return {"train/best_epoch": best, "train/best_val_loss": float(val_loss[best])}
-
-
 def write_history(history: dict[str, list[float]], path=stage.HISTORY_CSV) -> None:
     """reports/history.csv: one row per epoch, the columns DVC plots."""
     keys = sorted(history)
@@ -223,6 +266,43 @@ def write_history(history: dict[str, list[float]], path=stage.HISTORY_CSV) -> No
             writer.writerow([epoch, *(f"{history[k][epoch]:.6f}" for k in keys)])
 
 
+def train_by_gradient(cfg: Config, task: TaskSpec, train, val, backup: TrainingBackup,
+                      strategy: tf.distribute.Strategy) -> tuple[keras.Model, dict, dict]:
+    """Fit a Keras model of the config: (model, report, per-epoch history)."""
+    with strategy.scope():
+        model = build_model(cfg.model, task)
+    tracking.log_params({"param_count": model.count_params()})
+    best = BestWeights(monitored_loss(val), backup.folder)
+    started = time.perf_counter()
+    fit(cfg, model, task, train, val, strategy=strategy,
+        callbacks=[backup, MlflowEpochLogger(), best, backup.keras_backup])
+    history = backup.history
+    report = {
+        "train/seconds": round(time.perf_counter() - started, 3),
+        "train/param_count": model.count_params(),
+        "train/epochs": len(history["loss"]),
+        "train/batch_size": batch_size_for(cfg.train.batch_size, len(train)),
+        "train/replicas": strategy.num_replicas_in_sync,
+        **{f"train/final_{k}": v[-1] for k, v in history.items()},
+        "train/best_epoch": best.best_epoch,
+        f"train/best_{best.monitor}": best.best,
+    }
+    return model, report, history
+
+
+def train_minirocket(cfg: Config, task: TaskSpec, train, val) -> tuple[keras.Model, dict, dict]:
+    """Fit MiniRocket on the training and validation splits together (its ridge chooses its
+    regularisation by cross-validation): (model, report, a one-row history)."""
+    from pipeline.models.minirocket import fit_minirocket
+
+    x, y = np.concatenate([train.x, val.x]), np.concatenate([train.y, val.y])
+    started = time.perf_counter()
+    model, fitted = fit_minirocket(cfg.model, task, x, y, cfg.seed)
+    report = {"train/seconds": round(time.perf_counter() - started, 3), "train/param_count": model.get_layer("prediction").count_params(),
+              "train/epochs": 0, **fitted}
+    return model, report, {"accuracy": [fitted["train/final_accuracy"]]}
+
+
 def main() -> None:
     cfg = load_config()
     strategy = distribution_strategy(cfg.train)
@@ -230,29 +310,18 @@ def main() -> None:
     meta = stage.read_json(stage.META_FILE)
     task = TaskSpec.from_meta(meta)
     make_deterministic(cfg.seed)
-    with strategy.scope():
-        model = build_model(cfg.model, task)
     backup = TrainingBackup(training_digest(cfg))
     with tracking.start_pipeline_run(cfg, run_name=cfg.model.name, resume=backup.mlflow_run):
         backup.record_mlflow_run(tracking.current_run())
         tracking.log_params(flatten({k: cfg.section(k) for k in ("data", "model", "train")}))
-        tracking.log_params({"seed": cfg.seed, "param_count": model.count_params()})
+        tracking.log_params({"seed": cfg.seed})
         tracking.log_prepared_data([stage.split_file(s) for s in stage.SPLITS], cfg.data.name)
         if meta.get("labels"):
             tracking.log_labels(meta["labels"])
-        started = time.perf_counter()
-        fit(cfg, model, task, train, val, strategy=strategy,
-            callbacks=[backup, MlflowEpochLogger(), backup.keras_backup])
-        train_seconds = time.perf_counter() - started
-        history = backup.history
-        report = {
-            "train/seconds": round(train_seconds, 3),
-            "train/param_count": model.count_params(),
-            "train/epochs": len(history["loss"]),
-            "train/replicas": strategy.num_replicas_in_sync,
-            **{f"train/final_{k}": v[-1] for k, v in history.items()},
-            **best_epoch(history),
-        }
+        if isinstance(cfg.model, MiniRocketModel):
+            model, report, history = train_minirocket(cfg, task, train, val)
+        else:
+            model, report, history = train_by_gradient(cfg, task, train, val, backup, strategy)
         with stage.atomic_path(stage.KERAS_MODEL) as tmp_model:
             model.save(tmp_model)
         write_history(history)
@@ -261,7 +330,7 @@ def main() -> None:
         tracking.log_artifacts([stage.KERAS_MODEL], artifact_path="keras_model")
         tracking.log_artifacts([stage.HISTORY_CSV], artifact_path="reports")
     backup.finish()
-    print(f"trained {cfg.model.name} in {train_seconds:.1f}s: {report}")
+    print(f"trained {cfg.model.name} in {report['train/seconds']:.1f}s: {report}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 
 import mlflow
+import numpy as np
+import pytest
 
-from pipeline.compare import comparison_rows, main, ucr_rows
+from pipeline import study
+from pipeline.compare import comparison_rows, main
 from tests.conftest import REPO_ROOT
 
 
@@ -43,37 +46,60 @@ def test_rows_per_complete_run_best_first(tmp_path):
         assert len(list(csv.DictReader(handle))) == 3
 
 
-def _log_ucr_run(name: str, accuracy: float, seconds: float, **params) -> str:
-    mlflow.set_experiment(f"attention-{name}")
+def _log_study_run(combination: study.Combination, accuracy: float, seconds: float, **changed) -> str:
+    """A finished, evaluated run with the params the pipeline logs for `combination`."""
+    params = {**study.expected_params(combination, REPO_ROOT / "conf"), "data.source": "ucr", **changed}
+    mlflow.set_experiment(f"attention-{combination.dataset}")
     with mlflow.start_run() as run:
-        mlflow.log_params({"data.source": "ucr", "data.name": name, "model.name": "conv_attention",
-                           "seed": 42, **params})
-        mlflow.log_metrics({"test/accuracy": accuracy, "train/seconds": seconds, "train/epochs": 80,
-                            "attention/entropy": 2.0})
+        mlflow.log_params(params)
+        mlflow.log_metrics({"test/accuracy": accuracy, "train/seconds": seconds, "attention/entropy": 2.0})
     return run.info.run_id
 
 
-def test_ucr_table_keeps_the_best_run_per_data_set_beside_the_references(tmp_path):
+def test_study_finds_the_runs_of_the_current_recipe_and_reports_mean_and_std(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)  # compose conf/ of the repository
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    _log_ucr_run("GunPoint", 0.96, 50.0)
-    best = _log_ucr_run("GunPoint", 0.98, 70.0, **{"train.batch_size": 8})
-    vowels = _log_ucr_run("JapaneseVowels", 0.95, 40.0)
-    _log_run("attention-find_max", "bahdanau", 0.96)
+    plan = study.combinations(["GunPoint"], ["conv_attention", "conv_gap"], [1, 2, 3])
+    for seed, accuracy in zip((1, 2, 3), (0.96, 0.98, 1.0)):
+        _log_study_run(study.Combination("GunPoint", "conv_attention", seed), accuracy, 30.0 + seed)
+    _log_study_run(study.Combination("GunPoint", "conv_gap", 1), 0.9, 20.0)
+    _log_study_run(study.Combination("GunPoint", "conv_gap", 2), 0.5, 20.0, **{"train.epochs": "3"})  # another recipe
 
-    rows = ucr_rows(uri, conf_dir=REPO_ROOT / "conf")
-    assert [(r["data set"], r["run"]) for r in rows] == [("GunPoint", best), ("JapaneseVowels", vowels)]
-    gun_point, japanese_vowels = rows
-    assert gun_point["test accuracy %"] == 98.0 and gun_point["goal met"] == "yes"
-    assert (gun_point["1-NN DTW"], gun_point["FCN"], gun_point["goal"]) == ("90.7", "100.0", "≥ 97")
-    assert japanese_vowels["goal met"] == "no"
-    # the command names the preset and every logged value that differs from it
-    assert gun_point["command"] == "dvc exp run -S experiment=ucr_gun_point -S train.batch_size=8"
-    assert [r["model"] for r in comparison_rows(uri)] == ["bahdanau"], "real data stays out of it"
+    assert study.missing(uri, plan) == [study.Combination("GunPoint", "conv_gap", 2),
+                                        study.Combination("GunPoint", "conv_gap", 3)]
+    rows = study.summary(study.matching_runs(study.evaluated_runs(uri), plan))
+    attention, gap = rows
+    assert (attention["model"], attention["seeds"]) == ("conv_attention", "1,2,3")
+    assert attention["accuracy mean"] == pytest.approx(98.0) and attention["accuracy std"] == pytest.approx(2.0)
+    assert attention["train seconds mean"] == pytest.approx(32.0) and attention["train seconds max"] == 33.0
+    assert gap["seeds"] == "1" and np.isnan(gap["accuracy std"])
 
     main(["--tracking-uri", uri, "--out", str(tmp_path / "results")])
     markdown = (tmp_path / "results.md").read_text()
-    assert "## UCR/UEA time-series classification" in markdown and "| GunPoint | conv_attention | 98 |" in markdown
+    assert "| GunPoint | 98.00 ± 2.00 (3) | 90.00 ± nan (1) | 100.0 | ≥ 97 | yes |" in markdown
     with open(tmp_path / "results.csv") as handle:
-        tables = [row["table"] for row in csv.DictReader(handle)]
-    assert tables == ["synthetic", "ucr", "ucr"]
+        real = [row for row in csv.DictReader(handle) if row["table"] == "real"]
+    assert [(r["model"], r["seeds"]) for r in real] == [("conv_attention", "1,2,3"), ("conv_gap", "1")]
+
+
+def test_rank_statistics_on_a_known_table(tmp_path):
+    """Model a wins on every data set, b is second, c last: ranks 1, 2, 3; the Friedman test
+    rejects; with 8 data sets every Wilcoxon-Holm pair differs at 0.05 (exact p 2 * 2^-8,
+    Holm-adjusted x3 or x2)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(60, 90, size=8)
+    table = pd.DataFrame({"a": base + 5, "b": base + rng.uniform(1, 2, 8), "c": base},
+                         index=[f"set{i}" for i in range(8)])
+    stats = study.rank_statistics(table)
+    assert stats["mean rank"] == {"a": 1.0, "b": 2.0, "c": 3.0} and stats["data sets"] == 8
+    assert stats["friedman p"] < 0.001
+    for pair in (("a", "b"), ("a", "c"), ("b", "c")):
+        assert stats["wilcoxon holm p"][pair[0]][pair[1]] == pytest.approx(3 * 2 / 2**8, rel=0.5)
+        assert stats["wilcoxon holm p"][pair[0]][pair[1]] < 0.05
+    tied = pd.DataFrame({"a": base, "b": base}, index=table.index)
+    assert study.rank_statistics(tied)["mean rank"] == {"a": 1.5, "b": 1.5}
+    study.critical_difference_diagram(table, tmp_path / "cd.png")
+    assert (tmp_path / "cd.png").read_bytes()[:4] == b"\x89PNG"

@@ -110,6 +110,12 @@ def test_unreadable_files_are_reported(tmp_path):
      ["model", "filters and kernel_sizes need one entry per block, got 3 and 2"]),
     (("data=ucr", "model=conv_attention", "model.score=last_state"), ["model.score", "last_state"]),
     (("data=ucr", "model=feature_attention"), ["feature_attention needs vector data"]),
+    (("data=ucr", "model=conv_gap", "model.score=additive"), ["model", "score 'mean'", "conv_gap"]),
+    (("data=ucr", "model=conv_attention", "model.score=mean"), ["model", "score 'mean'", "conv_attention"]),
+    (("model=minirocket",), ["minirocket classifies series from files"]),
+    (("data=ucr", "model=minirocket", "model.num_kernels=10"), ["model.num_kernels", "84"]),
+    (("data=ucr", "train.min_learning_rate=0.1"), ["train", "min_learning_rate must be <= learning_rate"]),
+    (("data=ucr", "data.normalization=zscore"), ["data.normalization", "auto"]),
 ])
 def test_bad_real_data_configs_name_the_key(overrides, fragments):
     with pytest.raises(ConfigError) as caught:
@@ -118,12 +124,19 @@ def test_bad_real_data_configs_name_the_key(overrides, fragments):
         assert fragment in str(caught.value), f"{fragment!r} missing from: {caught.value}"
 
 
-@pytest.mark.parametrize("preset, name", [
-    ("ucr_gun_point", "GunPoint"), ("ucr_italy_power_demand", "ItalyPowerDemand"),
-    ("ucr_basic_motions", "BasicMotions"), ("ucr_japanese_vowels", "JapaneseVowels"),
-])
-def test_ucr_presets_compose_to_multiclass_configs(preset, name):
-    cfg = validate(compose_defaults(REPO_ROOT / "conf", [f"experiment={preset}"]))
-    assert (cfg.data.source, cfg.data.name, cfg.model.name) == ("ucr", name, "conv_attention")
-    assert cfg.task_type == "multiclass" and cfg.train.early_stopping_patience > 0
-    assert cfg.mlflow.experiment_name == f"attention-{name}"
+@pytest.mark.parametrize("model", ["conv_attention", "conv_gap", "minirocket"])
+def test_the_series_recipe_is_the_same_for_every_data_set(model):
+    """One preset names the data set and nothing else: two data sets compose to configs that
+    differ in data.name alone, and the preset sets no data, model or train value of its own."""
+    configs = {name: validate(compose_defaults(REPO_ROOT / "conf", ["experiment=ucr", f"data.name={name}",
+                                                                   f"model={model}"]))
+               for name in ("GunPoint", "JapaneseVowels")}
+    gun_point, vowels = (c.model_dump() for c in configs.values())
+    assert {k for k in gun_point if gun_point[k] != vowels[k]} == {"data", "mlflow"}
+    assert {k for k in gun_point["data"] if gun_point["data"][k] != vowels["data"][k]} == {"name"}
+    cfg = configs["JapaneseVowels"]
+    assert (cfg.data.source, cfg.model.name, cfg.task_type) == ("ucr", model, "multiclass")
+    assert cfg.mlflow.experiment_name == "attention-JapaneseVowels"
+    preset = yaml.safe_load((REPO_ROOT / "conf/experiment/ucr.yaml").read_text())
+    assert set(preset) == {"defaults"}, "the preset holds no value of its own"
+    assert not [p for p in (REPO_ROOT / "conf/experiment").glob("ucr_*.yaml")], "no per-data-set preset"

@@ -48,7 +48,7 @@ def _write(path: Path, text: str) -> Path:
 ])
 def test_bundled_ucr_sets_load_with_a_stratified_validation_split(name, n_train, n_test, shape, labels,
                                                                   padded):
-    cfg = tiny_config("data=ucr", f"data.name={name}")
+    cfg = tiny_config("data=ucr", f"data.name={name}", f"data.val_min_series={n_train}")
     splits, info = file_splits(cfg.data, np.random.default_rng(0))
     assert len(splits["train"]) + len(splits["val"]) == n_train and len(splits["test"]) == n_test
     assert splits["train"].x.shape[1:] == shape and splits["test"].x.shape[1:] == shape
@@ -61,6 +61,23 @@ def test_bundled_ucr_sets_load_with_a_stratified_validation_split(name, n_train,
     if padded:  # JapaneseVowels: 7 to 29 steps, padded after the end
         lengths = (splits["test"].x != PAD_VALUE).any(axis=2).sum(axis=1)
         assert (info["lengths"]["min"], info["lengths"]["max"]) == (7, 29) and lengths.min() >= 7
+
+
+@pytest.mark.parametrize("name, channels, mode", [("ArrowHead", 1, "per_series"), ("BasicMotions", 6, "per_channel")])
+def test_a_small_training_file_trains_on_every_series_and_normalization_follows_the_channels(name, channels, mode):
+    """Below data.val_min_series (500) there is no validation split (training watches its own
+    loss); at the threshold the stratified split returns. "auto" picks the normalization from
+    the number of channels."""
+    cfg = tiny_config("data=ucr", f"data.name={name}")
+    assert cfg.data.normalization == "auto" and cfg.data.val_min_series == 500
+    splits, info = file_splits(cfg.data, np.random.default_rng(0))
+    n_train = len(read_series(bundled_ucr_files(name)[0]).series)
+    assert (len(splits["train"]), len(splits["val"])) == (n_train, 0)
+    assert splits["val"].x.shape[1:] == splits["train"].x.shape[1:] and splits["train"].x.shape[2] == channels
+    assert info["normalization"]["mode"] == mode
+    at_threshold = tiny_config("data=ucr", f"data.name={name}", f"data.val_min_series={n_train}")
+    splits, _ = file_splits(at_threshold.data, np.random.default_rng(0))
+    assert 0.1 * n_train <= len(splits["val"]) <= 0.3 * n_train and len(splits["train"]) + len(splits["val"]) == n_train
 
 
 def test_stratified_split_keeps_singleton_classes_in_training():

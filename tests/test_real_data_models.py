@@ -115,11 +115,17 @@ def test_ucr_stages_carry_labels_and_preprocessing_to_onnx_and_mlflow(ucr_pipeli
     assert run.data.params["data.name"] == "BasicMotions"
 
 
-def test_early_stopping_restores_the_best_epoch(ucr_pipeline_run, monkeypatch):
+def test_a_small_set_trains_on_every_series_and_keeps_its_lowest_training_loss(ucr_pipeline_run, monkeypatch):
+    """BasicMotions has 40 training series (< data.val_min_series): no validation split, the
+    training loss decides, and the batch is a tenth of the series."""
     monkeypatch.chdir(ucr_pipeline_run)
     with open(stage.HISTORY_CSV) as handle:
         history = list(csv.DictReader(handle))
     report = json.loads(stage.TRAIN_REPORT.read_text())
     assert 1 <= report["train/epochs"] <= 3 and len(history) == report["train/epochs"]
-    assert report["train/best_val_loss"] == pytest.approx(min(float(r["val_loss"]) for r in history),
-                                                          rel=1e-4)
+    assert "val_loss" not in history[0] and "train/best_val_loss" not in report
+    losses = [float(r["loss"]) for r in history]
+    assert report["train/best_epoch"] == losses.index(min(losses))
+    assert report["train/best_loss"] == pytest.approx(min(losses), rel=1e-4)
+    assert report["train/batch_size"] == 4
+    assert json.loads(stage.META_FILE.read_text())["splits"] == {"train": 40, "val": 0, "test": 40}

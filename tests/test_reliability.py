@@ -22,7 +22,9 @@ from tests.cpu_modes import CPU_MODES, run_pipeline
 
 # Long enough to kill mid-training: 12 epochs of 30 small batches.
 TRAINING = ("train.epochs=12", "train.batch_size=8")
-CONV = ("model=conv_attention", "model.filters=[16,32,16]")  # Conv1D and BatchNorm kernels
+# The series recipe on a small real data set (23 training series): Conv1D and BatchNorm kernels,
+# no validation split, batches of 2.
+CONV = ("experiment=ucr", "data.name=UnitTest", "model.filters=[16,32,16]", "seed=1")
 
 
 # Fixed-epoch training of a planted task under another CPU's kernels (tests/cpu_modes.py): every
@@ -44,7 +46,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     AVX2, oneDNN off)."""
     base = tmp_path_factory.mktemp("runs")
     variants = {"first": (), "second": (), "mirrored": ("train.strategy=mirrored", "train.cpu_replicas=2"),
-                "conv_first": CONV, "conv_second": CONV}
+                "conv_first": CONV, "conv_second": CONV, "conv_seed_2": (*CONV, "seed=2")}
     processes = {name: _pipeline_process(base / name, *extra) for name, extra in variants.items()}
     processes |= {mode: _pipeline_process(base / mode, cpu_mode=mode) for mode in CPU_MODES if mode != "native"}
     for name, process in processes.items():
@@ -80,6 +82,17 @@ def test_same_seed_gives_identical_metrics_and_onnx_outputs(runs, pair):
     assert _export_report(first) == _export_report(second)
     for name, values in _onnx_outputs(first).items():
         assert np.array_equal(values, _onnx_outputs(second)[name]), f"{name} differs"
+
+
+def test_another_seed_gives_another_run_on_the_same_data(runs):
+    """On real data the seed draws the initial weights and the order of the batches (not the
+    data: the files and splits are the same), so seeds give genuinely different runs."""
+    first, other = runs["conv_first"], runs["conv_seed_2"]
+    for split in ("train", "test"):
+        with np.load(first / f"data/prepared/{split}.npz") as a, np.load(other / f"data/prepared/{split}.npz") as b:
+            assert np.array_equal(a["x"], b["x"]) and np.array_equal(a["y"], b["y"])
+    assert _train_report(first)["train/final_loss"] != _train_report(other)["train/final_loss"]
+    assert not np.array_equal(_onnx_outputs(first)["prediction"], _onnx_outputs(other)["prediction"])
 
 
 @pytest.mark.parametrize("mode", [m for m in CPU_MODES if m != "native"])

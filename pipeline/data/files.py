@@ -24,6 +24,7 @@ from pipeline.data.synthetic import Dataset
 from pipeline.errors import StageFailed
 
 MISSING_TOKENS = ("?", "nan", "NaN", "NAN")
+COMMENT_MARKS = ("#", "%")  # comment lines of the .ts format (and of ARFF, which some UEA files keep)
 
 
 class DataFileError(StageFailed):
@@ -70,7 +71,7 @@ def _header(path: Path, lines: list[str]) -> tuple[dict[str, str], int]:
     header: dict[str, str] = {}
     for index, raw in enumerate(lines):
         text = raw.strip()
-        if not text or text.startswith("#"):
+        if not text or text.startswith(COMMENT_MARKS):
             continue
         if not text.startswith("@"):
             raise DataFileError(f"{path}: line {index + 1}: data before the @data line")
@@ -111,7 +112,7 @@ def read_ts(path: Path) -> LabelledSeries:
     series, labels, line_numbers = [], [], []
     for index in range(first_data, len(lines)):
         text = lines[index].strip()
-        if not text or text.startswith("#"):
+        if not text or text.startswith(COMMENT_MARKS):
             continue
         line = index + 1
         *fields, label = text.split(":")
@@ -258,6 +259,26 @@ def stratified_val_index(y: np.ndarray, fraction: float, rng: np.random.Generato
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
 
+def validation_index(y: np.ndarray, data_cfg, rng: np.random.Generator) -> np.ndarray:
+    """The training-file rows held out for validation: a stratified `data_cfg.val_fraction` when
+    the file has at least `data_cfg.val_min_series` series, none below. A small training set
+    needs every series to train, and a fifth of it is too few to choose an epoch by: training
+    then watches its own loss (the protocol of Fawaz et al. 2019)."""
+    if len(y) < data_cfg.val_min_series:
+        return np.zeros(0, dtype=np.int64)
+    return stratified_val_index(y, data_cfg.val_fraction, rng)
+
+
+def normalization_mode(requested: str, channels: int) -> str:
+    """The normalization a data config asks for; "auto" decides from the data: each series
+    z-normalised on its own when univariate (shape matters, not level: the UCR convention), each
+    channel by the training split's statistics when multivariate (channels keep their scales
+    relative to each other)."""
+    if requested != "auto":
+        return requested
+    return "per_series" if channels == 1 else "per_channel"
+
+
 def fit_normalization(mode: str, x: np.ndarray, padded: bool) -> dict:
     """The Standardize layer's arguments: per-channel mean and std of the valid steps of the
     training split x [n, time, channels] for "per_channel"; nothing to fit otherwise."""
@@ -295,8 +316,8 @@ def file_splits(data_cfg, rng: np.random.Generator) -> tuple[dict[str, Dataset],
     """Train / val / test datasets from a TRAIN/TEST file pair, and what meta.json records of
     them: labels, whether padded, the normalization fitted on the training split, the files.
 
-    The validation split is a stratified `data_cfg.val_fraction` of the TRAIN file; the TEST
-    file is the test split, untouched."""
+    The validation split comes from the TRAIN file (`validation_index`: empty for a small
+    one); the TEST file is the test split, untouched."""
     train_path, test_path = source_files(data_cfg)
     train_file, test_file = read_series(train_path), read_series(test_path)
     labels = check_pair(train_file, test_file)
@@ -305,7 +326,7 @@ def file_splits(data_cfg, rng: np.random.Generator) -> tuple[dict[str, Dataset],
     length = int(lengths.max())
     x, y = to_arrays(train_file, labels, length, padded)
     x_test, y_test = to_arrays(test_file, labels, length, padded)
-    val_index = stratified_val_index(y[:, 0], data_cfg.val_fraction, rng)
+    val_index = validation_index(y[:, 0], data_cfg, rng)
     train_index = np.setdiff1d(np.arange(len(y)), val_index)
     no_positions = np.zeros((len(y), 0), dtype=np.int64)
     full = Dataset(x, y, no_positions)
@@ -318,7 +339,9 @@ def file_splits(data_cfg, rng: np.random.Generator) -> tuple[dict[str, Dataset],
         "labels": labels,
         "padded": padded,
         "lengths": {"min": int(lengths.min()), "max": length},
-        "normalization": fit_normalization(data_cfg.normalization, splits["train"].x, padded),
+        "normalization": fit_normalization(
+            normalization_mode(data_cfg.normalization, train_file.channels), splits["train"].x, padded
+        ),
         "files": {
             split: {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
             for split, path in (("train", train_path), ("test", test_path))

@@ -26,6 +26,7 @@ from pipeline.config import (
 )
 from pipeline.contract import INPUT_NAME, PAD_VALUE
 from pipeline.models.layers import (
+    ClassAttentionPooling,
     ConvEncoder,
     InputAttention,
     MultiHeadAttentionPooling,
@@ -98,7 +99,7 @@ def _head(features, task: TaskSpec):
     return keras.layers.Dense(1, activation=activation, name="prediction")(features)
 
 
-def _sequence_input(task: TaskSpec, fixed_time: bool):
+def sequence_input(task: TaskSpec, fixed_time: bool):
     """(x, preprocessed x): the model input [batch, time, features] (time None unless
     `fixed_time`), masked where it holds PAD_VALUE on every feature (variable-length data) and
     z-normalised as the task says."""
@@ -119,7 +120,7 @@ def recurrent_attention(cfg: RecurrentAttentionModel, task: TaskSpec) -> keras.M
     bias the model takes exactly `time` steps; without it the time dimension is dynamic.
     A bidirectional encoder concatenates both directions: states are [batch, time, 2 * units].
     """
-    x, h = _sequence_input(task, fixed_time=cfg.position_bias)
+    x, h = sequence_input(task, fixed_time=cfg.position_bias)
     states = _encoder(cfg.cell, cfg.units, cfg.bidirectional, recurrent_l2=cfg.recurrent_l2)(h)
     context, attention = TemporalAttention(
         score=cfg.score, query=cfg.query, position_bias=cfg.position_bias, name="temporal_attention"
@@ -135,7 +136,7 @@ def input_attention(cfg: InputAttentionModel, task: TaskSpec) -> keras.Model:
     """
     if task.padded:
         raise ValueError("attention_before_lstm takes fixed-length sequences only")
-    x, h = _sequence_input(task, fixed_time=True)
+    x, h = sequence_input(task, fixed_time=True)
     weighted, attention = InputAttention(shared=cfg.shared, name="input_attention")(h)
     last_state = _encoder(cfg.cell, cfg.units, sequences=False)(weighted)
     return keras.Model(x, {"prediction": _head(last_state, task), "attention": attention}, name=cfg.name)
@@ -146,21 +147,26 @@ def multihead_pooling(cfg: MultiHeadPoolingModel, task: TaskSpec) -> keras.Model
 
     x [batch, time, features] -> prediction [batch, 1], attention [batch, time] (mean of heads).
     """
-    x, h = _sequence_input(task, fixed_time=False)
+    x, h = sequence_input(task, fixed_time=False)
     states = _encoder(cfg.cell, cfg.units, cfg.bidirectional)(h)
     context, attention = MultiHeadAttentionPooling(cfg.heads, cfg.key_dim, name="pooling")(states)
     return keras.Model(x, {"prediction": _head(context, task), "attention": attention}, name=cfg.name)
 
 
 def conv_attention(cfg: ConvAttentionModel, task: TaskSpec) -> keras.Model:
-    """ConvEncoder (Conv1D-BatchNorm-ReLU blocks) -> TemporalAttention -> head: attention
-    pooling in place of the global average pooling of the fully convolutional network.
+    """ConvEncoder (Conv1D-BatchNorm-ReLU blocks) -> attention pooling -> head, in place of the
+    global average pooling of the fully convolutional network: TemporalAttention then the head,
+    or with score "class" ClassAttentionPooling (the head at every step, pooled per class).
 
     x [batch, time, features] -> prediction, attention [batch, time]. Time is dynamic unless
     `position_bias`.
     """
-    x, h = _sequence_input(task, fixed_time=cfg.position_bias)
+    x, h = sequence_input(task, fixed_time=cfg.position_bias)
     states = ConvEncoder(cfg.filters, cfg.kernel_sizes, name="conv_encoder")(h)
+    if cfg.score == "class":
+        outputs = task.n_classes if task.task_type == "multiclass" else 1
+        prediction, attention = ClassAttentionPooling(outputs, task.task_type, name="prediction")(states)
+        return keras.Model(x, {"prediction": prediction, "attention": attention}, name=cfg.name)
     context, attention = TemporalAttention(
         score=cfg.score, query=cfg.query, position_bias=cfg.position_bias, name="temporal_attention"
     )(states)

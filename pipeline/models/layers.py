@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from itertools import combinations
 
 import keras
+import numpy as np
 from keras import ops
 
-SCORES = ("location", "dot", "general", "additive", "scaled_dot", "last_state")
+SCORES = ("location", "dot", "general", "additive", "scaled_dot", "last_state", "mean")
 QUERIES = ("last", "learned")
 MASKED_SCORE = -1e9
 
@@ -48,12 +50,13 @@ class TemporalAttention(_AttentionPooling):
         scaled_dot  s_t = q · h_t / sqrt(units)
         additive    s_t = v · tanh(W1 q + W2 h_t)       (Bahdanau)
     then s_t += p_t if `position_bias`; a = softmax(s over t); context = Σ_t a_t h_t.
-    "last_state" is the no-attention baseline: a is one-hot on the last step, context = h_T.
+    Two baselines without attention: "last_state", a one-hot on the last step (context = h_T),
+    and "mean", uniform weights (context = the mean of the states: global average pooling).
     With a mask (padded sequences), padded steps get exactly 0 weight and "the last state" is
     the last valid one.
 
     Args:
-        score: one of "location", "dot", "general", "additive", "scaled_dot", "last_state".
+        score: one of "location", "dot", "general", "additive", "scaled_dot", "last_state", "mean".
         query: "last" (the state at the last step) or "learned" (a trained vector); unused by
             "location".
         position_bias: add a learned score p_t per time step, a prior over positions. Needs a
@@ -91,8 +94,8 @@ class TemporalAttention(_AttentionPooling):
                 f"got states of shape {states_shape}"
             )
         self.units = units
-        if self.score == "last_state":
-            pass  # no weights: the baseline reads the last state
+        if self.score in ("last_state", "mean"):
+            pass  # no weights: the baselines read the last state or average all of them
         elif self.score == "location":
             self.score_kernel = self.add_weight(name="score_kernel", shape=(units, 1))
         elif self.query == "learned":
@@ -117,6 +120,8 @@ class TemporalAttention(_AttentionPooling):
 
     def _scores(self, states, last_step):
         """[batch, time] raw scores."""
+        if self.score == "mean":
+            return ops.zeros_like(states[:, :, 0])
         if self.score == "location":  # a product and a sum: no reshapes around a matmul in ONNX
             return ops.sum(states * self.score_kernel[:, 0], axis=-1)
         query = self._query(states, last_step)
@@ -309,6 +314,74 @@ class Standardize(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode, "mean": self.mean, "std": self.std}
 
 
+HEAD_ACTIVATIONS = {"multiclass": "softmax", "binary": "sigmoid", "regression": None}
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class ClassAttentionPooling(keras.layers.Layer):
+    """The head applied at every step, each output pooled over time by its own attention:
+    auto-pool (McFee et al. 2018, "Adaptive pooling operators for weakly labeled sound event
+    detection").
+
+    z_t = W h_t + b (the outputs' evidence at step t, [outputs]); for each output k,
+    a_kt = softmax over t of (alpha_k * z_tk), and the pooled output is sum_t a_kt z_tk, then the
+    head's activation. alpha starts at 0: uniform weights, exactly global average pooling
+    followed by the dense head; a positive alpha_k moves the weight of output k to the steps
+    that hold the most evidence for it. The attention returned is that of the predicted output
+    (of the one output, for a binary or regression head), so the prediction is the weighted sum of
+    per-step evidence with those very weights.
+
+    Args:
+        outputs: classes of a multiclass head, else 1.
+        task_type: "multiclass" (softmax), "binary" (sigmoid) or "regression" (linear).
+
+    Call arguments:
+        states: float32 [batch, time, units]; mask: optional bool [batch, time].
+
+    Returns:
+        (prediction [batch, outputs], attention [batch, time]); padded steps get weight 0.
+    """
+
+    def __init__(self, outputs: int = 1, task_type: str = "multiclass", **kwargs):
+        super().__init__(**kwargs)
+        if task_type not in HEAD_ACTIVATIONS:
+            raise ValueError(f"task_type must be one of {list(HEAD_ACTIVATIONS)}, got {task_type!r}")
+        if not isinstance(outputs, int) or outputs < 1:
+            raise ValueError(f"outputs must be a positive integer, got {outputs!r}")
+        self.outputs, self.task_type = outputs, task_type
+
+    def build(self, states_shape):
+        units = states_shape[-1]
+        self.kernel = self.add_weight(name="kernel", shape=(units, self.outputs))
+        self.bias = self.add_weight(name="bias", shape=(self.outputs,), initializer="zeros")
+        self.alpha = self.add_weight(name="alpha", shape=(self.outputs,), initializer="zeros")
+
+    def call(self, states, mask=None):
+        evidence = ops.matmul(states, self.kernel) + self.bias  # [batch, time, outputs]
+        scores = evidence * self.alpha
+        if mask is not None:
+            scores = ops.where(ops.expand_dims(mask, -1), scores, MASKED_SCORE)
+        weights = ops.softmax(scores, axis=1)  # [batch, time, outputs]
+        pooled = ops.sum(weights * evidence, axis=1)  # [batch, outputs]
+        activation = HEAD_ACTIVATIONS[self.task_type]
+        prediction = keras.activations.get(activation)(pooled) if activation else pooled
+        if self.outputs == 1:
+            return prediction, weights[:, :, 0]
+        chosen = ops.cast(ops.equal(pooled, ops.max(pooled, axis=-1, keepdims=True)), pooled.dtype)
+        chosen = chosen / ops.sum(chosen, axis=-1, keepdims=True)  # a tie shares the weight
+        return prediction, ops.sum(weights * ops.expand_dims(chosen, 1), axis=-1)
+
+    def compute_mask(self, states, mask=None):
+        return [None, None]
+
+    def compute_output_shape(self, states_shape):
+        batch, time, _ = states_shape
+        return (batch, self.outputs), (batch, time)
+
+    def get_config(self):
+        return {**super().get_config(), "outputs": self.outputs, "task_type": self.task_type}
+
+
 @keras.saving.register_keras_serializable(package="pipeline")
 class ConvEncoder(keras.layers.Layer):
     """The fully convolutional encoder of time-series classification (Wang et al. 2017):
@@ -371,3 +444,88 @@ class ConvEncoder(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_sizes": self.kernel_sizes}
+
+
+KERNEL_LENGTH = 9
+# The 84 kernels of MiniRocket: weight 2 at three of the nine positions, -1 at the others.
+KERNEL_POSITIONS = np.array(list(combinations(range(KERNEL_LENGTH), 3)))
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class MiniRocketFeatures(keras.layers.Layer):
+    """The MiniRocket transform with fixed, non-trainable weights.
+
+    For each dilation d: C = Conv1D(x, 84 kernels of length 9, dilation d, zero "same" padding),
+    each kernel summing the channels it was given; then for each kernel and each of its biases b,
+    the feature PPV = share of steps with C > b. Every other kernel (alternating with the
+    dilation) counts only the steps at least 4d away from both ends, as sktime does. Padded steps
+    (the mask) count nowhere.
+
+    Args:
+        dilations: the dilations, e.g. [1, 2, 4, ...].
+        features_per_dilation: biases per kernel at each dilation.
+        channels: channels of the input.
+
+    Call arguments:
+        x: float32 [batch, time, channels]; mask: optional bool [batch, time].
+
+    Returns:
+        float32 [batch, 84 * sum(features_per_dilation)], in sktime's order (dilation, kernel, bias).
+    """
+
+    def __init__(self, dilations, features_per_dilation, channels, **kwargs):
+        kwargs["trainable"] = False
+        super().__init__(**kwargs)
+        self.dilations = [int(d) for d in dilations]
+        self.features_per_dilation = [int(n) for n in features_per_dilation]
+        self.channels = int(channels)
+        if len(self.dilations) != len(self.features_per_dilation) or not self.dilations:
+            raise ValueError(
+                f"need one feature count per dilation, got dilations {self.dilations} and "
+                f"features_per_dilation {self.features_per_dilation}"
+            )
+        self.supports_masking = True
+
+    def build(self, x_shape):
+        kernels = len(KERNEL_POSITIONS)
+        self.kernels = [
+            self.add_weight(name=f"kernel_d{d}", shape=(KERNEL_LENGTH, self.channels, kernels),
+                            initializer="zeros", trainable=False)
+            for d in self.dilations
+        ]
+        self.biases = [
+            self.add_weight(name=f"biases_d{d}", shape=(kernels, n), initializer="zeros", trainable=False)
+            for d, n in zip(self.dilations, self.features_per_dilation)
+        ]
+
+    def call(self, x, mask=None):
+        valid = ops.ones_like(x[:, :, 0]) if mask is None else ops.cast(mask, x.dtype)  # [batch, time]
+        x = x * ops.expand_dims(valid, -1)  # padding is zero, as beyond the ends
+        length = ops.sum(valid, axis=1, keepdims=True)  # [batch, 1]
+        steps = ops.cast(ops.arange(ops.shape(x)[1]), x.dtype)[None, :]  # [1, time]
+        features = []
+        for index, (dilation, kernel, biases) in enumerate(zip(self.dilations, self.kernels, self.biases)):
+            margin = float((KERNEL_LENGTH - 1) * dilation // 2)
+            inner = valid * ops.cast((steps >= margin) & (steps < length - margin), x.dtype)
+            inner_kernels = np.arange(len(KERNEL_POSITIONS)) % 2 != index % 2  # sktime's _padding1 == 1
+            weights = ops.where(inner_kernels[None, None, :], inner[:, :, None], valid[:, :, None])
+            conv = ops.conv(x, kernel, padding="same", dilation_rate=dilation)  # [batch, time, 84]
+            positive = ops.cast(ops.expand_dims(conv, -1) > biases, x.dtype)  # [batch, time, 84, n]
+            counted = ops.sum(positive * ops.expand_dims(weights, -1), axis=1)  # [batch, 84, n]
+            steps_counted = ops.maximum(ops.sum(weights, axis=1), 1.0)  # [batch, 84]
+            features.append(ops.reshape(counted / ops.expand_dims(steps_counted, -1), (-1, int(np.prod(biases.shape)))))
+        return ops.concatenate(features, axis=-1)
+
+    def compute_mask(self, x, mask=None):
+        return None
+
+    def compute_output_shape(self, x_shape):
+        return (x_shape[0], len(KERNEL_POSITIONS) * sum(self.features_per_dilation))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dilations": self.dilations,
+            "features_per_dilation": self.features_per_dilation,
+            "channels": self.channels,
+        }

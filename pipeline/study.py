@@ -1,0 +1,238 @@
+"""The real-data study: every bundled UCR/UEA classification set x the attention model and its
+peers x several seeds, run as DVC experiments, summarised from the MLflow store.
+
+    python -m pipeline.study missing          # the runs the store lacks, as `dvc exp run` commands
+    python -m pipeline.study queue            # queue them (dvc exp run --queue); then
+    dvc queue start -j 1                      # ...train them, one at a time
+    python -m pipeline.study wait             # until the queue is empty
+    python -m pipeline.compare --out docs/results   # tables, ranks and the diagram
+
+A run counts as done when the store holds a finished, evaluated run whose logged params equal
+the composed config of its combination (data set, model, seed): a changed recipe makes every
+run of it missing again, and a rerun of `queue` adds only what is missing. No TensorFlow import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import CONF_DIR, compose_defaults, flatten
+from pipeline.errors import StageFailed, run_command
+
+DATASETS = ("GunPoint", "ItalyPowerDemand", "ArrowHead", "OSULeaf", "ACSF1", "BasicMotions",
+            "JapaneseVowels", "UnitTest")
+MODELS = ("conv_attention", "conv_gap", "minirocket")
+SEEDS = (1, 2, 3)
+PRESET = "ucr"  # conf/experiment/ucr.yaml: data=ucr, model=conv_attention, train=ucr
+
+# Published test accuracies (%): FCN from Fawaz et al. 2019 (dl-4-tsc, mean of its runs), the
+# goal of the attention model's mean (3 points below FCN, or the stated figure), and 1-NN DTW from
+# the archives' pages (DTW_I for the multivariate sets). UnitTest is a part of Chinatown bundled
+# with sktime for its tests: nothing is published for it.
+REFERENCES = {
+    "GunPoint": {"FCN": 100.0, "1-NN DTW": 90.7, "goal": 97.0},
+    "ItalyPowerDemand": {"FCN": 96.3, "1-NN DTW": 95.0, "goal": 93.3},
+    "ArrowHead": {"FCN": 84.3, "1-NN DTW": 70.3, "goal": 81.3},
+    "OSULeaf": {"FCN": 97.9, "1-NN DTW": 59.1, "goal": 94.9},
+    "ACSF1": {"FCN": 89.8, "1-NN DTW": 64.0, "goal": 86.8},
+    "BasicMotions": {"FCN": None, "1-NN DTW": 100.0, "goal": 97.5},
+    "JapaneseVowels": {"FCN": 99.3, "1-NN DTW": 95.9, "goal": 97.0},
+}
+COMPARED_SECTIONS = ("data", "model", "train")
+
+
+@dataclass(frozen=True)
+class Combination:
+    """One cell of the study: a data set, a model config (conf/model/<model>.yaml), a seed."""
+
+    dataset: str
+    model: str
+    seed: int
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"experiment={PRESET}", f"data.name={self.dataset}", f"model={self.model}", f"seed={self.seed}"]
+
+    @property
+    def command(self) -> str:
+        return "dvc exp run " + " ".join(f"-S {o}" for o in self.overrides)
+
+
+def combinations(datasets=DATASETS, models=MODELS, seeds=SEEDS) -> list[Combination]:
+    return [Combination(d, m, s) for d in datasets for m in models for s in seeds]
+
+
+def expected_params(combination: Combination, conf_dir: Path = CONF_DIR) -> dict[str, str]:
+    """The MLflow params a run of `combination` logs: its composed data, model and train
+    sections flattened, and the seed, as strings."""
+    composed = compose_defaults(conf_dir, combination.overrides)
+    params = flatten({k: composed[k] for k in COMPARED_SECTIONS})
+    params["seed"] = composed["seed"]
+    return {k: str(v) for k, v in params.items()}
+
+
+def evaluated_runs(tracking_uri: str) -> list:
+    """Finished runs of real data (data.source logged) that reached the evaluate stage."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    ids = [e.experiment_id for e in mlflow.search_experiments()]
+    if not ids:
+        return []
+    runs = mlflow.search_runs(ids, filter_string="attributes.status = 'FINISHED'", output_format="list")
+    return [r for r in runs if r.data.params.get("data.source") and "test/accuracy" in r.data.metrics]
+
+
+def matching_runs(runs: list, plan: list[Combination], conf_dir: Path = CONF_DIR) -> dict[Combination, object]:
+    """The latest run of each combination of `plan` whose params equal its composed config."""
+    found: dict[Combination, object] = {}
+    for combination in plan:
+        expected = expected_params(combination, conf_dir)
+        for run in runs:
+            if all(run.data.params.get(k) == v for k, v in expected.items()):
+                if combination not in found or run.info.start_time > found[combination].info.start_time:
+                    found[combination] = run
+    return found
+
+
+def missing(tracking_uri: str, plan: list[Combination], conf_dir: Path = CONF_DIR) -> list[Combination]:
+    done = matching_runs(evaluated_runs(tracking_uri), plan, conf_dir)
+    return [c for c in plan if c not in done]
+
+
+def summary(runs_by_combination: dict[Combination, object]) -> list[dict]:
+    """One row per (data set, model): test accuracy mean and std over seeds (%, sample std), the
+    seeds, the mean training seconds; in the order of DATASETS, then MODELS."""
+    cells: dict[tuple[str, str], list] = {}
+    for combination, run in runs_by_combination.items():
+        cells.setdefault((combination.dataset, combination.model), []).append((combination.seed, run))
+    rows = []
+    order = {name: i for i, name in enumerate((*DATASETS, *MODELS))}
+    for (dataset, model), seeded in sorted(cells.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][0],
+                                                                        order.get(kv[0][1], 99), kv[0][1])):
+        seeded.sort(key=lambda pair: pair[0])
+        accuracy = np.array([100 * run.data.metrics["test/accuracy"] for _, run in seeded])
+        seconds = np.array([run.data.metrics.get("train/seconds", np.nan) for _, run in seeded])
+        rows.append({
+            "data set": dataset,
+            "model": model,
+            "seeds": ",".join(str(seed) for seed, _ in seeded),
+            "accuracy mean": float(accuracy.mean()),
+            "accuracy std": float(accuracy.std(ddof=1)) if len(accuracy) > 1 else float("nan"),
+            "train seconds mean": float(np.nanmean(seconds)),
+            "train seconds max": float(np.nanmax(seconds)),
+            "runs": ",".join(run.info.run_id for _, run in seeded),
+        })
+    return rows
+
+
+def accuracy_table(rows: list[dict], min_seeds: int = 3):
+    """pandas DataFrame [data set x model] of mean accuracies, only data sets where every model
+    has at least `min_seeds` seeds (the statistics compare complete rows only)."""
+    import pandas as pd
+
+    frame = pd.DataFrame([r for r in rows if len(r["seeds"].split(",")) >= min_seeds])
+    if frame.empty:
+        return frame
+    table = frame.pivot(index="data set", columns="model", values="accuracy mean")
+    return table.dropna()
+
+
+def rank_statistics(table) -> dict:
+    """Across data sets (rows of `table`, accuracies, higher is better): each model's mean rank
+    (1 = best; ties share), the Friedman test, and pairwise two-sided Wilcoxon signed-rank tests
+    with Holm's correction. autorank and scikit-posthocs do the statistics."""
+    import scikit_posthocs
+    from scipy.stats import friedmanchisquare
+
+    ranks = table.rank(axis=1, ascending=False, method="average")
+    friedman = friedmanchisquare(*[table[c] for c in table.columns]) if table.shape[1] > 2 else None
+    melted = table.rename_axis("data set").reset_index().melt(id_vars="data set", var_name="model", value_name="accuracy")
+    wilcoxon = scikit_posthocs.posthoc_wilcoxon(
+        melted, val_col="accuracy", group_col="model", p_adjust="holm", zero_method="zsplit",
+    )
+    return {
+        "mean rank": ranks.mean().sort_values().to_dict(),
+        "data sets": int(table.shape[0]),
+        "friedman p": None if friedman is None else float(friedman.pvalue),
+        "wilcoxon holm p": {a: {b: float(wilcoxon.loc[a, b]) for b in table.columns if b != a}
+                            for a in table.columns},
+    }
+
+
+def critical_difference_diagram(table, path: Path) -> None:
+    """The critical-difference diagram (Demšar 2006) of `table`, drawn by autorank with the
+    Nemenyi test at alpha 0.05, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from autorank import autorank, plot_stats
+
+    with contextlib.redirect_stdout(io.StringIO()):  # autorank prints its table when a mode is forced
+        result = autorank(table, alpha=0.05, verbose=False, force_mode="nonparametric", order="descending")
+    axes = plot_stats(result, allow_insignificant=True)
+    axes.figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(axes.figure)
+
+
+def training_size(dataset: str) -> int:
+    """Values in the training file of a bundled data set (series x steps x channels): the cost of
+    an epoch, roughly."""
+    from pipeline.data.files import bundled_ucr_files, read_series
+
+    series = read_series(bundled_ucr_files(dataset)[0])
+    return int(series.lengths.sum()) * series.channels
+
+
+def _dvc(*args: str) -> str:
+    result = subprocess.run(["dvc", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise StageFailed(f"`dvc {shlex.join(args)}` failed: {result.stderr.strip() or result.stdout.strip()}")
+    return result.stdout
+
+
+def wait_for_queue(poll_seconds: float = 30) -> str:
+    """Block until `dvc queue status` lists nothing queued or running; its final listing."""
+    while True:
+        status = _dvc("queue", "status")
+        if "Queued" not in status and "Running" not in status:
+            return status
+        time.sleep(poll_seconds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pipeline.tracking import DEFAULT_STORE, repository_root
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=("missing", "queue", "wait"))
+    parser.add_argument("--tracking-uri", default=f"sqlite:///{repository_root() / DEFAULT_STORE}")
+    parser.add_argument("--datasets", nargs="+", default=DATASETS)
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
+    args = parser.parse_args(argv)
+    if args.action == "wait":
+        print(wait_for_queue())
+        return
+    plan = combinations(args.datasets, args.models, args.seeds)
+    todo = sorted(missing(args.tracking_uri, plan), key=lambda c: training_size(c.dataset))  # quick ones first
+    print(f"{len(plan) - len(todo)} of {len(plan)} runs are in {args.tracking_uri}; {len(todo)} missing")
+    for combination in todo:
+        if args.action == "queue":
+            _dvc("exp", "run", "--queue", *[a for o in combination.overrides for a in ("-S", o)])
+        print(("queued: " if args.action == "queue" else "") + combination.command)
+    if args.action == "queue" and todo:
+        print("now: dvc queue start -j 1 && python -m pipeline.study wait")
+
+
+if __name__ == "__main__":
+    run_command(main)

@@ -1,0 +1,131 @@
+"""The recipe for time-series classification and its peers: the small-set training protocol, the
+global-average-pooling ablation, and MiniRocket as a Keras model that exports to ONNX."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline import stage
+from pipeline.data.files import bundled_ucr_files, read_series, to_arrays
+from pipeline.inference import OnnxModel
+from pipeline.models import TaskSpec, build_model
+from pipeline.models.layers import MiniRocketFeatures
+from pipeline.models.minirocket import transform_weights
+from pipeline.train import EpochBatches, batch_size_for
+from tests.conftest import stages_run, tiny_config
+
+
+@pytest.mark.parametrize("requested, n_series, used", [
+    (16, 36, 3), (16, 50, 5), (16, 400, 16), (64, 7000, 64), (16, 12, 2), (16, 3, 2),
+])
+def test_a_batch_is_at_most_a_tenth_of_the_training_set_and_at_least_two(requested, n_series, used):
+    assert batch_size_for(requested, n_series) == used
+
+
+@pytest.mark.parametrize("n_series, batch_size", [(21, 10), (7, 2), (13, 4), (20, 10), (3, 2)])
+def test_no_batch_of_one_reaches_batch_normalization(n_series, batch_size):
+    batches = EpochBatches(np.zeros((n_series, 4, 1), "float32"), np.zeros((n_series, 1), "float32"),
+                           batch_size, seed=0)
+    sizes = [len(x) for x, _ in batches._batches()]
+    assert sum(sizes) == n_series and min(sizes) >= 2 and max(sizes) <= batch_size + 1
+    assert len(sizes) == len(batches.bounds())
+
+
+def test_conv_gap_is_the_global_average_of_the_same_encoder():
+    """conv_gap weights every valid step alike: its attention is uniform on the valid steps and 0
+    on padding, and the prediction is the head on the mean of the encoder's states."""
+    cfg = tiny_config("experiment=ucr", "model=conv_gap", "model.filters=[8,8]", "model.kernel_sizes=[3,3]")
+    task = TaskSpec((10, 2), "multiclass", padded=True, n_classes=3, normalization={"mode": "none"})
+    keras.utils.set_random_seed(0)
+    model = build_model(cfg.model, task)
+    x = np.random.default_rng(0).normal(size=(4, 10, 2)).astype("float32")
+    x[:2, 6:] = -1.0  # the padding value: the first two series have 6 steps
+    attention = np.asarray(model(x)["attention"])
+    np.testing.assert_allclose(attention[:2, :6], 1 / 6, rtol=1e-6)
+    np.testing.assert_allclose(attention[2:], 1 / 10, rtol=1e-6)
+    assert (attention[:2, 6:] == 0).all()
+    states = keras.Model(model.input, model.get_layer("conv_encoder").output)(x[2:])
+    head = model.get_layer("prediction")
+    np.testing.assert_allclose(model(x[2:])["prediction"], head(np.asarray(states).mean(axis=1)), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["GunPoint", "BasicMotions"])
+def test_minirocket_features_in_keras_equal_sktime_s_transform(name):
+    """The Keras transform (dilated Conv1D with fixed weights, then PPV) gives sktime's features:
+    equal but for a step where a convolution output ties with a bias (rounding), which moves a
+    feature by one counted step (of T, or of the T - 8d inner steps of an inner kernel)."""
+    from sktime.transformations.rocket import MiniRocketMultivariate
+
+    series = read_series(bundled_ucr_files(name)[0])
+    x, _ = to_arrays(series, sorted(set(series.labels)), int(series.lengths.max()), padded=False)
+    rocket = MiniRocketMultivariate(num_kernels=840, random_state=3).fit(x.transpose(0, 2, 1))
+    expected = rocket.transform(x.transpose(0, 2, 1)).to_numpy()
+    kernels, biases = transform_weights(rocket.parameters, x.shape[2])
+    layer = MiniRocketFeatures([int(d) for d in rocket.parameters[2]], [b.shape[1] for b in biases], x.shape[2])
+    layer.build(x.shape)
+    layer.set_weights([*kernels, *biases])
+    difference = np.abs(np.asarray(layer(x)) - expected)
+    assert difference.shape == (len(x), 840)
+    fewest_steps = x.shape[1] - 8 * int(max(rocket.parameters[2]))
+    assert difference.max() <= 1 / fewest_steps + 1e-6 and (difference > 1e-6).mean() < 1e-3
+
+
+def test_minirocket_runs_through_every_stage_and_deploys_as_onnx(tmp_path):
+    """model=minirocket is a pipeline config like any other: fitted in train (no epochs), exported
+    by tf2onnx within the parity gate, evaluated by ONNX Runtime, logged to MLflow."""
+    with stages_run(tmp_path, "experiment=ucr", "data.name=BasicMotions", "model=minirocket",
+                    "model.num_kernels=168", "seed=5") as workdir:
+        report = json.loads((workdir / stage.TRAIN_REPORT).read_text())
+        metrics = json.loads((workdir / stage.METRICS_FILE).read_text())
+        runtime = OnnxModel(workdir / stage.ONNX_MODEL)
+        with np.load(workdir / "data/prepared/test.npz") as test:
+            outputs = runtime.run(test["x"][:8])
+    assert report["train/epochs"] == 0 and report["train/features"] == 168 and report["train/ridge_alpha"] > 0
+    assert metrics["test/accuracy"] >= 0.75 and metrics["export/parity_max_abs"] <= 1e-4
+    assert runtime.metadata["seed"] == "5"
+    assert outputs["prediction"].shape == (8, 4)
+    np.testing.assert_allclose(outputs["attention"], 1 / 100, rtol=1e-5)  # MiniRocket weighs every step alike
+
+
+def _class_attention_model(**overrides):
+    cfg = tiny_config("experiment=ucr", "model.filters=[8,8]", "model.kernel_sizes=[3,3]")
+    task = TaskSpec((12, 2), "multiclass", padded=True, n_classes=3, normalization={"mode": "per_series"})
+    keras.utils.set_random_seed(1)
+    model = build_model(cfg.model, task)
+    x = np.random.default_rng(1).normal(size=(5, 12, 2)).astype("float32")
+    x[:2, 8:] = -1.0  # two series of 8 steps
+    return model, x
+
+
+def test_class_attention_starts_as_the_global_average_and_predicts_from_its_own_weights():
+    """score "class" (the default): with alpha 0 the weights are uniform, exactly the global
+    average of the head's per-step scores; with alpha > 0 the predicted class's logit is the sum
+    of its per-step scores weighted by the attention the model returns."""
+    model, x = _class_attention_model()
+    pooling = model.get_layer("prediction")
+    assert pooling.__class__.__name__ == "ClassAttentionPooling"
+    states = np.asarray(keras.Model(model.input, model.get_layer("conv_encoder").output)(x))
+    evidence = states @ np.asarray(pooling.kernel) + np.asarray(pooling.bias)  # [batch, time, classes]
+    out = model(x)
+    np.testing.assert_allclose(np.asarray(out["attention"])[2:], 1 / 12, rtol=1e-6)
+    assert (np.asarray(out["attention"])[:2, 8:] == 0).all()
+    lengths = [8, 8, 12, 12, 12]
+    averages = np.stack([evidence[i, :n].mean(axis=0) for i, n in enumerate(lengths)])
+    np.testing.assert_allclose(out["prediction"], np.asarray(keras.ops.softmax(averages)), rtol=1e-5)
+
+    alpha = np.array([3.0, 1.0, 2.0], "float32")
+    pooling.alpha.assign(alpha)
+    out = model(x)
+    valid = np.arange(12)[None, :, None] < np.array(lengths)[:, None, None]
+    scores = np.where(valid, alpha * evidence, -np.inf)
+    weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)  # [batch, time, classes]
+    logits = (weights * evidence).sum(axis=1)
+    np.testing.assert_allclose(out["prediction"], np.asarray(keras.ops.softmax(logits)), rtol=1e-5)
+    predicted = logits.argmax(axis=1)
+    np.testing.assert_allclose(out["attention"], weights[np.arange(5), :, predicted], atol=1e-6)
+    assert np.asarray(out["attention"])[2:].std(axis=1).min() > 0, "no longer uniform"
