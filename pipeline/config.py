@@ -228,6 +228,10 @@ class MiniRocketModel(_Strict):
     name: Literal["minirocket"]
     num_kernels: int = Field(ge=84)
     max_dilations_per_kernel: int = Field(ge=1)
+    # The ONNX export gate of this model, in place of export.parity_tolerance: a feature counts the
+    # steps where a convolution exceeds a threshold, so an output within rounding of a threshold
+    # moves a feature by one step and the probabilities by up to about 1e-3.
+    parity_tolerance: float = Field(gt=0)
 
 
 SEQUENCE_MODELS = (  # trained by gradient descent on sequences (minirocket: series from files only)

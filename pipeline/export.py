@@ -179,12 +179,14 @@ def main() -> None:
     x_check = test.x[: cfg.export.parity_samples]
     keras_out = model.predict(x_check, batch_size=1024, verbose=0)
     variants, runtimes, report, failures = {}, {}, {}, []
+    own_tolerance = getattr(cfg.model, "parity_tolerance", None)
+    own_tolerance = own_tolerance and ("model.parity_tolerance", own_tolerance)
     for variant in cfg.export.variants:
         def check(candidate, variant=variant) -> list[str]:
             runtimes[variant] = OnnxModel(candidate.SerializeToString())
             figures = gate_report(variant, meta["task_type"], keras_out, runtimes[variant].run(x_check))
             report.update(figures)
-            return gate_failures(variant, figures, cfg.export)
+            return gate_failures(variant, figures, cfg.export, own_tolerance)
 
         variants[variant], problems = gated_variant(fp32_model, variant, check)
         if variant == "fp16":  # 1: the recurrent layers stayed float32 to pass the gate

@@ -91,11 +91,14 @@ def gate_report(
     return report
 
 
-def gate_failures(variant: str, report: dict[str, float], export_cfg) -> list[str]:
-    """What the variant misses, naming each config key (empty: it passes)."""
+def gate_failures(variant: str, report: dict[str, float], export_cfg,
+                  fp32_tolerance: tuple[str, float] | None = None) -> list[str]:
+    """What the variant misses, naming each config key (empty: it passes). `fp32_tolerance`
+    (key, value) replaces export.parity_tolerance for a model that sets its own."""
     failures = []
-    tolerance = export_cfg.parity_tolerance if variant == "fp32" else export_cfg.variant_tolerance[variant]
-    key = "export.parity_tolerance" if variant == "fp32" else f"export.variant_tolerance.{variant}"
+    key, tolerance = f"export.variant_tolerance.{variant}", export_cfg.variant_tolerance.get(variant)
+    if variant == "fp32":
+        key, tolerance = fp32_tolerance or ("export.parity_tolerance", export_cfg.parity_tolerance)
     difference = report[f"export/{variant}/prediction_max_abs"]
     if variant == "fp32":
         difference = max(difference, report["export/fp32/attention_max_abs"])
