@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Stage commands (`python -m pipeline.<stage>`) must find the venv's python, also under `dvc repro`.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install repro test test-fast test-portable bench ui team-server golden params clean
+.PHONY: install repro test test-fast test-portable bench study ui team-server golden params clean
 
 install: $(STAMP)
 
@@ -41,6 +41,15 @@ test-portable: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/dvc repro
 	$(BIN)/python -m pipeline.bench
+
+# The real-data study (pipeline/study.py): every bundled UCR/UEA set x conv_attention, conv_gap,
+# MiniRocket x seeds 1-3 as queued DVC experiments, then docs/results.md, .csv and _cd.png from
+# the MLflow store. Interrupted, it picks up where it stopped: only runs the store lacks are queued.
+study: $(STAMP)
+	$(BIN)/python -m pipeline.study queue
+	$(BIN)/dvc queue start -j 1
+	$(BIN)/python -m pipeline.study wait
+	$(BIN)/python -m pipeline.compare --out docs/results
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

@@ -32,6 +32,7 @@ SEQUENCE_TASKS = ("planted_step", "find_max", "add_two_numbers")
 VECTOR_TASKS = ("planted_feature",)
 REGRESSION_TASKS = ("find_max", "add_two_numbers")
 FILE_SOURCES = ("ucr", "ts_file")  # real series from files: data.source selects, data.name names
+INNER_FOLDS = 3  # data.inner_fold: the stratified folds of a training file for choosing settings
 
 
 class _Strict(BaseModel):
@@ -126,12 +127,15 @@ class _FileData(_Strict):
     A training file of at least `val_min_series` series gives a stratified `val_fraction` of
     itself to a validation split that decides when to stop; a smaller one trains on every series
     and training stops on the training loss (pipeline/data/files.py, `validation_index`).
-    normalization "auto" is per_series for one channel and per_channel for several."""
+    normalization "auto" is per_series for one channel and per_channel for several. With
+    `inner_fold` k, fold k of INNER_FOLDS stratified folds of the training file is the test split
+    and the TEST file is not read: settings are compared this way, on training data only."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     normalization: Literal["auto", "per_series", "per_channel", "none"]
     val_fraction: float = Field(gt=0, lt=1)
     val_min_series: int = Field(ge=2)
+    inner_fold: int | None = Field(ge=0, lt=INNER_FOLDS)
 
 
 class UcrData(_FileData):

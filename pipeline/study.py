@@ -2,12 +2,13 @@
 peers x several seeds, run as DVC experiments, summarised from the MLflow store.
 
     python -m pipeline.study missing          # the runs the store lacks, as `dvc exp run` commands
-    python -m pipeline.study queue            # queue them (dvc exp run --queue); then
+    python -m pipeline.study queue            # queue them (dvc exp run --queue) in place of any
+                                              # queued before; then
     dvc queue start -j 1                      # ...train them, one at a time
     python -m pipeline.study wait             # until the queue is empty
     python -m pipeline.compare --out docs/results   # tables, ranks and the diagram
 
-A run counts as done when the store holds a finished, evaluated run whose logged params equal
+`make study` does all four. A run counts as done when the store holds a finished, evaluated run whose logged params equal
 the composed config of its combination (data set, model, seed): a changed recipe makes every
 run of it missing again, and a rerun of `queue` adds only what is missing. No TensorFlow import.
 """
@@ -93,12 +94,13 @@ def evaluated_runs(tracking_uri: str) -> list:
 
 
 def matching_runs(runs: list, plan: list[Combination], conf_dir: Path = CONF_DIR) -> dict[Combination, object]:
-    """The latest run of each combination of `plan` whose params equal its composed config."""
+    """The latest run of each combination of `plan` whose params equal its composed config. An
+    option that is off (null) may be absent from a run logged before the option existed."""
     found: dict[Combination, object] = {}
     for combination in plan:
         expected = expected_params(combination, conf_dir)
         for run in runs:
-            if all(run.data.params.get(k) == v for k, v in expected.items()):
+            if all(run.data.params.get(k, "None") == v for k, v in expected.items()):
                 if combination not in found or run.info.start_time > found[combination].info.start_time:
                     found[combination] = run
     return found
@@ -226,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     plan = combinations(args.datasets, args.models, args.seeds)
     todo = sorted(missing(args.tracking_uri, plan), key=lambda c: training_size(c.dataset))  # quick ones first
     print(f"{len(plan) - len(todo)} of {len(plan)} runs are in {args.tracking_uri}; {len(todo)} missing")
+    if args.action == "queue":
+        _dvc("queue", "remove", "--queued")  # what an interrupted study left queued is queued afresh
     for combination in todo:
         if args.action == "queue":
             _dvc("exp", "run", "--queue", *[a for o in combination.overrides for a in ("-S", o)])

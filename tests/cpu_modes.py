@@ -1,7 +1,7 @@
 """How far the pipeline's metrics move between CPUs, measured on one machine.
 
     python -m tests.cpu_modes                                  # the default config
-    python -m tests.cpu_modes experiment=ucr_japanese_vowels --out reports/cpu_modes_jv.json
+    python -m tests.cpu_modes experiment=ucr data.name=JapaneseVowels --out reports/cpu_modes_jv.json
     python -m tests.cpu_modes --golden     # the golden cases' ONNX outputs in each mode
 
 TensorFlow's CPU kernels (oneDNN) pick their code by instruction set and vendor, so the same seed
@@ -131,7 +131,7 @@ def golden_differences(workdir: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=ucr_gun_point")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=ucr data.name=GunPoint")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--golden", action="store_true", help="compare the golden cases' outputs instead")
     args = parser.parse_args()

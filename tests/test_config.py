@@ -116,6 +116,7 @@ def test_unreadable_files_are_reported(tmp_path):
     (("data=ucr", "model=minirocket", "model.num_kernels=10"), ["model.num_kernels", "84"]),
     (("data=ucr", "train.min_learning_rate=0.1"), ["train", "min_learning_rate must be <= learning_rate"]),
     (("data=ucr", "data.normalization=zscore"), ["data.normalization", "auto"]),
+    (("data=ucr", "data.inner_fold=3"), ["data.inner_fold", "less than 3"]),
 ])
 def test_bad_real_data_configs_name_the_key(overrides, fragments):
     with pytest.raises(ConfigError) as caught:

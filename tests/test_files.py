@@ -97,6 +97,24 @@ def test_user_csv_files_give_the_same_arrays_as_the_bundled_ts_files():
     assert ucr_info["labels"] == csv_info["labels"]
 
 
+def test_the_user_s_copy_of_a_ucr_ts_pair_gives_what_data_ucr_gives(tmp_path):
+    """The README's data=ts_file command on a copy of a bundled pair (UnitTest: its header opens
+    with `%` comment lines): the same splits, labels and normalization as data=ucr."""
+    copies = []
+    for source in bundled_ucr_files("UnitTest"):
+        copies.append(tmp_path / source.name)
+        copies[-1].write_bytes(source.read_bytes())
+    assert copies[0].read_text().startswith("%")
+    ucr, ucr_info = file_splits(tiny_config("experiment=ucr", "data.name=UnitTest").data, np.random.default_rng(3))
+    user, user_info = file_splits(tiny_config("data=ts_file", "data.name=UnitTest", f"data.train_file={copies[0]}",
+                                              f"data.test_file={copies[1]}").data, np.random.default_rng(3))
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(ucr[split].x, user[split].x)
+        np.testing.assert_array_equal(ucr[split].y, user[split].y)
+    assert (len(ucr["train"]), len(ucr["val"]), len(ucr["test"])) == (20, 0, 22)
+    assert ucr_info["labels"] == user_info["labels"] and ucr_info["normalization"] == user_info["normalization"]
+
+
 def test_user_ts_file_with_variable_length_and_two_channels(tmp_path):
     header = TS_HEADER.replace("@univariate true", "@univariate false\n@dimensions 2").replace(
         "@equalLength true\n@seriesLength 4", "@equalLength false")
@@ -203,3 +221,22 @@ def test_prepare_stage_with_a_bad_file_exits_2_and_keeps_the_previous_splits(sta
     assert result.returncode == 2
     assert "data/raw/u_TEST.ts: line 11: series of length 3" in result.stderr
     assert {p: p.read_bytes() for p in stage.PREPARED_DIR.iterdir()} == before
+
+
+def test_an_inner_fold_evaluates_on_training_data_and_never_reads_the_test_file(tmp_path):
+    """data.inner_fold=k: fold k of 3 stratified folds of the TRAIN file is the test split; the
+    TEST file is not opened (here it does not exist), and the folds do not depend on the seed."""
+    train = bundled_ucr_files("ArrowHead")[0]
+    folds = []
+    for fold in range(3):
+        cfg = tiny_config("data=ts_file", f"data.train_file={train}", f"data.test_file={tmp_path / 'absent.ts'}",
+                          f"data.inner_fold={fold}")
+        splits, info = file_splits(cfg.data, np.random.default_rng(fold))  # another seed each time
+        assert info["test_split"] == f"inner fold {fold} of 3 of the TRAIN file" and list(info["files"]) == ["train"]
+        assert len(splits["train"]) + len(splits["test"]) == 36 and len(splits["val"]) == 0
+        assert np.bincount(splits["test"].y[:, 0].astype(int)).tolist() == [4, 4, 4]  # 12 per class
+        folds.append({row.tobytes() for row in splits["test"].x})
+    assert not (folds[0] & folds[1]) and not (folds[1] & folds[2]) and sum(map(len, folds)) == 36
+    with pytest.raises(DataFileError, match="absent.ts: not found"):
+        file_splits(tiny_config("data=ts_file", f"data.train_file={train}",
+                                f"data.test_file={tmp_path / 'absent.ts'}").data, np.random.default_rng(0))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import INNER_FOLDS
 from pipeline.contract import PAD_VALUE
 from pipeline.data.synthetic import Dataset
 from pipeline.errors import StageFailed
@@ -312,29 +313,49 @@ def source_files(data_cfg) -> tuple[Path, Path]:
     return Path(data_cfg.train_file), Path(data_cfg.test_file)
 
 
+def inner_fold_index(y: np.ndarray, folds: int, fold: int) -> np.ndarray:
+    """Rows of fold `fold` of a stratified split of the training file into `folds` parts (each
+    class dealt round-robin after a fixed shuffle: the same folds whatever the run's seed)."""
+    rng = np.random.default_rng(0)
+    assignment = np.zeros(len(y), dtype=np.int64)
+    for label in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == label))
+        assignment[members] = np.arange(len(members)) % folds
+    return np.flatnonzero(assignment == fold)
+
+
 def file_splits(data_cfg, rng: np.random.Generator) -> tuple[dict[str, Dataset], dict]:
     """Train / val / test datasets from a TRAIN/TEST file pair, and what meta.json records of
     them: labels, whether padded, the normalization fitted on the training split, the files.
 
     The validation split comes from the TRAIN file (`validation_index`: empty for a small
-    one); the TEST file is the test split, untouched."""
+    one); the TEST file is the test split, untouched. With `data_cfg.inner_fold` set, the TEST
+    file is not even read: fold k of the TRAIN file is the test split and the other folds train,
+    so that settings are compared on training data only."""
     train_path, test_path = source_files(data_cfg)
-    train_file, test_file = read_series(train_path), read_series(test_path)
+    train_file = read_series(train_path)
+    inner = data_cfg.inner_fold is not None
+    test_file = train_file if inner else read_series(test_path)
     labels = check_pair(train_file, test_file)
     lengths = np.concatenate([train_file.lengths, test_file.lengths])
     padded = bool(lengths.min() != lengths.max())
     length = int(lengths.max())
     x, y = to_arrays(train_file, labels, length, padded)
-    x_test, y_test = to_arrays(test_file, labels, length, padded)
-    val_index = validation_index(y[:, 0], data_cfg, rng)
-    train_index = np.setdiff1d(np.arange(len(y)), val_index)
-    no_positions = np.zeros((len(y), 0), dtype=np.int64)
-    full = Dataset(x, y, no_positions)
+    full = Dataset(x, y, np.zeros((len(y), 0), dtype=np.int64))
+    if inner:
+        held_out = inner_fold_index(y[:, 0], INNER_FOLDS, data_cfg.inner_fold)
+        test = full.take(held_out)
+        full = full.take(np.setdiff1d(np.arange(len(y)), held_out))
+    else:
+        x_test, y_test = to_arrays(test_file, labels, length, padded)
+        test = Dataset(x_test, y_test, np.zeros((len(y_test), 0), dtype=np.int64))
+    val_index = validation_index(full.y[:, 0], data_cfg, rng)
     splits = {
-        "train": full.take(train_index),
+        "train": full.take(np.setdiff1d(np.arange(len(full)), val_index)),
         "val": full.take(val_index),
-        "test": Dataset(x_test, y_test, np.zeros((len(y_test), 0), dtype=np.int64)),
+        "test": test,
     }
+    read = (("train", train_path),) if inner else (("train", train_path), ("test", test_path))
     info = {
         "labels": labels,
         "padded": padded,
@@ -343,8 +364,9 @@ def file_splits(data_cfg, rng: np.random.Generator) -> tuple[dict[str, Dataset],
             normalization_mode(data_cfg.normalization, train_file.channels), splits["train"].x, padded
         ),
         "files": {
-            split: {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-            for split, path in (("train", train_path), ("test", test_path))
+            split: {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()} for split, path in read
         },
+        "test_split": (f"inner fold {data_cfg.inner_fold} of {INNER_FOLDS} of the TRAIN file"
+                       if inner else "the TEST file"),
     }
     return splits, info
