@@ -5,8 +5,13 @@
 Outputs: models/model.keras, reports/train.json, reports/history.csv, reports/mlflow_run.json.
 Opens the pipeline's MLflow run: config params, per-epoch metrics, the Keras model.
 
-Resumable: after each epoch the weights, the optimizer state and the epoch number are backed up
-in .checkpoints/train/ (Keras BackupAndRestore). A training process that is killed resumes from
+The monitored loss is the validation loss, or the training loss where the data has no
+validation split (a small training file); the learning rate halves on its plateaus, training
+stops early on it, and the weights of its best epoch are kept. MiniRocket is fitted instead
+(pipeline/models/minirocket.py).
+
+Resumable: after each epoch the weights, the optimizer state, the epoch number and the best
+epoch's weights are backed up in .checkpoints/train/ (Keras BackupAndRestore). A training process that is killed resumes from
 its last finished epoch on the next run with the same config and data, and ends with the same
 result as an uninterrupted run: the order of each epoch's batches is drawn from (seed, epoch)
 alone. Its outputs are written only at the end, so DVC never records a partial model.
