@@ -96,7 +96,7 @@ def write_csv(rows: list[dict], real_rows: list[dict], path: Path) -> None:
 
 
 REAL_COLUMNS = ("data set", "model", "seeds", "accuracy mean", "accuracy std", "train seconds mean",
-                "train seconds max", "FCN", "goal", "runs")
+                "train seconds max", "FCN", "goal", "command", "runs")
 
 
 def _mean_std(row: dict | None) -> str:
@@ -113,9 +113,10 @@ def real_data_markdown(real_rows: list[dict], statistics: dict | None, diagram: 
     by_cell = {(r["data set"], r["model"]): r for r in real_rows}
     datasets = list(dict.fromkeys(r["data set"] for r in real_rows))
     lines = [
-        "Test accuracy (%) as mean ± sample std over seeds (the number of seeds in brackets), each "
-        "seed a DVC experiment logged to MLflow (`python -m pipeline.study missing` prints their "
-        "commands). FCN: Fawaz et al. 2019 (dl-4-tsc). goal: for the attention model's mean.",
+        "Test accuracy (%) as mean ± sample std over seeds (the number of seeds in brackets). Each "
+        "seed of each cell is one DVC experiment logged to MLflow, `dvc exp run -S experiment=ucr "
+        "-S data.name=<data set> -S model=<model> -S seed=<seed>`; the CSV lists the run ids. "
+        "FCN: Fawaz et al. 2019 (dl-4-tsc). goal: for the attention model's mean.",
         "",
         "| data set | " + " | ".join(models) + " | FCN | goal | goal met |",
         "|---|" + "---|" * (len(models) + 3),

@@ -132,6 +132,7 @@ def summary(runs_by_combination: dict[Combination, object]) -> list[dict]:
             "accuracy std": float(accuracy.std(ddof=1)) if len(accuracy) > 1 else float("nan"),
             "train seconds mean": float(np.nanmean(seconds)),
             "train seconds max": float(np.nanmax(seconds)),
+            "command": Combination(dataset, model, 0).command.replace("seed=0", "seed=N") + " (N: each seed)",
             "runs": ",".join(run.info.run_id for _, run in seeded),
         })
     return rows
