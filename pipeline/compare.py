@@ -84,15 +84,16 @@ def to_markdown(rows: list[dict], names: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_csv(rows: list[dict], real_rows: list[dict], path: Path) -> None:
-    """Both tables in one CSV: a `table` column says which (synthetic, or real: one row per data
-    set and model, accuracy mean and std over seeds in %)."""
+def write_csv(rows: list[dict], real_rows: list[dict], path: Path, selection_rows: list[dict] = ()) -> None:
+    """Every table in one CSV: a `table` column says which (synthetic; real: one row per data set
+    and model, accuracy mean and std over seeds in %; selection: the same over inner folds)."""
     names = ["table", *[c for c, _ in COLUMNS], *REAL_COLUMNS]
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=names, restval="", extrasaction="ignore")
         writer.writeheader()
         writer.writerows({"table": "synthetic", **row} for row in rows)
         writer.writerows({"table": "real", "task": row["data set"], **row} for row in real_rows)
+        writer.writerows({"table": "selection", "task": row["data set"], **row} for row in selection_rows)
 
 
 REAL_COLUMNS = ("data set", "model", "seeds", "accuracy mean", "accuracy std", "train seconds mean",
@@ -153,6 +154,27 @@ def real_data_markdown(real_rows: list[dict], statistics: dict | None, diagram: 
     return "\n".join(lines) + "\n"
 
 
+def selection_markdown(rows: list[dict]) -> str:
+    """The settings compared on inner folds of the training files: per data set, each setting's
+    accuracy on the held-out folds (mean ± std over the folds), and the mean over data sets."""
+    labels = list(dict.fromkeys(r["model"] for r in rows))
+    by_cell = {(r["data set"], r["model"]): r for r in rows}
+    datasets = list(dict.fromkeys(r["data set"] for r in rows))
+    lines = [
+        "Accuracy (%) on held-out inner folds of the TRAIN files (`-S data.inner_fold=K`, K = 0, 1, 2; "
+        "the TEST files are not read), mean ± std over the folds, seed 1; "
+        "`python -m pipeline.study queue --selection` runs what is missing.",
+        "", "| data set | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels),
+    ]
+    for name in datasets:
+        lines.append(f"| {name} | " + " | ".join(_mean_std(by_cell.get((name, label))) for label in labels) + " |")
+    complete = [d for d in datasets if all((d, label) in by_cell for label in labels)]
+    if complete:
+        means = [sum(by_cell[(d, label)]["accuracy mean"] for d in complete) / len(complete) for label in labels]
+        lines.append(f"| mean of {len(complete)} | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tracking-uri", default=f"sqlite:///{repository_root() / DEFAULT_STORE}")
@@ -160,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="write OUT.md, OUT.csv and OUT_cd.png instead of printing")
     args = parser.parse_args(argv)
     rows = comparison_rows(args.tracking_uri, args.experiment)
-    runs = study.matching_runs(study.evaluated_runs(args.tracking_uri), study.combinations())
+    evaluated = study.evaluated_runs(args.tracking_uri)
+    runs = study.matching_runs(evaluated, study.combinations())
     real_rows = study.summary(runs)
     for row in real_rows:
         reference = study.REFERENCES.get(row["data set"], {})
@@ -173,17 +196,20 @@ def main(argv: list[str] | None = None) -> None:
         diagram_path = args.out.with_name(args.out.name + "_cd.png")
         study.critical_difference_diagram(table_of_means, diagram_path)
         diagram = diagram_path.name
+    selection_rows = study.summary(study.matching_runs(evaluated, study.selection_combinations()))
     table = to_markdown(rows)
     if real_rows:
         table = (f"## Synthetic tasks\n\n{table}\n## Time-series classification: UCR/UEA data sets\n\n"
                  + real_data_markdown(real_rows, statistics, diagram))
+    if selection_rows:
+        table += "\n### Settings compared on training data only\n\n" + selection_markdown(selection_rows)
     if args.out is None:
         sys.stdout.write(table)
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "python -m pipeline.compare " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.with_suffix(".md").write_text(f"<!-- made by: {command} -->\n\n{table}")
-    write_csv(rows, real_rows, args.out.with_suffix(".csv"))
+    write_csv(rows, real_rows, args.out.with_suffix(".csv"), selection_rows)
     print(f"wrote {args.out.with_suffix('.md')} and .csv ({len(rows)} synthetic runs, "
           f"{len(real_rows)} real-data rows{', the diagram' if diagram else ''})")
 

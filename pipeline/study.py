@@ -7,6 +7,7 @@ peers x several seeds, run as DVC experiments, summarised from the MLflow store.
     dvc queue start -j 1                      # ...train them, one at a time
     python -m pipeline.study wait             # until the queue is empty
     python -m pipeline.compare --out docs/results   # tables, ranks and the diagram
+    python -m pipeline.study queue --selection      # settings compared on inner folds of TRAIN
 
 `make study` does all four. A run counts as done when the store holds a finished, evaluated run whose logged params equal
 the composed config of its combination (data set, model, seed): a changed recipe makes every
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import CONF_DIR, compose_defaults, flatten
+from pipeline.config import CONF_DIR, INNER_FOLDS, compose_defaults, flatten
 from pipeline.errors import StageFailed, run_command
 
 DATASETS = ("GunPoint", "ItalyPowerDemand", "ArrowHead", "OSULeaf", "ACSF1", "BasicMotions",
@@ -35,33 +36,51 @@ MODELS = ("conv_attention", "conv_gap", "minirocket")
 SEEDS = (1, 2, 3)
 PRESET = "ucr"  # conf/experiment/ucr.yaml: data=ucr, model=conv_attention, train=ucr
 
-# Published test accuracies (%): FCN from Fawaz et al. 2019 (dl-4-tsc, mean of its runs), the
-# goal of the attention model's mean (3 points below FCN, or the stated figure), and 1-NN DTW from
-# the archives' pages (DTW_I for the multivariate sets). UnitTest is a part of Chinatown bundled
-# with sktime for its tests: nothing is published for it.
+# Published test accuracies (%): FCN from Fawaz et al. 2019 (dl-4-tsc, mean of its runs), and the
+# goal of the attention model's mean (3 points below FCN, or the stated figure). UnitTest is a
+# part of Chinatown bundled with sktime for its tests: nothing is published for it.
 REFERENCES = {
-    "GunPoint": {"FCN": 100.0, "1-NN DTW": 90.7, "goal": 97.0},
-    "ItalyPowerDemand": {"FCN": 96.3, "1-NN DTW": 95.0, "goal": 93.3},
-    "ArrowHead": {"FCN": 84.3, "1-NN DTW": 70.3, "goal": 81.3},
-    "OSULeaf": {"FCN": 97.9, "1-NN DTW": 59.1, "goal": 94.9},
-    "ACSF1": {"FCN": 89.8, "1-NN DTW": 64.0, "goal": 86.8},
-    "BasicMotions": {"FCN": None, "1-NN DTW": 100.0, "goal": 97.5},
-    "JapaneseVowels": {"FCN": 99.3, "1-NN DTW": 95.9, "goal": 97.0},
+    "GunPoint": {"FCN": 100.0, "goal": 97.0},
+    "ItalyPowerDemand": {"FCN": 96.3, "goal": 93.3},
+    "ArrowHead": {"FCN": 84.3, "goal": 81.3},
+    "OSULeaf": {"FCN": 97.9, "goal": 94.9},
+    "ACSF1": {"FCN": 89.8, "goal": 86.8},
+    "BasicMotions": {"FCN": None, "goal": 97.5},
+    "JapaneseVowels": {"FCN": 99.3, "goal": 97.0},
 }
+# Settings compared on training data only (--selection): each a model config and its overrides,
+# run on every inner fold (data.inner_fold) of the training files with seed 1.
+SELECTION = {
+    "conv_attention": (),
+    "conv_attention score=additive": ("model.score=additive",),
+    "conv_gap": (),
+}
+SELECTION_SEED = 1
 COMPARED_SECTIONS = ("data", "model", "train")
 
 
 @dataclass(frozen=True)
 class Combination:
-    """One cell of the study: a data set, a model config (conf/model/<model>.yaml), a seed."""
+    """One cell of the study: a data set, a model config (conf/model/<model>.yaml) with `extra`
+    overrides, a seed, and for the selection study an inner fold (evaluated on a fold of the
+    training file, the TEST file unread)."""
 
     dataset: str
     model: str
     seed: int
+    inner_fold: int | None = None
+    extra: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The model and its extra overrides, e.g. "conv_attention score=additive"."""
+        return " ".join([self.model, *(o.removeprefix("model.") for o in self.extra)])
 
     @property
     def overrides(self) -> list[str]:
-        return [f"experiment={PRESET}", f"data.name={self.dataset}", f"model={self.model}", f"seed={self.seed}"]
+        fold = [] if self.inner_fold is None else [f"data.inner_fold={self.inner_fold}"]
+        return [f"experiment={PRESET}", f"data.name={self.dataset}", f"model={self.model}", *self.extra,
+                f"seed={self.seed}", *fold]
 
     @property
     def command(self) -> str:
@@ -70,6 +89,12 @@ class Combination:
 
 def combinations(datasets=DATASETS, models=MODELS, seeds=SEEDS) -> list[Combination]:
     return [Combination(d, m, s) for d in datasets for m in models for s in seeds]
+
+
+def selection_combinations(datasets=DATASETS, settings=tuple(SELECTION)) -> list[Combination]:
+    """Every setting of SELECTION on every inner fold of each data set's training file."""
+    return [Combination(d, label.split()[0], SELECTION_SEED, fold, SELECTION[label])
+            for d in datasets for label in settings for fold in range(INNER_FOLDS)]
 
 
 def expected_params(combination: Combination, conf_dir: Path = CONF_DIR) -> dict[str, str]:
@@ -112,11 +137,13 @@ def missing(tracking_uri: str, plan: list[Combination], conf_dir: Path = CONF_DI
 
 
 def summary(runs_by_combination: dict[Combination, object]) -> list[dict]:
-    """One row per (data set, model): test accuracy mean and std over seeds (%, sample std), the
-    seeds, the mean training seconds; in the order of DATASETS, then MODELS."""
+    """One row per (data set, model label): test accuracy mean and std over the seeds (or the
+    inner folds) in %, sample std, the seeds or folds, the mean training seconds; in the order of
+    DATASETS, then MODELS."""
     cells: dict[tuple[str, str], list] = {}
     for combination, run in runs_by_combination.items():
-        cells.setdefault((combination.dataset, combination.model), []).append((combination.seed, run))
+        replicate = combination.seed if combination.inner_fold is None else combination.inner_fold
+        cells.setdefault((combination.dataset, combination.label), []).append((replicate, run))
     rows = []
     order = {name: i for i, name in enumerate((*DATASETS, *MODELS))}
     for (dataset, model), seeded in sorted(cells.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][0],
@@ -132,10 +159,18 @@ def summary(runs_by_combination: dict[Combination, object]) -> list[dict]:
             "accuracy std": float(accuracy.std(ddof=1)) if len(accuracy) > 1 else float("nan"),
             "train seconds mean": float(np.nanmean(seconds)),
             "train seconds max": float(np.nanmax(seconds)),
-            "command": Combination(dataset, model, 0).command.replace("seed=0", "seed=N") + " (N: each seed)",
+            "command": _cell_command(dataset, model, seeded[0][1]),
             "runs": ",".join(run.info.run_id for _, run in seeded),
         })
     return rows
+
+
+def _cell_command(dataset: str, label: str, run) -> str:
+    model, *extra = label.split()
+    fold = run.data.params.get("data.inner_fold", "None")
+    cell = Combination(dataset, model, 0, None if fold == "None" else 0, tuple(f"model.{o}" for o in extra))
+    return (cell.command.replace("seed=0", "seed=N").replace("inner_fold=0", "inner_fold=K")
+            + (" (N: each seed)" if fold == "None" else f" (N: {SELECTION_SEED}, K: each fold)"))
 
 
 def accuracy_table(rows: list[dict], min_seeds: int = 3):
@@ -222,11 +257,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=DATASETS)
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
+    parser.add_argument("--selection", action="store_true",
+                        help="the selection study instead: SELECTION's settings on the inner folds of the training files")
     args = parser.parse_args(argv)
     if args.action == "wait":
         print(wait_for_queue())
         return
-    plan = combinations(args.datasets, args.models, args.seeds)
+    plan = (selection_combinations(args.datasets) if args.selection
+            else combinations(args.datasets, args.models, args.seeds))
     todo = sorted(missing(args.tracking_uri, plan), key=lambda c: training_size(c.dataset))  # quick ones first
     print(f"{len(plan) - len(todo)} of {len(plan)} runs are in {args.tracking_uri}; {len(todo)} missing")
     if args.action == "queue":

@@ -83,6 +83,31 @@ def test_study_finds_the_runs_of_the_current_recipe_and_reports_mean_and_std(tmp
     assert [(r["model"], r["seeds"]) for r in real] == [("conv_attention", "1,2,3"), ("conv_gap", "1")]
 
 
+def test_the_selection_study_reads_inner_fold_runs_only(tmp_path, monkeypatch):
+    """Runs on inner folds of the training file form their own table (mean over folds per
+    setting), never mixed with the test-set results."""
+    monkeypatch.chdir(REPO_ROOT)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    plan = study.selection_combinations(["ArrowHead"])
+    assert [c.label for c in plan[::3]] == ["conv_attention", "conv_attention score=additive", "conv_gap"]
+    assert plan[3].command.endswith("-S model.score=additive -S seed=1 -S data.inner_fold=0")
+    for combination, accuracy in zip(plan, (0.7, 0.8, 0.9, 0.6, 0.6, 0.6)):
+        _log_study_run(combination, accuracy, 10.0)
+    _log_study_run(study.Combination("ArrowHead", "conv_attention", 1), 0.5, 10.0)  # a test-set run
+
+    main(["--tracking-uri", uri, "--out", str(tmp_path / "results")])
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| ArrowHead | 80.00 ± 10.00 (3) | 60.00 ± 0.00 (3) |\n| mean of 1 | 80.00 | 60.00 |" in markdown
+    assert "| ArrowHead | 50.00 ± nan (1) | 84.3 | ≥ 81.3 | no |" in markdown  # the test-set table, apart
+    with open(tmp_path / "results.csv") as handle:
+        selection = [row for row in csv.DictReader(handle) if row["table"] == "selection"]
+    assert [(r["model"], r["seeds"]) for r in selection] == [("conv_attention", "0,1,2"),
+                                                            ("conv_attention score=additive", "0,1,2")]
+    assert "-S data.inner_fold=K" in selection[0]["command"]
+    assert len(study.missing(uri, plan)) == 3  # conv_gap's folds
+
+
 def test_rank_statistics_on_a_known_table(tmp_path):
     """Model a wins on every data set, b is second, c last: ranks 1, 2, 3; the Friedman test
     rejects; with 8 data sets every Wilcoxon-Holm pair differs at 0.05 (exact p 2 * 2^-8,
