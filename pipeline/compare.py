@@ -8,7 +8,9 @@ Synthetic tasks: one row per run with the task metric (accuracy or MAE), the att
 the parameter count, the training time and the run id. UCR/UEA data sets: the study of
 pipeline/study.py, each model's accuracy as mean ± std over seeds beside the published FCN, the
 training times, mean ranks with Friedman and Wilcoxon-Holm tests, and a critical-difference
-diagram (OUT_cd.png). No TensorFlow import.
+diagram (OUT_cd.png). With --out, the real-data runs are also written to OUT_runs.csv, the
+ledger pipeline.study reads (runs in it are not trained again), and synthetic rows of an earlier
+OUT.csv that the store lacks are kept. No TensorFlow import.
 """
 
 from __future__ import annotations
@@ -67,6 +69,24 @@ def comparison_rows(tracking_uri: str, experiments: list[str] | None = None) -> 
         }
         rows.append({column: flat.get(source) for column, source in COLUMNS})
     return sorted(rows, key=lambda r: (r["task"] or "", -(r["attention/argmax_hit"] or 0)))
+
+
+def with_earlier_rows(rows: list[dict], earlier_csv: Path) -> list[dict]:
+    """`rows` and the synthetic rows of an earlier OUT.csv for the (task, model) pairs that the
+    store does not hold: a table rebuilt from a fresh store keeps what it cannot remake."""
+    if not earlier_csv.exists():
+        return rows
+    held = {(r["task"], r["model"]) for r in rows}
+    with open(earlier_csv, newline="") as handle:
+        earlier = [r for r in csv.DictReader(handle) if r["table"] == "synthetic" and (r["task"], r["model"]) not in held]
+    kept = [{column: _number(row[column]) if source.startswith("metrics.") else row[column]
+             for column, source in COLUMNS} for row in earlier]
+    return sorted(rows + kept, key=lambda r: (r["task"] or "", -(r["attention/argmax_hit"] or 0)))
+
+
+def _number(text: str) -> float | None:
+    """A metric's CSV cell back as it was: None when empty."""
+    return None if text == "" else float(text)
 
 
 def _cell(value) -> str:
@@ -182,9 +202,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="write OUT.md, OUT.csv and OUT_cd.png instead of printing")
     args = parser.parse_args(argv)
     rows = comparison_rows(args.tracking_uri, args.experiment)
-    evaluated = study.evaluated_runs(args.tracking_uri)
-    runs = study.matching_runs(evaluated, study.combinations())
-    real_rows = study.summary(runs)
+    if args.out is not None:
+        rows = with_earlier_rows(rows, args.out.with_suffix(".csv"))
+    ledger = args.out.with_name(args.out.name + "_runs.csv") if args.out is not None else repository_root() / study.LEDGER
+    done = study.done_runs(args.tracking_uri, study.combinations() + study.selection_combinations(), ledger)
+    real_rows = study.summary({c: r for c, r in done.items() if c.inner_fold is None})
     for row in real_rows:
         reference = study.REFERENCES.get(row["data set"], {})
         row["FCN"], row["goal"] = reference.get("FCN"), reference.get("goal")
@@ -196,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         diagram_path = args.out.with_name(args.out.name + "_cd.png")
         study.critical_difference_diagram(table_of_means, diagram_path)
         diagram = diagram_path.name
-    selection_rows = study.summary(study.matching_runs(evaluated, study.selection_combinations()))
+    selection_rows = study.summary({c: r for c, r in done.items() if c.inner_fold is not None})
     table = to_markdown(rows)
     if real_rows:
         table = (f"## Synthetic tasks\n\n{table}\n## Time-series classification: UCR/UEA data sets\n\n"
@@ -210,8 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m pipeline.compare " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.with_suffix(".md").write_text(f"<!-- made by: {command} -->\n\n{table}")
     write_csv(rows, real_rows, args.out.with_suffix(".csv"), selection_rows)
-    print(f"wrote {args.out.with_suffix('.md')} and .csv ({len(rows)} synthetic runs, "
-          f"{len(real_rows)} real-data rows{', the diagram' if diagram else ''})")
+    study.write_ledger(ledger, done)
+    print(f"wrote {args.out.with_suffix('.md')}, .csv and {ledger.name} ({len(rows)} synthetic runs, "
+          f"{len(real_rows)} real-data rows, {len(done)} real-data runs{', the diagram' if diagram else ''})")
 
 
 if __name__ == "__main__":

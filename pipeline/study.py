@@ -9,16 +9,22 @@ peers x several seeds, run as DVC experiments, summarised from the MLflow store.
     python -m pipeline.compare --out docs/results   # tables, ranks and the diagram
     python -m pipeline.study queue --selection      # settings compared on inner folds of TRAIN
 
-`make study` does all four. A run counts as done when the store holds a finished, evaluated run whose logged params equal
-the composed config of its combination (data set, model, seed): a changed recipe makes every
-run of it missing again, and a rerun of `queue` adds only what is missing. No TensorFlow import.
+`make study` does all four. A run counts as done when the MLflow store holds a finished, evaluated
+run whose logged params equal the composed config of its combination (data set, model, seed), or
+when the committed ledger docs/results_runs.csv (written by compare) holds one with the same
+config digest: a changed recipe makes every run of it missing again, and a rerun of `queue` adds
+only what is missing, also on a fresh clone. No TensorFlow import.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import functools
+import hashlib
 import io
+import json
 import shlex
 import subprocess
 import time
@@ -57,6 +63,11 @@ SELECTION = {
 }
 SELECTION_SEED = 1
 COMPARED_SECTIONS = ("data", "model", "train")
+# The committed record of finished runs (written by `python -m pipeline.compare --out docs/results`):
+# a fresh clone, or a machine whose MLflow store is gone, trains only what it lacks.
+LEDGER = Path("docs/results_runs.csv")
+LEDGER_COLUMNS = ("data set", "model", "seed", "inner fold", "test accuracy", "train seconds", "run id",
+                  "started ms", "config digest")
 
 
 @dataclass(frozen=True)
@@ -97,13 +108,36 @@ def selection_combinations(datasets=DATASETS, settings=tuple(SELECTION)) -> list
             for d in datasets for label in settings for fold in range(INNER_FOLDS)]
 
 
-def expected_params(combination: Combination, conf_dir: Path = CONF_DIR) -> dict[str, str]:
-    """The MLflow params a run of `combination` logs: its composed data, model and train
-    sections flattened, and the seed, as strings."""
+@functools.lru_cache(maxsize=None)
+def _composed_params(combination: Combination, conf_dir: Path) -> tuple[tuple[str, str], ...]:
     composed = compose_defaults(conf_dir, combination.overrides)
     params = flatten({k: composed[k] for k in COMPARED_SECTIONS})
     params["seed"] = composed["seed"]
-    return {k: str(v) for k, v in params.items()}
+    return tuple((k, str(v)) for k, v in params.items())
+
+
+def expected_params(combination: Combination, conf_dir: Path = CONF_DIR) -> dict[str, str]:
+    """The MLflow params a run of `combination` logs: its composed data, model and train
+    sections flattened, and the seed, as strings."""
+    return dict(_composed_params(combination, Path(conf_dir)))
+
+
+def config_digest(combination: Combination, conf_dir: Path = CONF_DIR) -> str:
+    """A short hash of the composed config of `combination`: a ledger row counts only while the
+    recipe it was trained with is unchanged."""
+    text = json.dumps(expected_params(combination, conf_dir), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the study keeps of one finished, evaluated run: its test accuracy (0..1), training
+    seconds, MLflow run id and start time (ms since the epoch)."""
+
+    accuracy: float
+    train_seconds: float
+    run_id: str
+    started_ms: int
 
 
 def evaluated_runs(tracking_uri: str) -> list:
@@ -118,59 +152,111 @@ def evaluated_runs(tracking_uri: str) -> list:
     return [r for r in runs if r.data.params.get("data.source") and "test/accuracy" in r.data.metrics]
 
 
-def matching_runs(runs: list, plan: list[Combination], conf_dir: Path = CONF_DIR) -> dict[Combination, object]:
-    """The latest run of each combination of `plan` whose params equal its composed config. An
-    option that is off (null) may be absent from a run logged before the option existed."""
-    found: dict[Combination, object] = {}
+def matching_runs(runs: list, plan: list[Combination], conf_dir: Path = CONF_DIR) -> dict[Combination, RunRecord]:
+    """The latest MLflow run of each combination of `plan` whose params equal its composed config.
+    An option that is off (null) may be absent from a run logged before the option existed."""
+    found: dict[Combination, RunRecord] = {}
     for combination in plan:
         expected = expected_params(combination, conf_dir)
         for run in runs:
             if all(run.data.params.get(k, "None") == v for k, v in expected.items()):
-                if combination not in found or run.info.start_time > found[combination].info.start_time:
-                    found[combination] = run
+                if combination not in found or run.info.start_time > found[combination].started_ms:
+                    found[combination] = RunRecord(run.data.metrics["test/accuracy"],
+                                                   run.data.metrics.get("train/seconds", float("nan")),
+                                                   run.info.run_id, run.info.start_time)
     return found
 
 
-def missing(tracking_uri: str, plan: list[Combination], conf_dir: Path = CONF_DIR) -> list[Combination]:
-    done = matching_runs(evaluated_runs(tracking_uri), plan, conf_dir)
+def _ledger_key(dataset: str, label: str, seed: str, fold: str) -> tuple[str, str, str, str]:
+    return dataset, label, seed, fold
+
+
+def recorded_runs(ledger: Path, plan: list[Combination], conf_dir: Path = CONF_DIR) -> dict[Combination, RunRecord]:
+    """The runs of `plan` in the ledger CSV whose config digest equals their combination's
+    current one (a changed recipe leaves them out)."""
+    if not ledger.exists():
+        return {}
+    with open(ledger, newline="") as handle:
+        rows = {_ledger_key(r["data set"], r["model"], r["seed"], r["inner fold"]): r for r in csv.DictReader(handle)}
+    found = {}
+    for combination in plan:
+        fold = "" if combination.inner_fold is None else str(combination.inner_fold)
+        row = rows.get(_ledger_key(combination.dataset, combination.label, str(combination.seed), fold))
+        if row is not None and row["config digest"] == config_digest(combination, conf_dir):
+            found[combination] = RunRecord(float(row["test accuracy"]), float(row["train seconds"] or "nan"),
+                                           row["run id"], int(row["started ms"]))
+    return found
+
+
+def done_runs(tracking_uri: str, plan: list[Combination], ledger: Path | None = None,
+              conf_dir: Path = CONF_DIR) -> dict[Combination, RunRecord]:
+    """Each combination of `plan` that the MLflow store or the ledger holds, the later run where
+    both do."""
+    done = recorded_runs(ledger, plan, conf_dir) if ledger is not None else {}
+    for combination, record in matching_runs(evaluated_runs(tracking_uri), plan, conf_dir).items():
+        if combination not in done or record.started_ms >= done[combination].started_ms:
+            done[combination] = record
+    return done
+
+
+def write_ledger(path: Path, done: dict[Combination, RunRecord], conf_dir: Path = CONF_DIR) -> None:
+    """The ledger CSV: one row per run, in plan order as given."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LEDGER_COLUMNS)
+        writer.writeheader()
+        for combination, record in done.items():
+            writer.writerow({
+                "data set": combination.dataset, "model": combination.label, "seed": combination.seed,
+                "inner fold": "" if combination.inner_fold is None else combination.inner_fold,
+                "test accuracy": f"{record.accuracy:.6f}", "train seconds": f"{record.train_seconds:.1f}",
+                "run id": record.run_id, "started ms": record.started_ms,
+                "config digest": config_digest(combination, conf_dir),
+            })
+
+
+def missing(tracking_uri: str, plan: list[Combination], ledger: Path | None = None,
+            conf_dir: Path = CONF_DIR) -> list[Combination]:
+    """The combinations of `plan` that neither the MLflow store nor the ledger holds."""
+    done = done_runs(tracking_uri, plan, ledger, conf_dir)
     return [c for c in plan if c not in done]
 
 
-def summary(runs_by_combination: dict[Combination, object]) -> list[dict]:
+def summary(runs_by_combination: dict[Combination, RunRecord]) -> list[dict]:
     """One row per (data set, model label): test accuracy mean and std over the seeds (or the
     inner folds) in %, sample std, the seeds or folds, the mean training seconds; in the order of
     DATASETS, then MODELS."""
     cells: dict[tuple[str, str], list] = {}
-    for combination, run in runs_by_combination.items():
+    for combination, record in runs_by_combination.items():
         replicate = combination.seed if combination.inner_fold is None else combination.inner_fold
-        cells.setdefault((combination.dataset, combination.label), []).append((replicate, run))
+        cells.setdefault((combination.dataset, combination.label), []).append((replicate, combination, record))
     rows = []
     order = {name: i for i, name in enumerate((*DATASETS, *MODELS))}
     for (dataset, model), seeded in sorted(cells.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][0],
                                                                         order.get(kv[0][1], 99), kv[0][1])):
-        seeded.sort(key=lambda pair: pair[0])
-        accuracy = np.array([100 * run.data.metrics["test/accuracy"] for _, run in seeded])
-        seconds = np.array([run.data.metrics.get("train/seconds", np.nan) for _, run in seeded])
+        seeded.sort(key=lambda triple: triple[0])
+        accuracy = np.array([100 * record.accuracy for _, _, record in seeded])
+        seconds = np.array([record.train_seconds for _, _, record in seeded])
         rows.append({
             "data set": dataset,
             "model": model,
-            "seeds": ",".join(str(seed) for seed, _ in seeded),
+            "seeds": ",".join(str(replicate) for replicate, _, _ in seeded),
             "accuracy mean": float(accuracy.mean()),
             "accuracy std": float(accuracy.std(ddof=1)) if len(accuracy) > 1 else float("nan"),
             "train seconds mean": float(np.nanmean(seconds)),
             "train seconds max": float(np.nanmax(seconds)),
-            "command": _cell_command(dataset, model, seeded[0][1]),
-            "runs": ",".join(run.info.run_id for _, run in seeded),
+            "command": _cell_command(seeded[0][1]),
+            "runs": ",".join(record.run_id for _, _, record in seeded),
         })
     return rows
 
 
-def _cell_command(dataset: str, label: str, run) -> str:
-    model, *extra = label.split()
-    fold = run.data.params.get("data.inner_fold", "None")
-    cell = Combination(dataset, model, 0, None if fold == "None" else 0, tuple(f"model.{o}" for o in extra))
+def _cell_command(combination: Combination) -> str:
+    """The command of a cell, the seed (and fold) as placeholders."""
+    cell = Combination(combination.dataset, combination.model, 0,
+                       None if combination.inner_fold is None else 0, combination.extra)
     return (cell.command.replace("seed=0", "seed=N").replace("inner_fold=0", "inner_fold=K")
-            + (" (N: each seed)" if fold == "None" else f" (N: {SELECTION_SEED}, K: each fold)"))
+            + (" (N: each seed)" if combination.inner_fold is None else f" (N: {SELECTION_SEED}, K: each fold)"))
 
 
 def accuracy_table(rows: list[dict], min_seeds: int = 3):
@@ -257,6 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=DATASETS)
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
+    parser.add_argument("--ledger", type=Path, default=repository_root() / LEDGER,
+                        help="the committed record of finished runs (runs in it are not trained again)")
     parser.add_argument("--selection", action="store_true",
                         help="the selection study instead: SELECTION's settings on the inner folds of the training files")
     args = parser.parse_args(argv)
@@ -265,8 +353,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     plan = (selection_combinations(args.datasets) if args.selection
             else combinations(args.datasets, args.models, args.seeds))
-    todo = sorted(missing(args.tracking_uri, plan), key=lambda c: training_size(c.dataset))  # quick ones first
-    print(f"{len(plan) - len(todo)} of {len(plan)} runs are in {args.tracking_uri}; {len(todo)} missing")
+    todo = sorted(missing(args.tracking_uri, plan, args.ledger), key=lambda c: training_size(c.dataset))  # quick ones first
+    print(f"{len(plan) - len(todo)} of {len(plan)} runs are in {args.tracking_uri} or {args.ledger}; "
+          f"{len(todo)} missing")
     if args.action == "queue":
         _dvc("queue", "remove", "--queued")  # what an interrupted study left queued is queued afresh
     for combination in todo:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 
 import mlflow
 import numpy as np
@@ -44,6 +45,15 @@ def test_rows_per_complete_run_best_first(tmp_path):
     assert "| find_max | bahdanau |  | 0.05 | 0.96 | 0.96 | 19.2 | 1 | 4565 | 10.5 |" in markdown
     with open(tmp_path / "docs" / "results.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 3
+
+    # rebuilt from a store that holds only a new luong_dot run: the other rows stay as they were
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    mlflow.set_tracking_uri(fresh)
+    newer = _log_run("attention-find_max", "luong_dot", 0.5)
+    main(["--tracking-uri", fresh, "--out", str(tmp_path / "docs" / "results")])
+    rebuilt = (tmp_path / "docs" / "results.md").read_text()
+    assert f"| find_max | bahdanau |  | 0.05 | 0.96 | 0.96 | 19.2 | 1 | 4565 | 10.5 | {strong} |" in rebuilt
+    assert other in rebuilt and newer in rebuilt and weak not in rebuilt
 
 
 def _log_study_run(combination: study.Combination, accuracy: float, seconds: float, **changed) -> str:
@@ -128,3 +138,30 @@ def test_rank_statistics_on_a_known_table(tmp_path):
     assert study.rank_statistics(tied)["mean rank"] == {"a": 1.5, "b": 1.5}
     study.critical_difference_diagram(table, tmp_path / "cd.png")
     assert (tmp_path / "cd.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_ledger_keeps_finished_runs_for_a_fresh_store(tmp_path, monkeypatch):
+    """compare --out writes every real-data run to OUT_runs.csv; with an empty MLflow store the
+    study counts those runs as done and the tables are rebuilt from them, until the recipe changes."""
+    monkeypatch.chdir(REPO_ROOT)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    plan = study.combinations(["UnitTest"], ["conv_attention"], [1, 2, 3])
+    for combination, accuracy in zip(plan[:2], (0.9, 0.8)):
+        _log_study_run(combination, accuracy, 12.0)
+    main(["--tracking-uri", uri, "--out", str(tmp_path / "results")])
+    ledger = tmp_path / "results_runs.csv"
+    first = (tmp_path / "results.md").read_text()
+    assert "| UnitTest | 85.00 ± 7.07 (2) |" in first
+
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert study.missing(empty, plan) == plan
+    assert study.missing(empty, plan, ledger) == [plan[2]]
+    main(["--tracking-uri", empty, "--out", str(tmp_path / "results")])
+    assert (tmp_path / "results.md").read_text().split("\n", 1)[1] == first.split("\n", 1)[1]
+
+    changed = tmp_path / "conf"
+    shutil.copytree(REPO_ROOT / "conf", changed)
+    train = changed / "train" / "ucr.yaml"
+    train.write_text(train.read_text().replace("epochs: 1000", "epochs: 999"))
+    assert study.missing(empty, plan, ledger, conf_dir=changed) == plan
