@@ -29,28 +29,37 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`python -m pipeline.serve` on a fixed-length LSTM attention model (20 steps x 2)."""
-    folder = tmp_path_factory.mktemp("serve")
-    keras.utils.set_random_seed(2)
-    model = build_model(tiny_config().model, TaskSpec((20, 2)))
-    onnx.save(to_onnx(model, 17, {"task_type": "binary", "labels": "null"}), folder / "model.onnx")
+def _start_server(model_path, *options: str):
+    """`python -m pipeline.serve` on a free port, once it answers /health: (process, port)."""
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.serve", "--model", str(folder / "model.onnx"), "--port", str(port),
-         "--max-body-bytes", str(MAX_BODY), "--max-batch", str(MAX_BATCH)],
+        [sys.executable, "-m", "pipeline.serve", "--model", str(model_path), "--port", str(port), *options],
         cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             if _request(port, "GET", "/health")[0] == 200:
-                break
+                return process, port
         except OSError:
             time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail(f"the service did not start: {process.stdout.read()}")
+    process.kill()
+    pytest.fail(f"the service did not start: {process.stdout.read()}")
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A fixed-length LSTM attention model (20 steps x 2, binary) exported to ONNX: (path, keras model)."""
+    folder = tmp_path_factory.mktemp("serve")
+    keras.utils.set_random_seed(2)
+    model = build_model(tiny_config().model, TaskSpec((20, 2)))
+    onnx.save(to_onnx(model, 17, {"task_type": "binary", "labels": "null"}), folder / "model.onnx")
+    return folder / "model.onnx", model
+
+
+@pytest.fixture(scope="module")
+def server(model_file):
+    path, model = model_file
+    process, port = _start_server(path, "--max-body-bytes", str(MAX_BODY), "--max-batch", str(MAX_BATCH))
     yield port, model
     process.terminate()
     process.wait(timeout=10)
@@ -90,10 +99,10 @@ def test_valid_request_matches_keras(server):
 
 @pytest.mark.parametrize("case, payload, status, fragment", [
     ("not json", b"{inputs: oops", 400, "not valid JSON"),
-    ("no inputs key", {"x": []}, 422, '{"inputs"'),
-    ("inputs not a list", {"inputs": "abc"}, 422, "must be a list"),
+    ("no inputs key", {"x": []}, 422, "inputs: Field required"),
+    ("inputs not a list", {"inputs": "abc"}, 422, "inputs: Input should be a valid array"),
     ("ragged", {"inputs": [[[0.0, 1.0]] * 20, [[0.0, 1.0]] * 3]}, 422, "not a rectangular array"),
-    ("strings", {"inputs": [[["a", "b"]] * 20]}, 422, "not a rectangular array of numbers"),
+    ("strings", {"inputs": [[["a", "b"]] * 20]}, 422, "inputs.0.0.0: Input should be a valid number"),
     ("wrong rank", {"inputs": [[0.0, 1.0]]}, 422, "rank 3"),
     ("wrong features", {"inputs": [[[0.0, 1.0, 2.0]] * 20]}, 422, "3 features per step"),
     ("wrong length", {"inputs": [[[0.0, 1.0]] * 7]}, 422, "7 time steps"),
@@ -134,3 +143,119 @@ def test_service_binds_loopback_by_default():
     from pipeline.serve import build_parser
 
     assert build_parser().parse_args([]).host == "127.0.0.1"
+
+
+def test_open_inference_protocol_with_a_triton_client(server, model_file):
+    """tritonclient (the client of Triton and KServe) gets the same outputs as ONNX Runtime in
+    process, with JSON tensors and with the binary tensor extension."""
+    import tritonclient.http as triton
+
+    from pipeline.inference import Predictor
+
+    port, _ = server
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("attention_fp32")
+    metadata = client.get_model_metadata("attention_fp32")
+    assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 20, 2]}]
+    assert [o["name"] for o in metadata["outputs"]] == ["prediction", "attention", "label"]
+    x = np.random.default_rng(1).standard_normal((5, 20, 2)).astype(np.float32)
+    expected = Predictor(model_file[0]).predict(x)
+    for binary in (False, True):
+        tensor = triton.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        outputs = [triton.InferRequestedOutput(n, binary_data=binary) for n in ("prediction", "attention", "label")]
+        result = client.infer("attention_fp32", [tensor], outputs=outputs, request_id="r1")
+        assert result.get_response()["id"] == "r1"
+        np.testing.assert_array_equal(result.as_numpy("prediction"), expected.prediction)
+        np.testing.assert_array_equal(result.as_numpy("attention"), expected.attention)
+        assert [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("label")] == expected.labels
+    with pytest.raises(triton.InferenceServerException, match="no model 'other'"):
+        client.get_model_metadata("other")
+
+
+def _infer(port: int, payload, headers=None, name: str = "attention_fp32"):
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return _request(port, "POST", f"/v2/models/{name}/infer", body, headers)
+
+
+BINARY_HEADER = (b'{"inputs": [{"name": "x", "shape": [1, 20, 2], "datatype": "FP32", '
+                 b'"parameters": {"binary_data_size": 160}}]}')
+
+
+@pytest.mark.parametrize("case, payload, headers, status, fragment", [
+    ("not json", b"{oops", None, 400, "Invalid JSON"),
+    ("no inputs", {"outputs": []}, None, 400, "inputs: Field required"),
+    ("wrong input name", {"inputs": [{"name": "y", "shape": [1], "datatype": "FP32", "data": [1]}]}, None, 400,
+     "one input named 'x'"),
+    ("unknown datatype", {"inputs": [{"name": "x", "shape": [1, 20, 2], "datatype": "FP8", "data": [0] * 40}]},
+     None, 400, "'FP8' is not one of"),
+    ("data size", {"inputs": [{"name": "x", "shape": [1, 20, 2], "datatype": "FP32", "data": [0] * 39}]}, None,
+     400, "39 values, shape [1, 20, 2] needs 40"),
+    ("wrong steps", {"inputs": [{"name": "x", "shape": [1, 10, 4], "datatype": "FP32", "data": [0] * 40}]}, None,
+     400, "4 features per step"),
+    ("strings", {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": ["a", "b"]}]}, None, 400,
+     "not a rectangular array of FP32"),
+    ("unknown output", {"inputs": [{"name": "x", "shape": [1, 20, 2], "datatype": "FP32", "data": [0] * 40}],
+                        "outputs": [{"name": "logits"}]}, None, 400, "must name distinct outputs"),
+    ("binary size", BINARY_HEADER + bytes(100), {"Inference-Header-Content-Length": str(len(BINARY_HEADER))},
+     400, "binary_data_size: 160, but 100 bytes follow"),
+    ("header length", b"{}", {"Inference-Header-Content-Length": "999"}, 400, "not a length within the body"),
+    ("too many samples", {"inputs": [{"name": "x", "shape": [MAX_BATCH + 1, 20, 2], "datatype": "FP32", "data": []}]},
+     None, 413, "limit of 64 per request"),
+])
+def test_bad_infer_requests_get_a_4xx_naming_the_field(server, case, payload, headers, status, fragment):
+    port, _ = server
+    got_status, body = _infer(port, payload, headers)
+    assert got_status == status, body
+    assert fragment in body["error"]
+
+
+def test_unknown_model_is_404(server):
+    port, _ = server
+    status, body = _infer(port, {"inputs": []}, name="other")
+    assert status == 404 and "serves 'attention_fp32' version 1" in body["error"]
+    assert _request(port, "GET", "/v2/models/attention_fp32/versions/2")[0] == 404
+
+
+def test_a_full_service_answers_503_and_health_stays_quick(model_file):
+    """One worker and one request admitted: concurrent large requests beyond it get 503 with
+    Retry-After (counted in /metadata), every other one 200, and /health answers meanwhile."""
+    import threading
+
+    process, port = _start_server(model_file[0], "--workers", "1", "--max-in-flight", "1", "--max-batch", "4096",
+                                  "--max-body-bytes", str(16 * 2**20))
+    try:
+        x = np.random.default_rng(2).standard_normal((4096, 20, 2)).astype(np.float32)
+        payload = json.dumps({"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                                          "data": x.ravel().tolist()}]}).encode()
+        start = threading.Barrier(9)
+        statuses, retry_after = [], []
+
+        def client():
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            start.wait()
+            connection.request("POST", "/v2/models/attention_fp32/infer", body=payload)
+            response = connection.getresponse()
+            response.read()
+            statuses.append(response.status)
+            retry_after.append(response.getheader("Retry-After"))
+            connection.close()
+
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        start.wait()
+        probes = 0
+        while any(t.is_alive() for t in threads):
+            assert _request(port, "GET", "/health")[0] == 200
+            probes += 1
+        for thread in threads:
+            thread.join()
+        assert sorted(set(statuses)) == [200, 503], statuses
+        assert all(r == "1" for s, r in zip(statuses, retry_after) if s == 503)
+        status, metadata = _request(port, "GET", "/metadata")
+        assert metadata["load"]["refused"] == statuses.count(503) and metadata["load"]["in_flight"] == 0
+        assert probes > 0  # answered while the requests ran (its latency under load: make bench)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
