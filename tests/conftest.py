@@ -122,3 +122,15 @@ def git_copy(destination: Path) -> Path:
     run_command(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], path)
     run_command(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"], path)
     return path
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The counts of generated cases that property-based tests record (record_property
+    "generated cases"), one line per test, after the run."""
+    reports = [r for key in ("passed", "failed") for r in terminalreporter.stats.get(key, [])]
+    lines = [f"{r.nodeid}: {value}" for r in reports if r.when == "call"
+             for name, value in r.user_properties if name == "generated cases"]
+    if lines:
+        terminalreporter.write_sep("=", "generated cases")
+        for line in lines:
+            terminalreporter.write_line(line)
