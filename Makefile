@@ -37,10 +37,12 @@ test-portable: $(STAMP)
 	$(if $(ONEDNN_ENV_$(ONEDNN_MODE)),,$(error ONEDNN_MODE must be off or avx2, got '$(ONEDNN_MODE)'))
 	$(ONEDNN_ENV_$(ONEDNN_MODE)) $(BIN)/python -m pytest -m "not slow"
 
-# Inference benchmarks of the pipeline's model (reproduced first if needed) -> reports/bench.json.
+# Inference benchmarks of the pipeline's model (reproduced first if needed), then the HTTP
+# service under load and a soak -> reports/bench.json.
 bench: $(STAMP)
 	$(BIN)/dvc repro
 	$(BIN)/python -m pipeline.bench
+	$(BIN)/python -m pipeline.loadbench
 
 # The real-data study (pipeline/study.py): every bundled UCR/UEA set x conv_attention, conv_gap,
 # MiniRocket x seeds 1-3 as queued DVC experiments, then docs/results.md, .csv and _cd.png from

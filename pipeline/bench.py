@@ -13,11 +13,14 @@ with the int8 variant's gate against Keras.
 
 Top-level figures: ort_vs_tf_function_batch1, ort_vs_keras_predict_batch1,
 ort_vs_tf_function_batch1024, int8_vs_fp32_batch256_large (speed-ups, > 1: ONNX Runtime or int8
-is faster), predictor_vs_raw_ort_batch1 (a slow-down) and flop_share_batch1024.
+is faster), predictor_vs_raw_ort_batch1 (a slow-down) and flop_share_batch1024. The `serving`
+section (the HTTP service under load) is written by pipeline.loadbench, the second half of
+`make bench`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -222,6 +225,10 @@ def main() -> None:
         "default_model": default,
         "large_model": large,
     }
+    if BENCH_FILE.exists():  # the service's figures are pipeline.loadbench's, kept until it runs again
+        serving = json.loads(BENCH_FILE.read_text()).get("serving")
+        if serving is not None:
+            report["serving"] = serving
     stage.write_json(BENCH_FILE, report)
     for key, value in figures.items():
         target = f"  (target {report['targets'][key]}: {'met' if met[key] else 'NOT met'})" if key in met else ""

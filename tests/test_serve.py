@@ -312,3 +312,20 @@ def test_the_service_answers_after_the_fuzzing(server):
     port, _ = server
     status, body = _post(port, {"inputs": np.zeros((1, 20, 2)).tolist()})
     assert status == 200 and len(body["predictions"]) == 1
+
+
+def test_a_soak_in_miniature_counts_every_request_and_finds_no_5xx(server):
+    """pipeline.loadbench's client and request mix (good and bad, JSON and binary) against the
+    service: every request answered, 2xx or 4xx, the bad ones refused."""
+    import asyncio
+
+    from pipeline.loadbench import load, soak_requests
+
+    port, _ = server
+    x = np.random.default_rng(3).standard_normal((16, 20, 2)).astype(np.float32)
+    mix = soak_requests(x, "/v2/models/attention_fp32/infer")
+    result = asyncio.run(load(f"http://127.0.0.1:{port}", mix, connections=8, total=300))
+    assert result["client_errors"] == {} and sum(result["statuses"].values()) == 300, result
+    assert set(result["statuses"]) <= {"200", "400", "404", "503"}, result
+    statuses = {status: result["statuses"].get(status, 0) for status in ("200", "400", "404", "503")}
+    assert statuses["200"] + statuses["503"] == 210 and statuses["400"] == 60 and statuses["404"] == 30, result
