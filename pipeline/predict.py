@@ -62,10 +62,11 @@ def to_records(result, n_decimals: int = 6) -> list[dict]:
     return records
 
 
-def load_predictor(model: str, providers: str, allow_cpu_fallback: bool) -> Predictor:
+def load_predictor(model: str, providers: str, allow_cpu_fallback: bool, intra_op_threads: int | None = None) -> Predictor:
     """The Predictor of a command line's --model and --providers (comma-separated)."""
     try:
-        return Predictor(model, providers=tuple(providers.split(",")), allow_cpu_fallback=allow_cpu_fallback)
+        return Predictor(model, providers=tuple(providers.split(",")), allow_cpu_fallback=allow_cpu_fallback,
+                         intra_op_threads=intra_op_threads)
     except PipelineError:
         raise
     except Exception as err:  # not a readable ONNX model of the contract

@@ -17,9 +17,10 @@ Endpoints (the OpenAPI document is GET /openapi.json):
 The model's name is --model-name (default attention_<variant> of a model_<variant>.onnx file,
 else attention_fp32: the names of the deploy bundle's Triton repository), version 1.
 
-Requests are read on the event loop but decoded and run in a pool of --workers threads, and at
-most --max-in-flight are admitted at once: one more gets 503 with Retry-After, so a liveness
-probe never waits behind a queue of large requests. A bad request gets a 4xx and {"error": ...}
+Requests are read on the event loop but decoded and run in a pool of --workers threads (each
+ONNX Runtime run on --threads-per-worker threads), and at most --max-in-flight are admitted at
+once: one more gets 503 with Retry-After, so a liveness probe never waits behind a queue of
+large requests. A bad request gets a 4xx and {"error": ...}
 naming the field: 400 (not JSON, or a protocol error), 404 (unknown model), 413 (body over
 --max-body-bytes, or more than --max-batch samples), 422 (/predict: inputs of the wrong shape or
 values). Bound to loopback unless --host says otherwise. No TensorFlow import.
@@ -268,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH)
     parser.add_argument("--workers", type=int, help="threads that decode and run requests (default: the usable CPUs)")
+    parser.add_argument("--threads-per-worker", type=int, default=1,
+                        help="ONNX Runtime's threads within one request (default 1: the workers share the CPUs)")
     parser.add_argument("--max-in-flight", type=int,
                         help=f"requests admitted at once, beyond them 503 (default: {ADMITTED_PER_WORKER} per worker)")
     return parser
@@ -277,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     args = build_parser().parse_args(argv)
-    predictor = load_predictor(args.model, args.providers, args.allow_cpu_fallback)
+    predictor = load_predictor(args.model, args.providers, args.allow_cpu_fallback, args.threads_per_worker)
     name = args.model_name or default_model_name(args.model)
     print(f"serving {args.model} as {name} on {predictor.provider} at http://{args.host}:{args.port}", flush=True)
     app = create_app(predictor, name, args.max_body_bytes, args.max_batch, args.workers, args.max_in_flight)
