@@ -95,6 +95,10 @@ def model_card(metadata: dict, variants: list[str], export_report: dict, metrics
         "    python -m pipeline.serve --model deploy/model_fp32.onnx      # HTTP on 127.0.0.1:8000",
         "    tritonserver --model-repository deploy/triton                # GPU: attention_fp16",
         "",
+        "Both speak the Open Inference Protocol (KServe v2): POST /v2/models/attention_<variant>/infer",
+        "with JSON or binary tensors, input `x`, outputs `prediction` and `attention` (and `label`",
+        "from pipeline.serve).",
+        "",
     ]
     return "\n".join(lines)
 
