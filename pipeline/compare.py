@@ -78,7 +78,8 @@ def with_earlier_rows(rows: list[dict], earlier_csv: Path) -> list[dict]:
         return rows
     held = {(r["task"], r["model"]) for r in rows}
     with open(earlier_csv, newline="") as handle:
-        earlier = [r for r in csv.DictReader(handle) if r["table"] == "synthetic" and (r["task"], r["model"]) not in held]
+        earlier = [r for r in csv.DictReader(handle)
+                   if r["table"] == "synthetic" and (r["task"], r["model"]) not in held]
     kept = [{column: _number(row[column]) if source.startswith("metrics.") else row[column]
              for column, source in COLUMNS} for row in earlier]
     return sorted(rows + kept, key=lambda r: (r["task"] or "", -(r["attention/argmax_hit"] or 0)))
@@ -154,8 +155,8 @@ def real_data_markdown(real_rows: list[dict], statistics: dict | None, diagram: 
               "| data set | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for name in datasets:
         cells = [by_cell.get((name, m)) for m in models]
-        lines.append(f"| {name} | " + " | ".join(
-            "–" if c is None else f"{c['train seconds mean']:.0f} / {c['train seconds max']:.0f}" for c in cells) + " |")
+        times = ["–" if c is None else f"{c['train seconds mean']:.0f} / {c['train seconds max']:.0f}" for c in cells]
+        lines.append(f"| {name} | " + " | ".join(times) + " |")
     if statistics:
         lines += ["", f"Across the {statistics['data sets']} data sets where every model has its seeds: mean rank "
                   "(1 = best), Friedman test p = " + (f"{statistics['friedman p']:.3g}" if statistics["friedman p"]
@@ -204,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = comparison_rows(args.tracking_uri, args.experiment)
     if args.out is not None:
         rows = with_earlier_rows(rows, args.out.with_suffix(".csv"))
-    ledger = args.out.with_name(args.out.name + "_runs.csv") if args.out is not None else repository_root() / study.LEDGER
+    ledger = (args.out.with_name(args.out.name + "_runs.csv") if args.out is not None
+              else repository_root() / study.LEDGER)
     done = study.done_runs(args.tracking_uri, study.combinations() + study.selection_combinations(), ledger)
     real_rows = study.summary({c: r for c, r in done.items() if c.inner_fold is None})
     for row in real_rows:

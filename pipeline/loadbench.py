@@ -200,7 +200,8 @@ def soak_requests(x: np.ndarray, path: str) -> list[tuple[str, bytes, dict]]:
             (path, *infer_body(sixteen, False)), ("/predict", orjson.dumps({"inputs": one.tolist()}), {}),
             (path, *infer_body(one, True)), (path, *infer_body(one, False))]
     wrong_shape = orjson.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]})
-    bad = [(path, b"{not json", {}), (path, wrong_shape, {}), ("/v2/models/nobody/infer", infer_body(one, False)[0], {})]
+    bad = [(path, b"{not json", {}), (path, wrong_shape, {}),
+           ("/v2/models/nobody/infer", infer_body(one, False)[0], {})]
     return good[:4] + bad[:1] + good[4:6] + bad[1:] + good[6:]
 
 
@@ -276,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
                                         if key.startswith("http_")),
         "soak_rss_growth_after_warmup": figures["soak"]["rss_growth_after_warmup"],
         "failed_requests": sum(sum(n for status, n in f["statuses"].items() if status not in ("200", "503"))
-                               + sum(f["client_errors"].values()) for key, f in figures.items() if key.startswith("http_")),
+                               + sum(f["client_errors"].values())
+                               for key, f in figures.items() if key.startswith("http_")),
     }
     report = json.loads(args.out.read_text()) if args.out.exists() else {}
     report["serving"] = figures

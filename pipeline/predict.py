@@ -62,7 +62,8 @@ def to_records(result, n_decimals: int = 6) -> list[dict]:
     return records
 
 
-def load_predictor(model: str, providers: str, allow_cpu_fallback: bool, intra_op_threads: int | None = None) -> Predictor:
+def load_predictor(model: str, providers: str, allow_cpu_fallback: bool,
+                   intra_op_threads: int | None = None) -> Predictor:
     """The Predictor of a command line's --model and --providers (comma-separated)."""
     try:
         return Predictor(model, providers=tuple(providers.split(",")), allow_cpu_fallback=allow_cpu_fallback,

@@ -18,18 +18,21 @@ The model's name is --model-name (default attention_<variant> of a model_<varian
 else attention_fp32: the names of the deploy bundle's Triton repository), version 1.
 
 Requests are read on the event loop but decoded and run in a pool of --workers threads (each
-ONNX Runtime run on --threads-per-worker threads), and at most --max-in-flight are admitted at
-once: one more gets 503 with Retry-After, so a liveness probe never waits behind a queue of
-large requests. A bad request gets a 4xx and {"error": ...}
-naming the field: 400 (not JSON, or a protocol error), 404 (unknown model), 413 (body over
---max-body-bytes, or more than --max-batch samples), 422 (/predict: inputs of the wrong shape or
-values). Bound to loopback unless --host says otherwise. No TensorFlow import.
+ONNX Runtime run on --threads-per-worker threads, at --worker-niceness below the loop's
+priority), and at most --max-in-flight are admitted at once: one more gets 503 with
+Retry-After, so a liveness probe never waits behind a queue of large requests. A bad request
+gets a 4xx and {"error": ...} naming the field: 400 (not JSON, or a protocol error), 404
+(unknown model), 413 (body over --max-body-bytes, or more than --max-batch samples), 422
+(/predict: inputs of the wrong shape or values). Bound to loopback unless --host says
+otherwise. No TensorFlow import.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -49,6 +52,7 @@ from pipeline.predict import load_predictor, to_records
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_BATCH = 1024
 ADMITTED_PER_WORKER = 8  # default --max-in-flight: this many requests per worker thread
+DEFAULT_WORKER_NICENESS = 5  # the workers' nice value above the event loop's
 MODEL_VERSION = "1"
 
 
@@ -67,12 +71,20 @@ class PredictRequest(BaseModel):
         description="[batch, time, features] (or [batch, features] for feature attention) numbers")
 
 
+def _lower_priority(niceness: int) -> None:
+    """Raise this thread's nice value (Linux schedules threads one by one), so that the event
+    loop, which answers health probes and reads requests, runs first when the CPUs are busy."""
+    if niceness > 0 and hasattr(os, "setpriority"):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + niceness)
+
+
 class InferenceWorkers:
     """Decoding and inference in `workers` threads, at most `max_in_flight` requests admitted
     (running or waiting); `refused` counts the 503s. Used from the event loop only."""
 
-    def __init__(self, workers: int, max_in_flight: int):
-        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="inference")
+    def __init__(self, workers: int, max_in_flight: int, niceness: int = 0):
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="inference", initializer=_lower_priority,
+                                           initargs=(niceness,))
         self.workers, self.max_in_flight = workers, max_in_flight
         self.in_flight = 0
         self.refused = 0
@@ -134,9 +146,11 @@ def _openapi_body(schema: dict, binary: bool = False) -> dict:
 
 def create_app(predictor: Predictor, model_name: str = "attention_fp32",
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_batch: int = DEFAULT_MAX_BATCH,
-               workers: int | None = None, max_in_flight: int | None = None) -> FastAPI:
+               workers: int | None = None, max_in_flight: int | None = None,
+               worker_niceness: int = DEFAULT_WORKER_NICENESS) -> FastAPI:
     app = FastAPI(title="attention model", version=MODEL_VERSION, docs_url=None, redoc_url=None)
-    pool = InferenceWorkers(workers or usable_cpus(), max_in_flight or ADMITTED_PER_WORKER * (workers or usable_cpus()))
+    workers = workers or usable_cpus()
+    pool = InferenceWorkers(workers, max_in_flight or ADMITTED_PER_WORKER * workers, worker_niceness)
     has_labels = predictor.task_type != "regression" and bool(predictor.class_labels)
     output_names = (*OUTPUT_NAMES, *([oip.LABEL_OUTPUT] if has_labels else []))
     schemas = {"InferenceRequest": oip.InferenceRequest, "PredictRequest": PredictRequest}
@@ -271,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, help="threads that decode and run requests (default: the usable CPUs)")
     parser.add_argument("--threads-per-worker", type=int, default=1,
                         help="ONNX Runtime's threads within one request (default 1: the workers share the CPUs)")
+    parser.add_argument("--worker-niceness", type=int, default=DEFAULT_WORKER_NICENESS,
+                        help="nice value of the worker threads above the event loop's (0: the same)")
     parser.add_argument("--max-in-flight", type=int,
                         help=f"requests admitted at once, beyond them 503 (default: {ADMITTED_PER_WORKER} per worker)")
     return parser
@@ -283,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     predictor = load_predictor(args.model, args.providers, args.allow_cpu_fallback, args.threads_per_worker)
     name = args.model_name or default_model_name(args.model)
     print(f"serving {args.model} as {name} on {predictor.provider} at http://{args.host}:{args.port}", flush=True)
-    app = create_app(predictor, name, args.max_body_bytes, args.max_batch, args.workers, args.max_in_flight)
+    app = create_app(predictor, name, args.max_body_bytes, args.max_batch, args.workers, args.max_in_flight,
+                     args.worker_niceness)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

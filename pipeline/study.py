@@ -280,7 +280,8 @@ def rank_statistics(table) -> dict:
 
     ranks = table.rank(axis=1, ascending=False, method="average")
     friedman = friedmanchisquare(*[table[c] for c in table.columns]) if table.shape[1] > 2 else None
-    melted = table.rename_axis("data set").reset_index().melt(id_vars="data set", var_name="model", value_name="accuracy")
+    melted = table.rename_axis("data set").reset_index().melt(id_vars="data set", var_name="model",
+                                                              value_name="accuracy")
     wilcoxon = scikit_posthocs.posthoc_wilcoxon(
         melted, val_col="accuracy", group_col="model", p_adjust="holm", zero_method="zsplit",
     )
@@ -346,14 +347,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ledger", type=Path, default=repository_root() / LEDGER,
                         help="the committed record of finished runs (runs in it are not trained again)")
     parser.add_argument("--selection", action="store_true",
-                        help="the selection study instead: SELECTION's settings on the inner folds of the training files")
+                        help="the selection study instead: SELECTION's settings on the inner folds of the "
+                             "training files")
     args = parser.parse_args(argv)
     if args.action == "wait":
         print(wait_for_queue())
         return
     plan = (selection_combinations(args.datasets) if args.selection
             else combinations(args.datasets, args.models, args.seeds))
-    todo = sorted(missing(args.tracking_uri, plan, args.ledger), key=lambda c: training_size(c.dataset))  # quick ones first
+    todo = sorted(missing(args.tracking_uri, plan, args.ledger),
+                  key=lambda c: training_size(c.dataset))  # quick ones first
     print(f"{len(plan) - len(todo)} of {len(plan)} runs are in {args.tracking_uri} or {args.ledger}; "
           f"{len(todo)} missing")
     if args.action == "queue":

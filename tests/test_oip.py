@@ -67,7 +67,8 @@ def test_property_input_tensors_survive_json_and_binary(x, binary, nested):
 
 @settings(max_examples=60, deadline=None)
 @given(x=hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=6),
-                    elements=st.floats(-1e6, 1e6, width=32)), labels=st.lists(st.text(max_size=5), min_size=0, max_size=6),
+                    elements=st.floats(-1e6, 1e6, width=32)),
+       labels=st.lists(st.text(max_size=5), min_size=0, max_size=6),
        binary=st.sets(st.sampled_from(OUTPUTS)))
 def test_property_outputs_survive_the_response(x, labels, binary):
     outputs = {"prediction": x, "attention": x * 2, "label": np.array(labels, dtype=object)}
