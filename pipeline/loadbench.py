@@ -35,18 +35,20 @@ from pipeline.inference import Predictor, usable_cpus
 from pipeline.serve import default_model_name
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def start_service(model: Path, port: int, *options: str) -> subprocess.Popen:
-    """`python -m pipeline.serve` on `port`, once /health answers."""
+def start_service(model: Path, port: int, *options: str, cwd=None, env=None) -> subprocess.Popen:
+    """`python -m pipeline.serve` on `port` (run in `cwd` with `env`, by default this process's),
+    once /health answers; StageFailed with the service's output if it exits or stays silent."""
     import urllib.request
 
     process = subprocess.Popen([sys.executable, "-m", "pipeline.serve", "--model", str(model), "--port", str(port),
-                                *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                *options], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -211,7 +213,7 @@ def serving_figures(model: Path, connections: int, seconds: float, soak_total: i
     predictor = Predictor(model)
     shape = [d if isinstance(d, int) else 20 for d in predictor.onnx.session.get_inputs()[0].shape[1:]]
     x = np.random.default_rng(0).standard_normal((1024, *shape)).astype(np.float32)
-    port = _free_port()
+    port = free_port()
     base_url, path = f"http://127.0.0.1:{port}", f"/v2/models/{default_model_name(str(model))}/infer"
     process = start_service(model, port)
     try:

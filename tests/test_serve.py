@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
-import subprocess
-import sys
-import time
 
 import keras
 import numpy as np
@@ -17,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from pipeline.export import to_onnx
+from pipeline.loadbench import free_port, start_service
 from pipeline.models import TaskSpec, build_model
 from tests.conftest import REPO_ROOT, subprocess_env, tiny_config
 
@@ -24,27 +21,10 @@ MAX_BODY = 200_000
 MAX_BATCH = 64
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _start_server(model_path, *options: str):
     """`python -m pipeline.serve` on a free port, once it answers /health: (process, port)."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.serve", "--model", str(model_path), "--port", str(port), *options],
-        cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if _request(port, "GET", "/health")[0] == 200:
-                return process, port
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    pytest.fail(f"the service did not start: {process.stdout.read()}")
+    port = free_port()
+    return start_service(model_path, port, *options, cwd=REPO_ROOT, env=subprocess_env()), port
 
 
 @pytest.fixture(scope="module")
