@@ -301,6 +301,17 @@ class ExportConfig(_Strict):
         return self
 
 
+class EvaluateConfig(_Strict):
+    """How evaluate measures the attention's faithfulness (pipeline/faithfulness.py)."""
+
+    baseline: Literal["mean", "zero", "pad"] = "mean"
+    fractions: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default=[0.05, 0.1, 0.2, 0.5])
+    random_draws: int = Field(default=5, ge=1)
+    samples: int = Field(default=500, ge=1)
+    occlusion_samples: int = Field(default=100, ge=1)
+    occlusion_segments: int = Field(default=64, ge=2)
+
+
 class MlflowConfig(_Strict):
     tracking_uri: str | None
     required: bool = True  # false: an unreachable server at the start means "record offline, sync later"
@@ -346,6 +357,7 @@ class Config(_Strict):
     train: TrainConfig
     export: ExportConfig
     mlflow: MlflowConfig
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     @model_validator(mode="after")
     def _model_fits_data(self):
@@ -358,6 +370,11 @@ class Config(_Strict):
             raise ValueError(
                 "model attention_before_lstm needs fixed-length data; "
                 f"got data.min_length={self.data.min_length} < data.time_steps={self.data.time_steps}"
+            )
+        if self.evaluate.baseline == "pad" and not self.from_files and not self.padded:
+            raise ValueError(
+                "evaluate.baseline=pad deletes a position by padding it, which only a model of "
+                f"variable-length data masks; data.name={self.data.name!r} is fixed-length (use mean or zero)"
             )
         if self.model.name == "minirocket" and not self.from_files:
             raise ValueError(

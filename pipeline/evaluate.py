@@ -2,10 +2,12 @@
 
     python -m pipeline.evaluate       # reads params.yaml: mlflow
 
-Outputs: reports/metrics.json (DVC metrics), reports/attention.csv (DVC plot: mean attention per
-position), reports/attention.png (heatmap), reports/predictions.csv (actual and predicted class
-labels, or values for regression, per test sample: the DVC confusion-matrix plot). Logs the same
-metrics and files to the pipeline's MLflow run. No TensorFlow import.
+Outputs: reports/metrics.json (DVC metrics, the faithfulness/* metrics among them),
+reports/attention.csv (DVC plot: mean attention per position), reports/attention.png (heatmap),
+reports/predictions.csv (actual and predicted class labels, or values for regression, per test
+sample: the DVC confusion-matrix plot), reports/deletion.csv and reports/deletion.png (the
+deletion and sufficiency curves). Logs the same metrics and files to the pipeline's MLflow run.
+No TensorFlow import.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import numpy as np
 from pipeline import stage, tracking
 from pipeline.config import load_config
 from pipeline.data import sequence_lengths
-from pipeline.errors import run_command
+from pipeline.errors import StageFailed, run_command
+from pipeline.faithfulness import baseline_values, faithfulness_metrics
 from pipeline.inference import OnnxModel
 from pipeline.metrics import TASK_METRICS, attention_metrics, predicted_classes
 from pipeline.prepare import load_split
@@ -78,11 +81,72 @@ def plot_attention(
     plt.close(fig)
 
 
+CURVE_COLUMNS = ("size", "attended", "random", "kept", "attended_drop", "random_drop")
+
+
+def write_curves_csv(rows: list[dict], path=stage.DELETION_CSV) -> None:
+    """One row per curve point (faithfulness.faithfulness_metrics)."""
+    with stage.atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, CURVE_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
+
+
+def plot_curves(rows: list[dict], score_name: str, title: str, path=stage.DELETION_PNG) -> None:
+    """The task score after deleting the top-k attended positions, k random ones, or all but the
+    top k, against k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [row["size"] for row in rows]
+    fig, axis = plt.subplots(figsize=(7, 4))
+    for key, label in (("attended", "delete top-k attended"), ("random", "delete k random"),
+                       ("kept", "keep only top-k attended")):
+        axis.plot(sizes, [row[key] for row in rows], marker="o", label=label)
+    axis.set_xlabel("k (positions; pct: of each sample's valid positions)")
+    axis.set_ylabel(f"test {score_name}")
+    axis.set_title(title)
+    axis.legend()
+    with stage.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
+    plt.close(fig)
+
+
+def measure_faithfulness(cfg, meta: dict, onnx_model: OnnxModel, test) -> tuple[dict[str, float], list[dict]]:
+    """faithfulness/* metrics and curve rows on the first evaluate.samples test samples, deleting
+    positions with the evaluate.baseline value."""
+    settings = cfg.evaluate
+    if settings.baseline == "pad" and not meta["padded"]:
+        raise StageFailed(f"evaluate.baseline=pad: the data of {cfg.data.name!r} is fixed-length, so the "
+                          "model has no padding mask to delete a position with; use mean or zero")
+    values = baseline_values(settings.baseline, load_split("train").x)
+    x, y = test.x[: settings.samples], test.y[: settings.samples]
+    metrics, rows = faithfulness_metrics(
+        onnx_model.run, meta["task_type"], x, y, values, fractions=settings.fractions,
+        random_draws=settings.random_draws, segments=settings.occlusion_segments,
+        occlusion_samples=settings.occlusion_samples, seed=cfg.seed)
+    return metrics, rows
+
+
+def uniform_ablation(metrics: dict[str, float], uniform: dict[str, float]) -> dict[str, float]:
+    """faithfulness/uniform_score: the test score (accuracy, or MAE for regression) of the
+    uniform-attention ablation; faithfulness/uniform_drop: how much worse it is than the model
+    (accuracy lost, or MAE gained)."""
+    if "test/accuracy" in metrics:
+        return {"faithfulness/uniform_score": uniform["test/accuracy"],
+                "faithfulness/uniform_drop": metrics["test/accuracy"] - uniform["test/accuracy"]}
+    return {"faithfulness/uniform_score": uniform["test/mae"],
+            "faithfulness/uniform_drop": uniform["test/mae"] - metrics["test/mae"]}
+
+
 def main() -> None:
     cfg = load_config()
     meta = stage.read_json(stage.META_FILE)
     test = load_split("test")
-    outputs = OnnxModel(stage.ONNX_MODEL).run(test.x)
+    onnx_model = OnnxModel(stage.ONNX_MODEL)
+    outputs = onnx_model.run(test.x)
     export_report = stage.read_json(stage.EXPORT_REPORT)
     lengths = sequence_lengths(test.x) if test.x.ndim == 3 else None
     metrics = {
@@ -90,6 +154,13 @@ def main() -> None:
         **attention_metrics(outputs["attention"], test.target_positions, lengths),
         "export/parity_max_abs": export_report["export/parity_max_abs"],
     }
+    faithfulness, curves = measure_faithfulness(cfg, meta, onnx_model, test)
+    uniform = TASK_METRICS[meta["task_type"]](OnnxModel(stage.UNIFORM_ONNX).run(test.x)["prediction"], test.y)
+    metrics.update(faithfulness)
+    metrics.update(uniform_ablation(metrics, uniform))
+    score_name = "mae" if meta["task_type"] == "regression" else "accuracy"
+    write_curves_csv(curves)
+    plot_curves(curves, score_name, f"{cfg.model.name} on {cfg.data.name}: deletion by attention")
     targets = meta["target_positions"]
     write_attention_csv(outputs["attention"], targets)
     write_predictions_csv(meta["task_type"], outputs["prediction"], test.y, meta.get("labels"))
@@ -103,12 +174,15 @@ def main() -> None:
     with tracking.resume_pipeline_run(cfg) as run_id:
         tracking.log_metrics(metrics)
         tracking.log_artifacts(
-            [stage.METRICS_FILE, stage.ATTENTION_CSV, stage.ATTENTION_PNG, stage.PREDICTIONS_CSV],
+            [stage.METRICS_FILE, stage.ATTENTION_CSV, stage.ATTENTION_PNG, stage.PREDICTIONS_CSV,
+             stage.DELETION_CSV, stage.DELETION_PNG],
             artifact_path="reports",
         )
         # export passed every variant's gate, or it would have failed: register the model
         version = tracking.register_candidate(run_id, cfg.mlflow.registered_model)
-    print("evaluated: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    print("evaluated: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if not k.startswith("faithfulness/")))
+    print("faithfulness: " + ", ".join(f"{k.removeprefix('faithfulness/')}={v:.4f}" for k, v in metrics.items()
+                                       if k.startswith("faithfulness/")))
     if version is not None:
         print(f"registered {cfg.mlflow.registered_model} version {version} as @{tracking.CANDIDATE}")
     else:

@@ -4,7 +4,8 @@
 
 Outputs: models/model.onnx (fp32; input `x`, outputs `prediction` and `attention`, dynamic `batch`
 and, for sequence models, `time`), models/variants/model_<fp16|int8>.onnx (the other
-`export.variants`) and reports/export.json. Every variant carries the same metadata (task, model,
+`export.variants`), models/uniform_attention.onnx (the uniform-attention ablation of the same
+weights, which evaluate scores; never deployed) and reports/export.json. Every variant carries the same metadata (task, model,
 MLflow run id, config digest, labels, preprocessing, input layout, opset, package versions) and
 must pass its gate against Keras on held-out inputs (pipeline/variants.py); if one misses, the
 stage fails and writes nothing.
@@ -34,7 +35,7 @@ from pipeline.contract import (  # noqa: E402
 )
 from pipeline.errors import run_command  # noqa: E402
 from pipeline.inference import OnnxModel  # noqa: E402
-from pipeline.models import load_model  # noqa: E402
+from pipeline.models import load_model, uniform_attention_copy  # noqa: E402
 from pipeline.prepare import load_split  # noqa: E402
 from pipeline.variants import gate_failures, gate_report, gated_variant  # noqa: E402
 
@@ -175,7 +176,9 @@ def main() -> None:
     test = load_split("test")
     meta = stage.read_json(stage.META_FILE)
     run_id = stage.read_json(stage.MLFLOW_RUN_FILE)["run_id"]
-    fp32_model = to_onnx(model, cfg.export.opset, model_metadata(cfg, meta, run_id))
+    metadata = model_metadata(cfg, meta, run_id)
+    fp32_model = to_onnx(model, cfg.export.opset, metadata)
+    uniform_model = to_onnx(uniform_attention_copy(model), cfg.export.opset, {**metadata, "ablation": "uniform attention"})
     x_check = test.x[: cfg.export.parity_samples]
     keras_out = model.predict(x_check, batch_size=1024, verbose=0)
     variants, runtimes, report, failures = {}, {}, {}, []
@@ -208,6 +211,8 @@ def main() -> None:
     }
     with stage.atomic_path(stage.ONNX_MODEL) as tmp:
         onnx.save(fp32_model, tmp)
+    with stage.atomic_path(stage.UNIFORM_ONNX) as tmp:
+        onnx.save(uniform_model, tmp)
     with stage.atomic_dir(stage.VARIANTS_DIR) as folder:
         for variant, onnx_model in variants.items():
             if variant != "fp32":
@@ -222,6 +227,7 @@ def main() -> None:
         tracking.log_artifacts(
             [stage.variant_file(v) for v in variants if v != "fp32"], artifact_path="onnx_variants"
         )
+        tracking.log_artifacts([stage.UNIFORM_ONNX], artifact_path="ablations")
     print(f"exported {', '.join(variants)}: fp32 parity max abs {worst:.2e} on {len(x_check)} samples; "
           + ", ".join(f"{v} {report[f'export/{v}/prediction_max_abs']:.2e}" for v in variants))
 

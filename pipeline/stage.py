@@ -23,6 +23,7 @@ META_FILE = PREPARED_DIR / "meta.json"
 KERAS_MODEL = Path("models/model.keras")
 TRAIN_BACKUP_DIR = Path(".checkpoints/train")  # BackupAndRestore of an unfinished training
 ONNX_MODEL = Path("models/model.onnx")
+UNIFORM_ONNX = Path("models/uniform_attention.onnx")  # the uniform-attention ablation (evaluate reads it)
 VARIANTS_DIR = Path("models/variants")  # model_fp16.onnx, model_int8.onnx: the configured variants
 REPORTS = Path("reports")
 TRAIN_REPORT = REPORTS / "train.json"
@@ -33,6 +34,8 @@ METRICS_FILE = REPORTS / "metrics.json"
 ATTENTION_PNG = REPORTS / "attention.png"
 ATTENTION_CSV = REPORTS / "attention.csv"
 PREDICTIONS_CSV = REPORTS / "predictions.csv"
+DELETION_CSV = REPORTS / "deletion.csv"
+DELETION_PNG = REPORTS / "deletion.png"
 
 
 def split_file(split: str) -> Path:

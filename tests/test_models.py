@@ -147,3 +147,36 @@ def test_every_sequence_model_takes_raw_multiclass_series(variant):
     np.testing.assert_allclose(prediction.sum(axis=1), 1.0, atol=1e-5)
     if padded:
         assert (attention[:, 9:] == 0).all()
+
+
+ABLATED = [m for m in SEQUENCE_MODELS if m not in ("conv_gap", "lstm_baseline")]  # those pool uniformly or by the last step
+
+
+@pytest.mark.parametrize("variant", ABLATED)
+def test_the_uniform_attention_copy_weighs_every_valid_step_alike(variant):
+    from pipeline.models import uniform_attention_copy
+
+    padded = variant != "attention_before_lstm"  # it needs fixed-length data
+    overrides = [f"model={variant}", *(["data=find_max", "data.min_length=5"] if padded else [])]
+    model = _model("lstm_attention", (20, 2), *overrides, task=TaskSpec((20, 2), padded=padded))
+    rng = np.random.default_rng(3)
+    for weight in model.trainable_weights:  # trained-looking weights: the attention is not uniform
+        weight.assign(weight.numpy() + rng.normal(0, 0.5, weight.shape).astype("float32"))
+    x = rng.standard_normal((4, 20, 2)).astype("float32")
+    valid = 12 if padded else 20
+    x[:, valid:] = PAD_VALUE
+    before = np.asarray(model(x)["attention"])
+    copy = uniform_attention_copy(model)
+    attention = np.asarray(copy(x)["attention"])
+    assert not np.allclose(before[:, :valid], 1 / valid, atol=1e-3), "the trained attention is uniform already"
+    np.testing.assert_allclose(attention[:, :valid], 1 / valid, atol=1e-6)
+    np.testing.assert_array_equal(attention[:, valid:], 0.0)
+    np.testing.assert_array_equal(np.asarray(model(x)["attention"]), before)  # the model is untouched
+
+
+def test_the_uniform_copy_of_feature_attention_weighs_every_feature_alike():
+    from pipeline.models import uniform_attention_copy
+
+    model = _model("dense_attention", (32,))
+    x = np.random.default_rng(0).standard_normal((3, 32)).astype("float32")
+    np.testing.assert_allclose(uniform_attention_copy(model)(x)["attention"], 1 / 32, atol=1e-7)

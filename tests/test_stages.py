@@ -13,8 +13,8 @@ from pipeline import stage
 from tests.conftest import REPO_ROOT, stages_run, subprocess_env
 
 TENSORFLOW_FREE = ("pipeline.prepare", "pipeline.evaluate", "pipeline.inference", "pipeline.config",
-                   "pipeline.metrics", "pipeline.tracking", "pipeline.data", "pipeline.compare",
-                   "pipeline.predict", "pipeline.variants", "pipeline.serve", "pipeline.promote",
+                   "pipeline.metrics", "pipeline.faithfulness", "pipeline.tracking", "pipeline.data",
+                   "pipeline.compare", "pipeline.predict", "pipeline.variants", "pipeline.serve", "pipeline.promote",
                    "pipeline.sync", "pipeline.team_server")
 
 
@@ -38,9 +38,15 @@ def pipeline_run(tmp_path_factory):
 def test_stages_write_their_outputs_and_one_mlflow_run(pipeline_run, monkeypatch):
     monkeypatch.chdir(pipeline_run)
     metrics = json.loads(stage.METRICS_FILE.read_text())
+    faithfulness = {"deletion_top1", "deletion_random1", "deletion_aopc", "deletion_aopc_random",
+                    "deletion_aopc_gain", "sufficiency_top1", "sufficiency_top5pct", "sufficiency_top10pct",
+                    "sufficiency_top20pct", "sufficiency_top50pct", "occlusion_spearman", "uniform_score",
+                    "uniform_drop"}
     assert set(metrics) == {"test/accuracy", "test/loss", "attention/mass_at_target",
                             "attention/argmax_hit", "attention/lift", "attention/entropy",
-                            "export/parity_max_abs"}
+                            "export/parity_max_abs", *(f"faithfulness/{name}" for name in faithfulness)}
+    curve = stage.DELETION_CSV.read_text().splitlines()
+    assert curve[0] == "size,attended,random,kept,attended_drop,random_drop" and len(curve) == 6
     assert metrics["export/parity_max_abs"] <= 1e-5
     assert stage.ATTENTION_PNG.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = stage.ATTENTION_CSV.read_text().splitlines()
@@ -53,7 +59,8 @@ def test_stages_write_their_outputs_and_one_mlflow_run(pipeline_run, monkeypatch
     assert run.data.metrics["test/accuracy"] == pytest.approx(metrics["test/accuracy"])
     assert "epoch/val_loss" in run.data.metrics
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "reports")}
-    assert {"reports/attention.png", "reports/metrics.json", "reports/history.csv"} <= artifacts
+    assert {"reports/attention.png", "reports/metrics.json", "reports/history.csv", "reports/deletion.csv",
+            "reports/deletion.png"} <= artifacts
     logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     assert [m.name for m in logged] == ["onnx_model"]
 

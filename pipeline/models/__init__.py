@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import keras
+import numpy as np
 
 from pipeline.config import (
     ConvAttentionModel,
@@ -199,3 +200,22 @@ def load_model(path) -> keras.Model:
             raise
         raise StageFailed(f"{path}: refused to load: it holds Python code (a Lambda layer or a "
                           "pickled function), which safe_mode does not run") from None
+
+
+def uniform_attention_copy(model: keras.Model) -> keras.Model:
+    """The uniform-attention ablation of a trained model: the same weights, every attention layer
+    weighing each valid position alike (`uniform=True`), and feature attention's softmax Dense
+    given zero weights (softmax of zeros: 1 / features). Same inputs and outputs as `model`."""
+
+    def clone(layer):
+        config = layer.get_config()
+        if "uniform" in config:
+            config["uniform"] = True
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    for layer in copy.layers:
+        if isinstance(layer, keras.layers.Dense) and layer.name == "attention":
+            layer.set_weights([np.zeros(w.shape, w.dtype) for w in layer.get_weights()])
+    return copy

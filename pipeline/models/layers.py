@@ -27,6 +27,18 @@ def _select(states, one_hot):
     return ops.sum(states * ops.expand_dims(one_hot, -1), axis=1)
 
 
+def _uniform_scores(states):
+    """[batch, time] zeros: scores whose softmax is uniform over the valid steps (the uniform-
+    attention ablation)."""
+    return ops.zeros_like(states[:, :, 0])
+
+
+def _check_uniform(uniform) -> bool:
+    if not isinstance(uniform, bool):
+        raise ValueError(f"uniform must be a bool, got {uniform!r}")
+    return uniform
+
+
 class _AttentionPooling(keras.layers.Layer):
     """Shared by the pooling layers: states [batch, time, units] in, (context [batch, units],
     attention [batch, time]) out; the mask is consumed here and not passed on."""
@@ -61,6 +73,8 @@ class TemporalAttention(_AttentionPooling):
             "location".
         position_bias: add a learned score p_t per time step, a prior over positions. Needs a
             fixed number of time steps.
+        uniform: weigh every valid step alike whatever the scores (the uniform-attention
+            ablation of a trained model; its weights are kept).
 
     Call arguments:
         states: float32 [batch, time, units], e.g. a recurrent layer's `return_sequences` output.
@@ -70,8 +84,9 @@ class TemporalAttention(_AttentionPooling):
         (context [batch, units], attention [batch, time]); each attention row sums to 1.
     """
 
-    def __init__(self, score="location", query="last", position_bias=False, **kwargs):
+    def __init__(self, score="location", query="last", position_bias=False, uniform=False, **kwargs):
         super().__init__(**kwargs)
+        self.uniform = _check_uniform(uniform)
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         if query not in QUERIES:
@@ -139,11 +154,14 @@ class TemporalAttention(_AttentionPooling):
 
     def call(self, states, mask=None):
         last_step = _last_step(states, mask)
-        if self.score == "last_state":
+        if self.uniform:
+            scores = _uniform_scores(states)
+        elif self.score == "last_state":
             return _select(states, last_step), last_step
-        scores = self._scores(states, last_step)
-        if self.position_bias:
-            scores = scores + self.position_scores
+        else:
+            scores = self._scores(states, last_step)
+            if self.position_bias:
+                scores = scores + self.position_scores
         if mask is not None:
             scores = ops.where(mask, scores, MASKED_SCORE)  # exp underflows to exactly 0
         attention = ops.softmax(scores, axis=-1)  # [batch, time]
@@ -156,6 +174,7 @@ class TemporalAttention(_AttentionPooling):
             "score": self.score,
             "query": self.query,
             "position_bias": self.position_bias,
+            "uniform": self.uniform,
         }
 
 
@@ -168,6 +187,7 @@ class InputAttention(keras.layers.Layer):
 
     Args:
         shared: average the per-feature vectors into one vector shared by all features.
+        uniform: weigh every step 1 / time whatever the scores (the uniform-attention ablation).
 
     Call arguments:
         x: float32 [batch, time, features], with a fixed number of time steps.
@@ -177,11 +197,12 @@ class InputAttention(keras.layers.Layer):
         per-feature vectors; each row sums to 1).
     """
 
-    def __init__(self, shared: bool = False, **kwargs):
+    def __init__(self, shared: bool = False, uniform: bool = False, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(shared, bool):
             raise ValueError(f"shared must be a bool, got {shared!r}")
         self.shared = shared
+        self.uniform = _check_uniform(uniform)
 
     def build(self, x_shape):
         if len(x_shape) != 3 or x_shape[1] is None:
@@ -194,7 +215,8 @@ class InputAttention(keras.layers.Layer):
 
     def call(self, x):
         per_feature = ops.transpose(x, (0, 2, 1))  # [batch, features, time]
-        weights = ops.softmax(ops.matmul(per_feature, self.kernel) + self.bias, axis=-1)
+        scores = ops.matmul(per_feature, self.kernel) + self.bias
+        weights = ops.softmax(ops.zeros_like(scores) if self.uniform else scores, axis=-1)
         if self.shared:
             weights = ops.mean(weights, axis=1, keepdims=True)  # [batch, 1, time]
         weighted = x * ops.transpose(weights, (0, 2, 1))
@@ -204,7 +226,7 @@ class InputAttention(keras.layers.Layer):
         return x_shape, (x_shape[0], x_shape[1])
 
     def get_config(self):
-        return {**super().get_config(), "shared": self.shared}
+        return {**super().get_config(), "shared": self.shared, "uniform": self.uniform}
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
@@ -214,6 +236,8 @@ class MultiHeadAttentionPooling(_AttentionPooling):
     Args:
         heads: number of attention heads.
         key_dim: size of each head's query and key projections.
+        uniform: every head weighs every valid step alike (the uniform-attention ablation): the
+            context is the output projection of the mean of the value projections.
 
     Call arguments:
         states: float32 [batch, time, units].
@@ -224,8 +248,9 @@ class MultiHeadAttentionPooling(_AttentionPooling):
         each row sums to 1).
     """
 
-    def __init__(self, heads: int = 4, key_dim: int = 8, **kwargs):
+    def __init__(self, heads: int = 4, key_dim: int = 8, uniform: bool = False, **kwargs):
         super().__init__(**kwargs)
+        self.uniform = _check_uniform(uniform)
         for name, value in (("heads", heads), ("key_dim", key_dim)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -243,6 +268,8 @@ class MultiHeadAttentionPooling(_AttentionPooling):
         self.attention.build((states_shape[0], 1, units), states_shape)
 
     def call(self, states, mask=None):
+        if self.uniform:
+            return self._uniform_call(states, mask)
         query = ops.zeros_like(states[:, :1, :]) + self.query  # [batch, 1, units]
         attention_mask = None if mask is None else ops.expand_dims(mask, 1)  # [batch, 1, time]
         context, scores = self.attention(
@@ -250,8 +277,18 @@ class MultiHeadAttentionPooling(_AttentionPooling):
         )
         return context[:, 0, :], ops.mean(scores[:, :, 0, :], axis=1)
 
+    def _uniform_call(self, states, mask):
+        scores = _uniform_scores(states)
+        if mask is not None:
+            scores = ops.where(mask, scores, MASKED_SCORE)
+        weights = ops.softmax(scores, axis=-1)  # [batch, time]
+        values = self.attention.value_dense(ops.copy(states))  # [batch, time, heads, key_dim]; no mask passed on
+        pooled = ops.sum(values * weights[:, :, None, None], axis=1, keepdims=True)  # [batch, 1, heads, dim]
+        return self.attention.output_dense(pooled)[:, 0, :], weights
+
     def get_config(self):
-        return {**super().get_config(), "heads": self.heads, "key_dim": self.key_dim}
+        return {**super().get_config(), "heads": self.heads, "key_dim": self.key_dim,
+                "uniform": self.uniform}
 
 
 NORMALIZATIONS = ("per_series", "per_channel", "none")
@@ -334,6 +371,8 @@ class ClassAttentionPooling(keras.layers.Layer):
     Args:
         outputs: classes of a multiclass head, else 1.
         task_type: "multiclass" (softmax), "binary" (sigmoid) or "regression" (linear).
+        uniform: pool with alpha = 0 whatever its trained value (the uniform-attention ablation:
+            global average pooling of the evidence).
 
     Call arguments:
         states: float32 [batch, time, units]; mask: optional bool [batch, time].
@@ -342,8 +381,9 @@ class ClassAttentionPooling(keras.layers.Layer):
         (prediction [batch, outputs], attention [batch, time]); padded steps get weight 0.
     """
 
-    def __init__(self, outputs: int = 1, task_type: str = "multiclass", **kwargs):
+    def __init__(self, outputs: int = 1, task_type: str = "multiclass", uniform: bool = False, **kwargs):
         super().__init__(**kwargs)
+        self.uniform = _check_uniform(uniform)
         if task_type not in HEAD_ACTIVATIONS:
             raise ValueError(f"task_type must be one of {list(HEAD_ACTIVATIONS)}, got {task_type!r}")
         if not isinstance(outputs, int) or outputs < 1:
@@ -358,7 +398,7 @@ class ClassAttentionPooling(keras.layers.Layer):
 
     def call(self, states, mask=None):
         evidence = ops.matmul(states, self.kernel) + self.bias  # [batch, time, outputs]
-        scores = evidence * self.alpha
+        scores = ops.zeros_like(evidence) if self.uniform else evidence * self.alpha
         if mask is not None:
             scores = ops.where(ops.expand_dims(mask, -1), scores, MASKED_SCORE)
         weights = ops.softmax(scores, axis=1)  # [batch, time, outputs]
@@ -379,7 +419,8 @@ class ClassAttentionPooling(keras.layers.Layer):
         return (batch, self.outputs), (batch, time)
 
     def get_config(self):
-        return {**super().get_config(), "outputs": self.outputs, "task_type": self.task_type}
+        return {**super().get_config(), "outputs": self.outputs, "task_type": self.task_type,
+                "uniform": self.uniform}
 
 
 @keras.saving.register_keras_serializable(package="pipeline")

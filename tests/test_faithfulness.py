@@ -1,0 +1,125 @@
+"""Faithfulness metrics on hand-built ONNX models whose answers are known, and the masking baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from pipeline.contract import PAD_VALUE
+from pipeline.faithfulness import baseline_values, delete, faithfulness_metrics, valid_positions
+from pipeline.inference import OnnxModel
+
+STEPS, USED = 6, 2
+
+
+def _model(attended: int) -> OnnxModel:
+    """x [batch, 6, 1] -> prediction sigmoid(5 x[:, 2, 0]) [batch, 1] (only step 2 decides) and
+    attention one-hot on step `attended` for every sample."""
+    row = np.eye(STEPS, dtype=np.float32)[attended]
+    nodes = [
+        helper.make_node("Gather", ["x", "used"], ["step"], axis=1),  # [batch, 1]
+        helper.make_node("Mul", ["step", "gain"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["prediction"]),
+        helper.make_node("Mul", ["x", "zero"], ["nothing"]),
+        helper.make_node("ReduceSum", ["nothing", "last_axis"], ["zeros"], keepdims=0),  # [batch, 6]
+        helper.make_node("Add", ["zeros", "row"], ["attention"]),
+    ]
+    initializers = [numpy_helper.from_array(np.array(USED, np.int64), "used"),
+                    numpy_helper.from_array(np.array(5, np.float32), "gain"),
+                    numpy_helper.from_array(np.array(0, np.float32), "zero"),
+                    numpy_helper.from_array(np.array([2], np.int64), "last_axis"),
+                    numpy_helper.from_array(row, "row")]
+    graph = helper.make_graph(
+        nodes, "known", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", STEPS, 1])],
+        [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["batch", 1]),
+         helper.make_tensor_value_info("attention", TensorProto.FLOAT, ["batch", STEPS])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return OnnxModel(model.SerializeToString())
+
+
+def _data(n: int = 40):
+    """Step 2 holds +2 or -2 (the label: 1 if +2), the other steps noise in (0.1, 0.9); nothing
+    equals PAD_VALUE."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.1, 0.9, (n, STEPS, 1)).astype(np.float32)
+    sign = np.where(np.arange(n) % 2 == 0, 2.0, -2.0)
+    x[:, USED, 0] = sign
+    return x, (sign > 0).astype(np.float32)[:, None]
+
+
+def _metrics(attended: int):
+    x, y = _data()
+    return faithfulness_metrics(_model(attended).run, "binary", x, y, np.zeros(1, np.float32), fractions=[0.5],
+                                random_draws=20, segments=64, occlusion_samples=40, seed=0)
+
+
+def test_attention_on_the_deciding_step_is_faithful():
+    metrics, rows = _metrics(attended=USED)
+    # deleting step 2 leaves sigmoid(0) = 0.5, which reads as class 1: half the samples right
+    assert metrics["faithfulness/deletion_top1"] == pytest.approx(0.5)
+    assert metrics["faithfulness/sufficiency_top1"] == pytest.approx(1.0)
+    # one random step of six hits step 2 with probability 1/6: accuracy about 1 - 0.5/6
+    assert 0.85 < metrics["faithfulness/deletion_random1"] < 0.99
+    lost = 1 / (1 + np.exp(-10.0)) - 0.5  # the chosen class's probability falls to 0.5
+    assert metrics["faithfulness/deletion_aopc"] == pytest.approx(lost, rel=1e-5)
+    assert metrics["faithfulness/deletion_aopc_gain"] > 0.2
+    assert metrics["faithfulness/occlusion_spearman"] == pytest.approx(1.0)
+    assert [r["size"] for r in rows] == ["1", "50pct"]
+
+
+def test_attention_beside_the_deciding_step_is_found_out():
+    metrics, _ = _metrics(attended=4)
+    assert metrics["faithfulness/deletion_top1"] == pytest.approx(1.0)
+    assert metrics["faithfulness/sufficiency_top1"] == pytest.approx(0.5)
+    assert metrics["faithfulness/deletion_aopc"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["faithfulness/deletion_aopc_gain"] < 0
+    assert metrics["faithfulness/occlusion_spearman"] == pytest.approx(-0.2)
+
+
+def test_random_deletions_are_reproducible_by_seed():
+    first, _ = _metrics(attended=USED)
+    again, _ = _metrics(attended=USED)
+    assert first == again
+
+
+def test_baselines_and_deletion_skip_padding():
+    train = np.array([[[1.0, 10.0], [3.0, 30.0], [PAD_VALUE, PAD_VALUE]],
+                      [[5.0, 50.0], [PAD_VALUE, PAD_VALUE], [PAD_VALUE, PAD_VALUE]]], np.float32)
+    assert baseline_values("mean", train).tolist() == [3.0, 30.0]  # padded steps left out
+    assert baseline_values("zero", train).tolist() == [0.0, 0.0]
+    assert baseline_values("pad", train).tolist() == [PAD_VALUE, PAD_VALUE]
+    assert baseline_values("mean", np.array([[1.0, 2.0], [3.0, 6.0]])).tolist() == [2.0, 4.0]
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        baseline_values("median", train)
+    assert valid_positions(train).tolist() == [[True, True, False], [True, False, False]]
+    deleted = delete(train, np.array([[True, False, False], [False, False, False]]), np.array([7.0, 8.0]))
+    assert deleted[0, 0].tolist() == [7.0, 8.0] and deleted[0, 1].tolist() == [3.0, 30.0]
+    assert np.array_equal(deleted[1], train[1])
+
+
+def test_deletions_never_touch_padded_steps():
+    """On padded inputs the curve deletes only valid steps: keeping every valid step but the top
+    ones leaves padding as it was."""
+    x, y = _data(8)
+    x[:, 4:] = PAD_VALUE
+    calls = []
+
+    def model(batch):
+        calls.append(batch.copy())
+        return _model(USED).run(batch)
+
+    faithfulness_metrics(model, "binary", x, y, np.zeros(1, np.float32), fractions=[0.5], random_draws=2,
+                         segments=64, occlusion_samples=8, seed=0)
+    for batch in calls:
+        assert (batch[:, 4:] == PAD_VALUE).all()
+
+
+def test_pad_baseline_needs_variable_length_data():
+    from pipeline.config import ConfigError
+    from tests.conftest import tiny_config
+
+    with pytest.raises(ConfigError, match="evaluate.baseline=pad .*fixed-length"):
+        tiny_config("evaluate.baseline=pad")
+    assert tiny_config("evaluate.baseline=pad", "data=find_max", "data.min_length=5").evaluate.baseline == "pad"
