@@ -5,10 +5,10 @@
 Outputs: models/model.onnx (fp32; input `x`, outputs `prediction` and `attention`, dynamic `batch`
 and, for sequence models, `time`), models/variants/model_<fp16|int8>.onnx (the other
 `export.variants`), models/uniform_attention.onnx (the uniform-attention ablation of the same
-weights, which evaluate scores; never deployed) and reports/export.json. Every variant carries the same metadata (task, model,
-MLflow run id, config digest, labels, preprocessing, input layout, opset, package versions) and
-must pass its gate against Keras on held-out inputs (pipeline/variants.py); if one misses, the
-stage fails and writes nothing.
+weights, which evaluate scores; never deployed) and reports/export.json. Every variant carries
+the same metadata (task, model, MLflow run id, config digest, labels, preprocessing, input
+layout, opset, package versions) and must pass its gate against Keras on held-out inputs
+(pipeline/variants.py); if one misses, the stage fails and writes nothing.
 """
 
 from __future__ import annotations
@@ -178,7 +178,8 @@ def main() -> None:
     run_id = stage.read_json(stage.MLFLOW_RUN_FILE)["run_id"]
     metadata = model_metadata(cfg, meta, run_id)
     fp32_model = to_onnx(model, cfg.export.opset, metadata)
-    uniform_model = to_onnx(uniform_attention_copy(model), cfg.export.opset, {**metadata, "ablation": "uniform attention"})
+    uniform_model = to_onnx(uniform_attention_copy(model), cfg.export.opset,
+                            {**metadata, "ablation": "uniform attention"})
     x_check = test.x[: cfg.export.parity_samples]
     keras_out = model.predict(x_check, batch_size=1024, verbose=0)
     variants, runtimes, report, failures = {}, {}, {}, []

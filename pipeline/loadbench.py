@@ -48,7 +48,8 @@ def start_service(model: Path, port: int, *options: str, cwd=None, env=None) -> 
     import urllib.request
 
     process = subprocess.Popen([sys.executable, "-m", "pipeline.serve", "--model", str(model), "--port", str(port),
-                                *options], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                *options], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
