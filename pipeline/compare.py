@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 
 from pipeline import study
 from pipeline.errors import run_command
@@ -118,7 +119,8 @@ def write_csv(rows: list[dict], real_rows: list[dict], path: Path, selection_row
 
 
 REAL_COLUMNS = ("data set", "model", "seeds", "accuracy mean", "accuracy std", "train seconds mean",
-                "train seconds max", "FCN", "goal", "command", "runs")
+                "train seconds max", *(f"{c} mean" for c in study.FAITHFULNESS_COLUMNS.values()), "FCN", "goal",
+                "command", "runs")
 
 
 def _mean_std(row: dict | None) -> str:
@@ -157,6 +159,7 @@ def real_data_markdown(real_rows: list[dict], statistics: dict | None, diagram: 
         cells = [by_cell.get((name, m)) for m in models]
         times = ["–" if c is None else f"{c['train seconds mean']:.0f} / {c['train seconds max']:.0f}" for c in cells]
         lines.append(f"| {name} | " + " | ".join(times) + " |")
+    lines += faithfulness_lines(real_rows, models, datasets)
     if statistics:
         lines += ["", f"Across the {statistics['data sets']} data sets where every model has its seeds: mean rank "
                   "(1 = best), Friedman test p = " + (f"{statistics['friedman p']:.3g}" if statistics["friedman p"]
@@ -173,6 +176,29 @@ def real_data_markdown(real_rows: list[dict], statistics: dict | None, diagram: 
                   "Critical-difference diagram (autorank, Nemenyi test, alpha 0.05): models joined by "
                   "a bar do not differ significantly."]
     return "\n".join(lines) + "\n"
+
+
+def faithfulness_lines(real_rows: list[dict], models: list[str], datasets: list[str]) -> list[str]:
+    """The faithfulness table: per data set and model, the means over seeds of the deletion
+    AOPC gain, the uniform-attention drop (points) and the occlusion rank correlation; none if
+    no run has them."""
+    columns = [f"{c} mean" for c in study.FAITHFULNESS_COLUMNS.values()]
+    rows = [r for r in real_rows if any(not np.isnan(r.get(c, float("nan"))) for c in columns)]
+    if not rows:
+        return []
+    lines = ["", "Faithfulness of the attention (evaluate's `faithfulness/*` metrics, README \"Is the attention "
+             "faithful?\"), mean over the seeds that have them: deletion AOPC gain over random positions / "
+             "accuracy lost with uniform attention (points) / occlusion rank correlation.", "",
+             "| data set | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    by_cell = {(r["data set"], r["model"]): r for r in rows}
+    for name in datasets:
+        cells = []
+        for model in models:
+            row = by_cell.get((name, model))
+            cells.append("–" if row is None else f"{row['aopc gain mean']:.3f} / {100 * row['uniform drop mean']:.1f}"
+                         f" / {row['occlusion rho mean']:.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def selection_markdown(rows: list[dict]) -> str:

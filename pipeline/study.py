@@ -28,7 +28,7 @@ import json
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -66,8 +66,11 @@ COMPARED_SECTIONS = ("data", "model", "train")
 # The committed record of finished runs (written by `python -m pipeline.compare --out docs/results`):
 # a fresh clone, or a machine whose MLflow store is gone, trains only what it lacks.
 LEDGER = Path("docs/results_runs.csv")
+# Evaluate's faithfulness/* metrics the study keeps per run, with their ledger column.
+FAITHFULNESS_COLUMNS = {"faithfulness/deletion_aopc_gain": "aopc gain", "faithfulness/uniform_drop": "uniform drop",
+                        "faithfulness/occlusion_spearman": "occlusion rho"}
 LEDGER_COLUMNS = ("data set", "model", "seed", "inner fold", "test accuracy", "train seconds", "run id",
-                  "started ms", "config digest")
+                  "started ms", "config digest", *FAITHFULNESS_COLUMNS.values())
 
 
 @dataclass(frozen=True)
@@ -132,12 +135,14 @@ def config_digest(combination: Combination, conf_dir: Path = CONF_DIR) -> str:
 @dataclass(frozen=True)
 class RunRecord:
     """What the study keeps of one finished, evaluated run: its test accuracy (0..1), training
-    seconds, MLflow run id and start time (ms since the epoch)."""
+    seconds, MLflow run id, start time (ms since the epoch), and the faithfulness metrics of
+    FAITHFULNESS_COLUMNS that it has (runs evaluated before they existed have none)."""
 
     accuracy: float
     train_seconds: float
     run_id: str
     started_ms: int
+    faithfulness: dict[str, float] = field(default_factory=dict, compare=False)
 
 
 def evaluated_runs(tracking_uri: str) -> list:
@@ -161,9 +166,10 @@ def matching_runs(runs: list, plan: list[Combination], conf_dir: Path = CONF_DIR
         for run in runs:
             if all(run.data.params.get(k, "None") == v for k, v in expected.items()):
                 if combination not in found or run.info.start_time > found[combination].started_ms:
-                    found[combination] = RunRecord(run.data.metrics["test/accuracy"],
-                                                   run.data.metrics.get("train/seconds", float("nan")),
-                                                   run.info.run_id, run.info.start_time)
+                    found[combination] = RunRecord(
+                        run.data.metrics["test/accuracy"], run.data.metrics.get("train/seconds", float("nan")),
+                        run.info.run_id, run.info.start_time,
+                        {k: run.data.metrics[k] for k in FAITHFULNESS_COLUMNS if k in run.data.metrics})
     return found
 
 
@@ -183,8 +189,9 @@ def recorded_runs(ledger: Path, plan: list[Combination], conf_dir: Path = CONF_D
         fold = "" if combination.inner_fold is None else str(combination.inner_fold)
         row = rows.get(_ledger_key(combination.dataset, combination.label, str(combination.seed), fold))
         if row is not None and row["config digest"] == config_digest(combination, conf_dir):
-            found[combination] = RunRecord(float(row["test accuracy"]), float(row["train seconds"] or "nan"),
-                                           row["run id"], int(row["started ms"]))
+            found[combination] = RunRecord(
+                float(row["test accuracy"]), float(row["train seconds"] or "nan"), row["run id"],
+                int(row["started ms"]), {k: float(row[c]) for k, c in FAITHFULNESS_COLUMNS.items() if row.get(c)})
     return found
 
 
@@ -212,6 +219,8 @@ def write_ledger(path: Path, done: dict[Combination, RunRecord], conf_dir: Path 
                 "test accuracy": f"{record.accuracy:.6f}", "train seconds": f"{record.train_seconds:.1f}",
                 "run id": record.run_id, "started ms": record.started_ms,
                 "config digest": config_digest(combination, conf_dir),
+                **{c: f"{record.faithfulness[k]:.6f}" for k, c in FAITHFULNESS_COLUMNS.items()
+                   if k in record.faithfulness},
             })
 
 
@@ -245,10 +254,18 @@ def summary(runs_by_combination: dict[Combination, RunRecord]) -> list[dict]:
             "accuracy std": float(accuracy.std(ddof=1)) if len(accuracy) > 1 else float("nan"),
             "train seconds mean": float(np.nanmean(seconds)),
             "train seconds max": float(np.nanmax(seconds)),
+            **{f"{column} mean": _mean_of_present([record.faithfulness.get(metric) for _, _, record in seeded])
+               for metric, column in FAITHFULNESS_COLUMNS.items()},
             "command": _cell_command(seeded[0][1]),
             "runs": ",".join(record.run_id for _, _, record in seeded),
         })
     return rows
+
+
+def _mean_of_present(values: list[float | None]) -> float:
+    """The mean of the values that are there, nan if none is."""
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else float("nan")
 
 
 def _cell_command(combination: Combination) -> str:

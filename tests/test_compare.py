@@ -165,3 +165,23 @@ def test_the_ledger_keeps_finished_runs_for_a_fresh_store(tmp_path, monkeypatch)
     train = changed / "train" / "ucr.yaml"
     train.write_text(train.read_text().replace("epochs: 1000", "epochs: 999"))
     assert study.missing(empty, plan, ledger, conf_dir=changed) == plan
+
+
+def test_faithfulness_figures_reach_the_table_and_survive_the_ledger(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    plan = study.combinations(["UnitTest"], ["conv_attention"], [1, 2])
+    for combination, gain, drop, rho in zip(plan, (0.2, 0.4), (0.1, 0.3), (0.5, 0.7)):
+        run_id = _log_study_run(combination, 0.9, 12.0)
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_metrics({"faithfulness/deletion_aopc_gain": gain, "faithfulness/uniform_drop": drop,
+                                "faithfulness/occlusion_spearman": rho})
+    main(["--tracking-uri", uri, "--out", str(tmp_path / "results")])
+    line = "| UnitTest | 0.300 / 20.0 / 0.60 |"
+    assert line in (tmp_path / "results.md").read_text()
+    main(["--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}", "--out", str(tmp_path / "results")])
+    assert line in (tmp_path / "results.md").read_text(), "the ledger keeps the faithfulness figures"
+    with open(tmp_path / "results.csv") as handle:
+        real = [row for row in csv.DictReader(handle) if row["table"] == "real"]
+    assert float(real[0]["uniform drop mean"]) == pytest.approx(0.2)
