@@ -5,7 +5,8 @@
 Outputs: reports/metrics.json (DVC metrics, the faithfulness/* metrics among them),
 reports/attention.csv (DVC plot: mean attention per position), reports/attention.png (heatmap),
 reports/predictions.csv (actual and predicted class labels, or values for regression, per test
-sample: the DVC confusion-matrix plot), reports/deletion.csv and reports/deletion.png (the
+sample: the DVC confusion-matrix plot), reports/attention_series.png (the attention drawn on the
+series, per class), reports/deletion.csv and reports/deletion.png (the
 deletion and sufficiency curves). Logs the same metrics and files to the pipeline's MLflow run.
 No TensorFlow import.
 """
@@ -18,6 +19,7 @@ import numpy as np
 
 from pipeline import stage, tracking
 from pipeline.config import load_config
+from pipeline.contract import PAD_VALUE
 from pipeline.data import sequence_lengths
 from pipeline.errors import StageFailed, run_command
 from pipeline.faithfulness import baseline_values, faithfulness_metrics
@@ -130,6 +132,54 @@ def measure_faithfulness(cfg, meta: dict, onnx_model: OnnxModel, test) -> tuple[
     return metrics, rows
 
 
+SERIES_GROUPS, SERIES_EXAMPLES = 6, 3
+
+
+def plot_attention_on_series(x: np.ndarray, y: np.ndarray, attention: np.ndarray, task_type: str,
+                             labels: list[str] | None, title: str, path=stage.ATTENTION_SERIES_PNG) -> None:
+    """The attention drawn on the inputs, one row per class (the first SERIES_GROUPS; one row
+    for regression): left, the class-mean series (every channel) over the class-mean attention
+    as a red band; right, the first SERIES_EXAMPLES test samples of the class, each point
+    coloured by its weight. x [n, time, channels] or [n, features] (features as positions),
+    y [n, 1], attention [n, positions]; padded steps are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = x if x.ndim == 3 else x[:, :, None]
+    series = np.where((series == PAD_VALUE).all(axis=-1, keepdims=True), np.nan, series)
+    if task_type == "regression":
+        groups = [("all test samples", np.arange(len(y)))]
+    else:
+        names = labels or ["0", "1"]
+        groups = [(f"class {names[c]}", np.flatnonzero(y[:, 0] == c)) for c in np.unique(y[:, 0]).astype(int)]
+    groups = [(name, rows) for name, rows in groups if len(rows)][:SERIES_GROUPS]
+    fig, axes = plt.subplots(len(groups), 1 + SERIES_EXAMPLES, figsize=(4 * (1 + SERIES_EXAMPLES), 2.4 * len(groups)),
+                             squeeze=False)
+    steps = np.arange(series.shape[1])
+    for (name, rows), row_axes in zip(groups, axes):
+        mean_axis = row_axes[0]
+        mean_axis.plot(steps, np.nanmean(series[rows], axis=0), color="black", linewidth=1)
+        band = mean_axis.twinx()
+        band.fill_between(steps, 0, attention[rows].mean(axis=0), color="tab:red", alpha=0.3, step="mid")
+        band.set_yticks([])
+        mean_axis.set_title(f"{name}: mean of {len(rows)}", fontsize=9)
+        for axis, sample in zip(row_axes[1:], rows[:SERIES_EXAMPLES]):
+            for channel in range(series.shape[2]):
+                axis.plot(steps, series[sample, :, channel], color="0.75", linewidth=0.8)
+                axis.scatter(steps, series[sample, :, channel], c=attention[sample], cmap="viridis", s=6,
+                             vmin=0, vmax=attention[sample].max() or 1)
+            axis.set_title(f"test sample {sample}", fontsize=9)
+        for axis in row_axes[1 + len(rows[:SERIES_EXAMPLES]):]:
+            axis.axis("off")
+    fig.suptitle(f"{title} (red band: mean attention; points: colour = weight)")
+    fig.tight_layout()
+    with stage.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+
+
 def uniform_ablation(metrics: dict[str, float], uniform: dict[str, float]) -> dict[str, float]:
     """faithfulness/uniform_score: the test score (accuracy, or MAE for regression) of the
     uniform-attention ablation; faithfulness/uniform_drop: how much worse it is than the model
@@ -170,12 +220,14 @@ def main() -> None:
         meta["attention_axis"],
         f"{cfg.model.name} on {cfg.data.name}: attention on the test set",
     )
+    plot_attention_on_series(test.x, test.y, outputs["attention"], meta["task_type"], meta.get("labels"),
+                             f"{cfg.model.name} on {cfg.data.name}")
     stage.write_json(stage.METRICS_FILE, metrics)
     with tracking.resume_pipeline_run(cfg) as run_id:
         tracking.log_metrics(metrics)
         tracking.log_artifacts(
             [stage.METRICS_FILE, stage.ATTENTION_CSV, stage.ATTENTION_PNG, stage.PREDICTIONS_CSV,
-             stage.DELETION_CSV, stage.DELETION_PNG],
+             stage.DELETION_CSV, stage.DELETION_PNG, stage.ATTENTION_SERIES_PNG],
             artifact_path="reports",
         )
         # export passed every variant's gate, or it would have failed: register the model

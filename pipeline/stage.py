@@ -34,6 +34,7 @@ METRICS_FILE = REPORTS / "metrics.json"
 ATTENTION_PNG = REPORTS / "attention.png"
 ATTENTION_CSV = REPORTS / "attention.csv"
 PREDICTIONS_CSV = REPORTS / "predictions.csv"
+ATTENTION_SERIES_PNG = REPORTS / "attention_series.png"
 DELETION_CSV = REPORTS / "deletion.csv"
 DELETION_PNG = REPORTS / "deletion.png"
 

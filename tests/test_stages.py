@@ -48,7 +48,8 @@ def test_stages_write_their_outputs_and_one_mlflow_run(pipeline_run, monkeypatch
     curve = stage.DELETION_CSV.read_text().splitlines()
     assert curve[0] == "size,attended,random,kept,attended_drop,random_drop" and len(curve) == 6
     assert metrics["export/parity_max_abs"] <= 1e-5
-    assert stage.ATTENTION_PNG.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for picture in (stage.ATTENTION_PNG, stage.ATTENTION_SERIES_PNG, stage.DELETION_PNG):
+        assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", picture
     rows = stage.ATTENTION_CSV.read_text().splitlines()
     assert rows[0] == "position,mean_attention,is_target" and len(rows) == 21
     run_id = json.loads(stage.MLFLOW_RUN_FILE.read_text())["run_id"]
@@ -60,7 +61,7 @@ def test_stages_write_their_outputs_and_one_mlflow_run(pipeline_run, monkeypatch
     assert "epoch/val_loss" in run.data.metrics
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "reports")}
     assert {"reports/attention.png", "reports/metrics.json", "reports/history.csv", "reports/deletion.csv",
-            "reports/deletion.png"} <= artifacts
+            "reports/deletion.png", "reports/attention_series.png"} <= artifacts
     logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     assert [m.name for m in logged] == ["onnx_model"]
 
