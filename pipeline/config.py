@@ -28,7 +28,7 @@ from pipeline.errors import ConfigError, run_command
 
 PARAMS_FILE = Path("params.yaml")
 CONF_DIR = Path("conf")
-SEQUENCE_TASKS = ("planted_step", "find_max", "add_two_numbers")
+SEQUENCE_TASKS = ("planted_step", "planted_region", "find_max", "add_two_numbers")
 VECTOR_TASKS = ("planted_feature",)
 REGRESSION_TASKS = ("find_max", "add_two_numbers")
 FILE_SOURCES = ("ucr", "ts_file")  # real series from files: data.source selects, data.name names
@@ -70,6 +70,27 @@ class PlantedStepData(_Splits):
         if self.planted_step >= self.time_steps:
             raise ValueError(
                 f"planted_step must be < time_steps={self.time_steps} (got {self.planted_step})"
+            )
+        return self
+
+
+class PlantedRegionData(_Splits):
+    """Sequences [time_steps, n_features] of standard normal noise with one informative box per
+    sample (after Ismail et al. 2020): `region_length` consecutive steps from a random start,
+    shifted by +amplitude (target 1) or -amplitude (target 0). The box's steps are the true
+    positions."""
+
+    name: Literal["planted_region"]
+    time_steps: int = Field(ge=2)
+    n_features: int = Field(ge=1)
+    region_length: int = Field(ge=1)
+    amplitude: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _region_fits(self):
+        if self.region_length > self.time_steps:
+            raise ValueError(
+                f"region_length must be <= time_steps={self.time_steps} (got {self.region_length})"
             )
         return self
 
@@ -329,6 +350,7 @@ def _data_tag(raw: Any) -> str | None:
 DataConfig = Annotated[
     Union[
         Annotated[PlantedStepData, Tag("planted_step")],
+        Annotated[PlantedRegionData, Tag("planted_region")],
         Annotated[PlantedFeatureData, Tag("planted_feature")],
         Annotated[FindMaxData, Tag("find_max")],
         Annotated[AddTwoNumbersData, Tag("add_two_numbers")],

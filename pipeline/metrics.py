@@ -67,7 +67,13 @@ def attention_metrics(
     attention/argmax_hit: share of samples whose largest weight is on a true position;
     attention/lift: per sample, the mass at target over the uniform share k / length, averaged
         (1 = no better than uniform; `lengths` [n] are the valid steps, all positions if None);
-    attention/entropy: mean entropy of the rows in nats (log(positions) for uniform, 0 for one-hot).
+    attention/entropy: mean entropy of the rows in nats (log(positions) for uniform, 0 for one-hot);
+    attention/topk_precision: per sample, the share of its k most attended positions that are
+        true positions (k = its number of true positions, so it is also the recall), averaged;
+    attention/above_uniform_precision and attention/above_uniform_recall: per sample, of the
+        positions weighted above the uniform share 1 / length, the share that are true positions,
+        and the share of the true positions among them, averaged (a sample weighting no position
+        above uniform counts precision 0).
     Without true positions (k = 0) only the entropy is defined.
     """
     entropy = -(attention * np.log(np.clip(attention, EPSILON, 1))).sum(axis=1)
@@ -79,10 +85,19 @@ def attention_metrics(
     hit = (target_positions == argmax[:, None]).any(axis=1)
     if lengths is None:
         lengths = np.full(len(attention), attention.shape[1])
-    uniform_share = target_positions.shape[1] / lengths
+    k = target_positions.shape[1]
+    uniform_share = k / lengths
+    is_target = np.zeros(attention.shape, dtype=bool)
+    np.put_along_axis(is_target, target_positions, True, axis=1)
+    top_k = np.argsort(-attention, axis=1, kind="stable")[:, :k]
+    above = attention > (1.0 / lengths)[:, None]
+    found = (above & is_target).sum(axis=1)
     return {
         "attention/mass_at_target": float(mass.mean()),
         "attention/argmax_hit": float(hit.mean()),
         "attention/lift": float((mass / uniform_share).mean()),
+        "attention/topk_precision": float(np.take_along_axis(is_target, top_k, axis=1).mean()),
+        "attention/above_uniform_precision": float((found / np.maximum(above.sum(axis=1), 1)).mean()),
+        "attention/above_uniform_recall": float((found / is_target.sum(axis=1)).mean()),
         **metrics,
     }

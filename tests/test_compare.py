@@ -42,7 +42,7 @@ def test_rows_per_complete_run_best_first(tmp_path):
     main(["--tracking-uri", uri, "--out", str(tmp_path / "docs" / "results")])
     markdown = (tmp_path / "docs" / "results.md").read_text()
     assert markdown.startswith("<!-- made by: python -m pipeline.compare --tracking-uri")
-    assert "| find_max | bahdanau |  | 0.05 | 0.96 | 0.96 | 19.2 | 1 | 4565 | 10.5 |" in markdown
+    assert "| find_max | bahdanau |  | 0.05 | 0.96 | 0.96 | 19.2 | 1 |  |  |  | 4565 | 10.5 |" in markdown
     with open(tmp_path / "docs" / "results.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 3
 
@@ -52,7 +52,7 @@ def test_rows_per_complete_run_best_first(tmp_path):
     newer = _log_run("attention-find_max", "luong_dot", 0.5)
     main(["--tracking-uri", fresh, "--out", str(tmp_path / "docs" / "results")])
     rebuilt = (tmp_path / "docs" / "results.md").read_text()
-    assert f"| find_max | bahdanau |  | 0.05 | 0.96 | 0.96 | 19.2 | 1 | 4565 | 10.5 | {strong} |" in rebuilt
+    assert f"| find_max | bahdanau |  | 0.05 | 0.96 | 0.96 | 19.2 | 1 |  |  |  | 4565 | 10.5 | {strong} |" in rebuilt
     assert other in rebuilt and newer in rebuilt and weak not in rebuilt
 
 

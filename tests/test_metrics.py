@@ -56,3 +56,25 @@ def test_lift_uses_each_sequence_length():
     attention = np.array([[0.5, 0.5, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]])
     got = attention_metrics(attention, np.array([[0], [0]]), lengths=np.array([2, 4]))
     assert got["attention/lift"] == pytest.approx(1.0)  # both uniform over their valid steps
+
+
+def test_top_k_and_above_uniform_precision_and_recall_of_a_region():
+    # sample 1: the top 2 are {1, 2}, one inside the region {2, 3}; above 1/4: positions 1, 2
+    # sample 2: the top 2 are {0, 1} = the region; above 1/4: position 0 only
+    attention = np.array([[0.1, 0.4, 0.3, 0.2], [0.7, 0.2, 0.05, 0.05]])
+    got = attention_metrics(attention, np.array([[2, 3], [0, 1]]))
+    assert got["attention/topk_precision"] == pytest.approx((0.5 + 1.0) / 2)
+    assert got["attention/above_uniform_precision"] == pytest.approx((0.5 + 1.0) / 2)
+    assert got["attention/above_uniform_recall"] == pytest.approx((0.5 + 0.5) / 2)
+
+
+def test_planted_region_boxes_are_the_true_positions():
+    from pipeline.data import planted_region
+
+    data = planted_region(200, 30, 2, 4, 3.0, np.random.default_rng(0))
+    assert data.target_positions.shape == (200, 4)
+    assert (np.diff(data.target_positions, axis=1) == 1).all() and data.target_positions.max() < 30
+    inside = np.take_along_axis(data.x[:, :, 0], data.target_positions, axis=1).mean(axis=1)
+    sign = np.where(data.y[:, 0] == 1, 1, -1)
+    assert (inside * sign > 1.0).mean() > 0.95  # the box carries the label: +3 or -3 over unit noise
+    assert len(np.unique(data.target_positions[:, 0])) > 10  # the box moves

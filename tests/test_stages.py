@@ -44,7 +44,8 @@ def test_stages_write_their_outputs_and_one_mlflow_run(pipeline_run, monkeypatch
                     "uniform_drop"}
     assert set(metrics) == {"test/accuracy", "test/loss", "attention/mass_at_target",
                             "attention/argmax_hit", "attention/lift", "attention/entropy",
-                            "export/parity_max_abs", *(f"faithfulness/{name}" for name in faithfulness)}
+                            "attention/topk_precision", "attention/above_uniform_precision",
+                            "attention/above_uniform_recall", "export/parity_max_abs", *(f"faithfulness/{name}" for name in faithfulness)}
     curve = stage.DELETION_CSV.read_text().splitlines()
     assert curve[0] == "size,attended,random,kept,attended_drop,random_drop" and len(curve) == 6
     assert metrics["export/parity_max_abs"] <= 1e-5

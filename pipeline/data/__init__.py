@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.config import AddTwoNumbersData, FindMaxData, PlantedFeatureData, PlantedStepData
+from pipeline.config import AddTwoNumbersData, FindMaxData, PlantedFeatureData, PlantedRegionData, PlantedStepData
 from pipeline.data.synthetic import (
     Dataset,
     add_two_numbers,
     find_max,
     planted_feature,
+    planted_region,
     planted_step,
     sequence_lengths,
 )
@@ -21,6 +22,9 @@ def generate(data_cfg, rng: np.random.Generator) -> Dataset:
         return planted_step(
             data_cfg.n_samples, data_cfg.time_steps, data_cfg.n_features, data_cfg.planted_step, rng
         )
+    if isinstance(data_cfg, PlantedRegionData):
+        return planted_region(data_cfg.n_samples, data_cfg.time_steps, data_cfg.n_features,
+                              data_cfg.region_length, data_cfg.amplitude, rng)
     if isinstance(data_cfg, PlantedFeatureData):
         return planted_feature(data_cfg.n_samples, data_cfg.n_features, data_cfg.planted_index, rng)
     if isinstance(data_cfg, FindMaxData):
@@ -45,6 +49,6 @@ def split(
 
 
 __all__ = [
-    "Dataset", "generate", "split", "planted_feature", "planted_step", "find_max", "add_two_numbers",
+    "Dataset", "generate", "split", "planted_feature", "planted_region", "planted_step", "find_max", "add_two_numbers",
     "sequence_lengths",
 ]

@@ -54,6 +54,22 @@ def planted_step(
     return Dataset(x, y, positions)
 
 
+def planted_region(
+    n_samples: int, time_steps: int, n_features: int, region_length: int, amplitude: float,
+    rng: np.random.Generator,
+) -> Dataset:
+    """x [n, time_steps, n_features] standard normal plus, on `region_length` consecutive steps
+    from a random start, +amplitude (y = 1) or -amplitude (y = 0) on every feature; the target
+    positions [n, region_length] are those steps."""
+    y = _binary_targets(n_samples, rng)
+    x = rng.standard_normal((n_samples, time_steps, n_features)).astype(np.float32)
+    starts = rng.integers(0, time_steps - region_length + 1, size=n_samples)
+    positions = (starts[:, None] + np.arange(region_length)[None, :]).astype(np.int64)
+    shift = (amplitude * (2 * y - 1)).astype(np.float32)  # [n, 1]
+    x[np.arange(n_samples)[:, None], positions, :] += shift[:, :, None]
+    return Dataset(x, y, positions)
+
+
 def find_max(
     n_samples: int, time_steps: int, rng: np.random.Generator, min_length: int | None = None
 ) -> Dataset:
