@@ -23,7 +23,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from pipeline import study
+from pipeline import stability, study
 from pipeline.errors import run_command
 from pipeline.tracking import DEFAULT_STORE, repository_root
 
@@ -181,25 +181,57 @@ def real_data_markdown(real_rows: list[dict], statistics: dict | None, diagram: 
     return "\n".join(lines) + "\n"
 
 
+# The faithfulness table's figures: summary column, scale, decimals.
+FAITHFULNESS_CELL = (("aopc gain mean", 1, 3), ("uniform drop mean", 100, 1), ("occlusion rho mean", 1, 2),
+                     ("seed rho mean", 1, 2))
+
+
+def _figure(value: float, scale: float, digits: int) -> str:
+    return "–" if np.isnan(value) else f"{scale * value:.{digits}f}"
+
+
+def add_seed_agreement(tracking_uri: str, done: dict) -> None:
+    """faithfulness/seed_spearman (pipeline/stability.py) for the real-data runs of each cell
+    with two or more seeds in the MLflow store, where one of them lacks it: kept in the runs'
+    records (hence the ledger) and logged to the runs."""
+    runs = {run.info.run_id: run for run in study.evaluated_runs(tracking_uri)}
+    cells: dict[tuple[str, str], list] = {}
+    for combination, record in done.items():
+        if combination.inner_fold is None and record.run_id in runs:
+            cells.setdefault((combination.dataset, combination.label), []).append((combination, record))
+    client = mlflow.MlflowClient(tracking_uri)
+    for members in cells.values():
+        if len(members) < 2 or all(stability.METRIC in record.faithfulness for _, record in members):
+            continue
+        x = stability.test_inputs(members[0][0].overrides)
+        agreement = stability.cell_agreement({record.run_id: runs[record.run_id] for _, record in members}, x)
+        for _, record in members:
+            value = agreement.get(record.run_id, float("nan"))
+            if not np.isnan(value):
+                record.faithfulness[stability.METRIC] = value
+                client.log_metric(record.run_id, stability.METRIC, value)
+
+
 def faithfulness_lines(real_rows: list[dict], models: list[str], datasets: list[str]) -> list[str]:
     """The faithfulness table: per data set and model, the means over seeds of the deletion
-    AOPC gain, the uniform-attention drop (points) and the occlusion rank correlation; none if
-    no run has them."""
+    AOPC gain, the uniform-attention drop (points), the occlusion and the between-seed rank
+    correlations; none if no run has them."""
     columns = [f"{c} mean" for c in study.FAITHFULNESS_COLUMNS.values()]
     rows = [r for r in real_rows if any(not np.isnan(r.get(c, float("nan"))) for c in columns)]
     if not rows:
         return []
-    lines = ["", "Faithfulness of the attention (evaluate's `faithfulness/*` metrics, README \"Is the attention "
+    lines = ["", "Faithfulness of the attention (the `faithfulness/*` metrics, README \"Is the attention "
              "faithful?\"), mean over the seeds that have them: deletion AOPC gain over random positions / "
-             "accuracy lost with uniform attention (points) / occlusion rank correlation.", "",
+             "accuracy lost with uniform attention (points) / occlusion rank correlation / rank correlation "
+             "between seeds (– where undefined: constant attention, or runs that predate the metric).", "",
              "| data set | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     by_cell = {(r["data set"], r["model"]): r for r in rows}
     for name in datasets:
         cells = []
         for model in models:
             row = by_cell.get((name, model))
-            cells.append("–" if row is None else f"{row['aopc gain mean']:.3f} / {100 * row['uniform drop mean']:.1f}"
-                         f" / {row['occlusion rho mean']:.2f}")
+            cells.append("–" if row is None else " / ".join(
+                _figure(row[column], scale, digits) for column, scale, digits in FAITHFULNESS_CELL))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -237,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     ledger = (args.out.with_name(args.out.name + "_runs.csv") if args.out is not None
               else repository_root() / study.LEDGER)
     done = study.done_runs(args.tracking_uri, study.combinations() + study.selection_combinations(), ledger)
+    add_seed_agreement(args.tracking_uri, done)
     real_rows = study.summary({c: r for c, r in done.items() if c.inner_fold is None})
     for row in real_rows:
         reference = study.REFERENCES.get(row["data set"], {})

@@ -68,7 +68,8 @@ COMPARED_SECTIONS = ("data", "model", "train")
 LEDGER = Path("docs/results_runs.csv")
 # Evaluate's faithfulness/* metrics the study keeps per run, with their ledger column.
 FAITHFULNESS_COLUMNS = {"faithfulness/deletion_aopc_gain": "aopc gain", "faithfulness/uniform_drop": "uniform drop",
-                        "faithfulness/occlusion_spearman": "occlusion rho"}
+                        "faithfulness/occlusion_spearman": "occlusion rho",
+                        "faithfulness/seed_spearman": "seed rho"}  # the last: by compare, across seeds
 LEDGER_COLUMNS = ("data set", "model", "seed", "inner fold", "test accuracy", "train seconds", "run id",
                   "started ms", "config digest", *FAITHFULNESS_COLUMNS.values())
 

@@ -178,7 +178,7 @@ def test_faithfulness_figures_reach_the_table_and_survive_the_ledger(tmp_path, m
             mlflow.log_metrics({"faithfulness/deletion_aopc_gain": gain, "faithfulness/uniform_drop": drop,
                                 "faithfulness/occlusion_spearman": rho})
     main(["--tracking-uri", uri, "--out", str(tmp_path / "results")])
-    line = "| UnitTest | 0.300 / 20.0 / 0.60 |"
+    line = "| UnitTest | 0.300 / 20.0 / 0.60 / – |"
     assert line in (tmp_path / "results.md").read_text()
     main(["--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}", "--out", str(tmp_path / "results")])
     assert line in (tmp_path / "results.md").read_text(), "the ledger keeps the faithfulness figures"

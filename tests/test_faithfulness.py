@@ -14,6 +14,10 @@ STEPS, USED = 6, 2
 
 
 def _model(attended: int) -> OnnxModel:
+    return OnnxModel(known_onnx(attended).SerializeToString())
+
+
+def known_onnx(attended: int):
     """x [batch, 6, 1] -> prediction sigmoid(5 x[:, 2, 0]) [batch, 1] (only step 2 decides) and
     attention one-hot on step `attended` for every sample."""
     row = np.eye(STEPS, dtype=np.float32)[attended]
@@ -36,7 +40,7 @@ def _model(attended: int) -> OnnxModel:
          helper.make_tensor_value_info("attention", TensorProto.FLOAT, ["batch", STEPS])], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    return OnnxModel(model.SerializeToString())
+    return model
 
 
 def _data(n: int = 40):

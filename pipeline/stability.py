@@ -1,0 +1,72 @@
+"""Do seeds of one config attend alike? faithfulness/seed_spearman: per run, the mean over the
+other seeds' runs of the same cell (data set and model) of Spearman's rank correlation between
+their attention rows on the same test series, averaged over the series (Wiegreffe and Pinter
+2019: attention that changes from seed to seed explains little). Each run's attention comes
+from its own ONNX model as logged to MLflow, on the test split its config prepares (the TEST
+file of real data: the same series for every seed). NumPy, ONNX Runtime and MLflow only.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+
+from pipeline.faithfulness import valid_positions
+
+METRIC = "faithfulness/seed_spearman"
+
+
+def rank_agreement(first: np.ndarray, second: np.ndarray, valid: np.ndarray) -> float:
+    """Mean over rows of Spearman's rho between two attention matrices [n, positions] over each
+    row's valid positions; rows where either is constant are left out (nan if all are)."""
+    from scipy.stats import spearmanr
+
+    rhos = []
+    for a, b, keep in zip(first, second, valid):
+        a, b = a[keep], b[keep]
+        if np.ptp(a) > 0 and np.ptp(b) > 0:
+            rhos.append(spearmanr(a, b).statistic)
+    return float(np.mean(rhos)) if rhos else float("nan")
+
+
+def seed_agreement(attention_by_run: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, float]:
+    """For each run, its mean rank agreement with every other run (nan where undefined)."""
+    pairs: dict[str, list[float]] = {run: [] for run in attention_by_run}
+    for first, second in combinations(attention_by_run, 2):
+        rho = rank_agreement(attention_by_run[first], attention_by_run[second], valid)
+        pairs[first].append(rho)
+        pairs[second].append(rho)
+    return {run: float(np.nanmean(rhos)) if not np.isnan(rhos).all() else float("nan")
+            for run, rhos in pairs.items() if rhos}
+
+
+def logged_onnx_attention(run, x: np.ndarray) -> np.ndarray | None:
+    """The attention [n, positions] of the ONNX model that `run` (an MLflow run of the active
+    store) logged, on x; None if it logged none."""
+    import mlflow
+
+    from pipeline.inference import OnnxModel
+
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                         filter_string=f"source_run_id = '{run.info.run_id}'")
+    if not models:
+        return None
+    folder = mlflow.artifacts.download_artifacts(artifact_uri=models[0].artifact_location)
+    return OnnxModel(f"{folder}/model.onnx").run(x)["attention"]
+
+
+def test_inputs(overrides: list[str]) -> np.ndarray:
+    """The test split's inputs of the config composed from conf/ with `overrides`."""
+    from pipeline.config import compose_defaults, validate
+    from pipeline.prepare import prepared
+
+    cfg = validate(compose_defaults(overrides=overrides), "conf/ with " + " ".join(overrides))
+    return prepared(cfg)[0]["test"].x
+
+
+def cell_agreement(runs_by_id: dict[str, object], x: np.ndarray) -> dict[str, float]:
+    """seed_spearman of each run of one cell (same config but the seed, same test inputs x)."""
+    attention = {run_id: logged_onnx_attention(run, x) for run_id, run in runs_by_id.items()}
+    attention = {run_id: rows for run_id, rows in attention.items() if rows is not None}
+    return seed_agreement(attention, valid_positions(x)) if len(attention) > 1 else {}
