@@ -84,8 +84,8 @@ def with_earlier_rows(rows: list[dict], earlier_csv: Path) -> list[dict]:
     with open(earlier_csv, newline="") as handle:
         earlier = [r for r in csv.DictReader(handle)
                    if r["table"] == "synthetic" and (r["task"], r["model"]) not in held]
-    kept = [{column: _number(row[column]) if source.startswith("metrics.") else row[column]
-             for column, source in COLUMNS} for row in earlier]
+    kept = [{column: _number(row.get(column) or "") if source.startswith("metrics.") else row.get(column)
+             for column, source in COLUMNS} for row in earlier]  # a column added since is empty
     return sorted(rows + kept, key=lambda r: (r["task"] or "", -(r["attention/argmax_hit"] or 0)))
 
 
