@@ -127,3 +127,24 @@ def test_pad_baseline_needs_variable_length_data():
     with pytest.raises(ConfigError, match="evaluate.baseline=pad .*fixed-length"):
         tiny_config("evaluate.baseline=pad")
     assert tiny_config("evaluate.baseline=pad", "data=find_max", "data.min_length=5").evaluate.baseline == "pad"
+
+
+@pytest.mark.slow
+def test_a_trained_planted_task_model_fails_without_its_top_attended_position(tmp_path):
+    """Feature attention trained briefly on planted_feature: deleting each sample's most
+    attended feature leaves about chance, deleting a random one barely matters, and uniform
+    attention loses most of the accuracy (the metrics as evaluate writes them, on the exported
+    model)."""
+    import json
+
+    from pipeline import stage
+    from tests.conftest import stages_run
+
+    with stages_run(tmp_path, "experiment=dense_attention", "data.n_samples=12000", "train.epochs=10",
+                    "evaluate.occlusion_samples=20"):
+        metrics = json.loads(stage.METRICS_FILE.read_text())
+    assert metrics["test/accuracy"] > 0.95 and metrics["attention/argmax_hit"] > 0.9, metrics
+    assert metrics["faithfulness/deletion_top1"] < 0.65
+    assert metrics["faithfulness/deletion_random1"] > 0.9
+    assert metrics["faithfulness/deletion_aopc_gain"] > 0.2
+    assert metrics["faithfulness/uniform_drop"] > 0.2
