@@ -205,11 +205,10 @@ def add_seed_agreement(tracking_uri: str, done: dict) -> None:
             continue
         x = stability.test_inputs(members[0][0].overrides)
         agreement = stability.cell_agreement({record.run_id: runs[record.run_id] for _, record in members}, x)
-        for _, record in members:
+        for _, record in members:  # nan (constant attention, no model) is kept too: computed once
             value = agreement.get(record.run_id, float("nan"))
-            if not np.isnan(value):
-                record.faithfulness[stability.METRIC] = value
-                client.log_metric(record.run_id, stability.METRIC, value)
+            record.faithfulness[stability.METRIC] = value
+            client.log_metric(record.run_id, stability.METRIC, value)
 
 
 def faithfulness_lines(real_rows: list[dict], models: list[str], datasets: list[str]) -> list[str]:

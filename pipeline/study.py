@@ -264,8 +264,8 @@ def summary(runs_by_combination: dict[Combination, RunRecord]) -> list[dict]:
 
 
 def _mean_of_present(values: list[float | None]) -> float:
-    """The mean of the values that are there, nan if none is."""
-    present = [v for v in values if v is not None]
+    """The mean of the values that are there and defined, nan if none is."""
+    present = [v for v in values if v is not None and not np.isnan(v)]
     return float(np.mean(present)) if present else float("nan")
 
 
