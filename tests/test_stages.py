@@ -15,7 +15,7 @@ from tests.conftest import REPO_ROOT, stages_run, subprocess_env
 TENSORFLOW_FREE = ("pipeline.prepare", "pipeline.evaluate", "pipeline.inference", "pipeline.config",
                    "pipeline.metrics", "pipeline.faithfulness", "pipeline.tracking", "pipeline.data",
                    "pipeline.compare", "pipeline.predict", "pipeline.variants", "pipeline.serve", "pipeline.promote",
-                   "pipeline.sync", "pipeline.team_server")
+                   "pipeline.sync", "pipeline.team_server", "pipeline.stability", "pipeline.sweep")
 
 
 def test_stages_that_do_not_train_do_not_import_tensorflow():
