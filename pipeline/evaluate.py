@@ -22,7 +22,7 @@ from pipeline.config import load_config
 from pipeline.contract import PAD_VALUE
 from pipeline.data import sequence_lengths
 from pipeline.errors import StageFailed, run_command
-from pipeline.faithfulness import baseline_values, faithfulness_metrics
+from pipeline.faithfulness import Task, baseline_values, faithfulness_metrics
 from pipeline.inference import OnnxModel
 from pipeline.metrics import TASK_METRICS, attention_metrics, predicted_classes
 from pipeline.prepare import load_split
@@ -116,14 +116,15 @@ def plot_curves(rows: list[dict], score_name: str, title: str, path=stage.DELETI
     plt.close(fig)
 
 
-def measure_faithfulness(cfg, meta: dict, onnx_model: OnnxModel, test) -> tuple[dict[str, float], list[dict]]:
+def measure_faithfulness(cfg, meta: dict, onnx_model: OnnxModel, test, train_x: np.ndarray,
+                         ) -> tuple[dict[str, float], list[dict]]:
     """faithfulness/* metrics and curve rows on the first evaluate.samples test samples, deleting
-    positions with the evaluate.baseline value."""
+    positions with the evaluate.baseline value (its mean: over train_x [n, ...])."""
     settings = cfg.evaluate
     if settings.baseline == "pad" and not meta["padded"]:
         raise StageFailed(f"evaluate.baseline=pad: the data of {cfg.data.name!r} is fixed-length, so the "
                           "model has no padding mask to delete a position with; use mean or zero")
-    values = baseline_values(settings.baseline, load_split("train").x)
+    values = baseline_values(settings.baseline, train_x)
     x, y = test.x[: settings.samples], test.y[: settings.samples]
     metrics, rows = faithfulness_metrics(
         onnx_model.run, meta["task_type"], x, y, values, fractions=settings.fractions,
@@ -204,13 +205,12 @@ def main() -> None:
         **attention_metrics(outputs["attention"], test.target_positions, lengths),
         "export/parity_max_abs": export_report["export/parity_max_abs"],
     }
-    faithfulness, curves = measure_faithfulness(cfg, meta, onnx_model, test)
+    faithfulness, curves = measure_faithfulness(cfg, meta, onnx_model, test, load_split("train").x)
     uniform = TASK_METRICS[meta["task_type"]](OnnxModel(stage.UNIFORM_ONNX).run(test.x)["prediction"], test.y)
     metrics.update(faithfulness)
     metrics.update(uniform_ablation(metrics, uniform))
-    score_name = "mae" if meta["task_type"] == "regression" else "accuracy"
     write_curves_csv(curves)
-    plot_curves(curves, score_name, f"{cfg.model.name} on {cfg.data.name}: deletion by attention")
+    plot_curves(curves, Task(meta["task_type"], test.y).score_name, f"{cfg.model.name} on {cfg.data.name}: deletion by attention")
     targets = meta["target_positions"]
     write_attention_csv(outputs["attention"], targets)
     write_predictions_csv(meta["task_type"], outputs["prediction"], test.y, meta.get("labels"))

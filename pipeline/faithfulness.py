@@ -68,10 +68,12 @@ def delete(x: np.ndarray, deleted: np.ndarray, values: np.ndarray) -> np.ndarray
     return np.where(deleted[..., None], values[None, None, :], x).astype(np.float32)
 
 
-def ranks(order_scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def ranks(order_scores: np.ndarray, valid: np.ndarray, tie_break: np.ndarray | None = None) -> np.ndarray:
     """int [n, positions]: 0 for the highest score of each row, counting valid positions only;
-    invalid positions rank after every valid one."""
-    order = np.argsort(-np.where(valid, order_scores, -np.inf), axis=1, kind="stable")
+    invalid positions rank after every valid one. Equal scores rank in the order of `tie_break`
+    [n, positions] (ascending), else of position."""
+    scores = np.where(valid, order_scores, -np.inf)
+    order = np.lexsort((np.zeros_like(scores) if tie_break is None else tie_break, -scores), axis=-1)
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(order.shape[1])[None, :], axis=1)
     return rank
@@ -159,9 +161,10 @@ def faithfulness_metrics(
     chosen = task.chosen(intact["prediction"])
     before = task.output(intact["prediction"], chosen)
     valid = valid_positions(x)
-    attended_rank = ranks(attention, valid)
     rng = np.random.default_rng(seed)
     random_ranks = [ranks(rng.random(valid.shape), valid) for _ in range(random_draws)]
+    # equal weights (uniform attention, e.g. GAP's) say nothing about order: ties break at random
+    attended_rank = ranks(attention, valid, tie_break=rng.random(valid.shape))
 
     def scored(deleted: np.ndarray) -> tuple[float, float]:
         prediction = model(delete(x, deleted, values))["prediction"]

@@ -41,19 +41,14 @@ def seed_agreement(attention_by_run: dict[str, np.ndarray], valid: np.ndarray) -
             for run, rhos in pairs.items() if rhos}
 
 
-def logged_onnx_attention(run, x: np.ndarray) -> np.ndarray | None:
-    """The attention [n, positions] of the ONNX model that `run` (an MLflow run of the active
-    store) logged, on x; None if it logged none."""
-    import mlflow
-
+def logged_onnx_attention(tracking_uri: str, run, x: np.ndarray) -> np.ndarray | None:
+    """The attention [n, positions] on x of the ONNX model that `run` of the store logged; None
+    if it logged none."""
     from pipeline.inference import OnnxModel
+    from pipeline.tracking import logged_onnx_file
 
-    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
-                                         filter_string=f"source_run_id = '{run.info.run_id}'")
-    if not models:
-        return None
-    folder = mlflow.artifacts.download_artifacts(artifact_uri=models[0].artifact_location)
-    return OnnxModel(f"{folder}/model.onnx").run(x)["attention"]
+    path = logged_onnx_file(tracking_uri, run)
+    return None if path is None else OnnxModel(path).run(x)["attention"]
 
 
 def test_inputs(overrides: list[str]) -> np.ndarray:
@@ -65,8 +60,9 @@ def test_inputs(overrides: list[str]) -> np.ndarray:
     return prepared(cfg)[0]["test"].x
 
 
-def cell_agreement(runs_by_id: dict[str, object], x: np.ndarray) -> dict[str, float]:
-    """seed_spearman of each run of one cell (same config but the seed, same test inputs x)."""
-    attention = {run_id: logged_onnx_attention(run, x) for run_id, run in runs_by_id.items()}
+def cell_agreement(tracking_uri: str, runs_by_id: dict[str, object], x: np.ndarray) -> dict[str, float]:
+    """seed_spearman of each run of one cell (same config but the seed, same test inputs x) of
+    the store `tracking_uri`."""
+    attention = {run_id: logged_onnx_attention(tracking_uri, run, x) for run_id, run in runs_by_id.items()}
     attention = {run_id: rows for run_id, rows in attention.items() if rows is not None}
     return seed_agreement(attention, valid_positions(x)) if len(attention) > 1 else {}

@@ -333,17 +333,30 @@ def register_candidate(run_id: str, name: str) -> str | None:
     return _record(lambda client, _: register_model_of_run(_recorder.uri, run_id, name))
 
 
+def latest_onnx_model(client: MlflowClient, run):
+    """The newest `onnx_model` that `run` logged (an MLflow LoggedModel), or None."""
+    logged = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         filter_string=f"source_run_id = '{run.info.run_id}'")
+    onnx_models = [m for m in logged if m.name == "onnx_model"]
+    return max(onnx_models, key=lambda m: m.creation_timestamp) if onnx_models else None
+
+
+def logged_onnx_file(uri: str, run) -> Path | None:
+    """The model.onnx that `run` of the store `uri` logged, downloaded; None if it logged none."""
+    latest = latest_onnx_model(MlflowClient(uri), run)
+    if latest is None:
+        return None
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=latest.artifact_location,
+                                                    tracking_uri=uri)) / "model.onnx"
+
+
 def register_model_of_run(uri: str, run_id: str, name: str) -> str:
     """Register the newest `onnx_model` logged by run `run_id` in the store `uri` as a new
     version of `name`, alias `candidate`; returns the version."""
     client = MlflowClient(uri)
-    run = client.get_run(run_id)
-    logged = client.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                         filter_string=f"source_run_id = '{run_id}'")
-    onnx_models = [m for m in logged if m.name == "onnx_model"]
-    if not onnx_models:
+    latest = latest_onnx_model(client, client.get_run(run_id))
+    if latest is None:
         raise stage.StageFailed(f"MLflow run {run_id} has no logged onnx_model; rerun `dvc repro export`")
-    latest = max(onnx_models, key=lambda m: m.creation_timestamp)
     with _store_lock(uri), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # parallel runs must not race to create the model
         try:

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.contract import PAD_VALUE
-from pipeline.faithfulness import baseline_values, delete, faithfulness_metrics, valid_positions
+from pipeline.faithfulness import baseline_values, delete, faithfulness_metrics, ranks, valid_positions
 from pipeline.inference import OnnxModel
 
 STEPS, USED = 6, 2
@@ -17,10 +17,10 @@ def _model(attended: int) -> OnnxModel:
     return OnnxModel(known_onnx(attended).SerializeToString())
 
 
-def known_onnx(attended: int):
+def known_onnx(attended: int | None):
     """x [batch, 6, 1] -> prediction sigmoid(5 x[:, 2, 0]) [batch, 1] (only step 2 decides) and
-    attention one-hot on step `attended` for every sample."""
-    row = np.eye(STEPS, dtype=np.float32)[attended]
+    attention one-hot on step `attended` for every sample (None: 1/6 on every step)."""
+    row = np.full(STEPS, 1 / STEPS, np.float32) if attended is None else np.eye(STEPS, dtype=np.float32)[attended]
     nodes = [
         helper.make_node("Gather", ["x", "used"], ["step"], axis=1),  # [batch, 1]
         helper.make_node("Mul", ["step", "gain"], ["logit"]),
@@ -74,12 +74,29 @@ def test_attention_on_the_deciding_step_is_faithful():
 
 
 def test_attention_beside_the_deciding_step_is_found_out():
-    metrics, _ = _metrics(attended=4)
+    metrics, rows = _metrics(attended=4)
     assert metrics["faithfulness/deletion_top1"] == pytest.approx(1.0)
     assert metrics["faithfulness/sufficiency_top1"] == pytest.approx(0.5)
-    assert metrics["faithfulness/deletion_aopc"] == pytest.approx(0.0, abs=1e-6)
+    assert rows[0]["attended_drop"] == pytest.approx(0.0, abs=1e-6)  # step 4 alone: nothing lost
+    # beyond step 4 the weights are equal, so the other two of the top half are random steps
+    assert rows[1]["attended_drop"] == pytest.approx(rows[1]["random_drop"], abs=0.1)
     assert metrics["faithfulness/deletion_aopc_gain"] < 0
     assert metrics["faithfulness/occlusion_spearman"] == pytest.approx(-0.2)
+
+
+def test_uniform_attention_orders_nothing():
+    """Equal weights break ties at random: deleting the "top" position is deleting a random one."""
+    metrics, _ = _metrics(attended=None)
+    assert metrics["faithfulness/deletion_top1"] == pytest.approx(metrics["faithfulness/deletion_random1"], abs=0.1)
+    assert abs(metrics["faithfulness/deletion_aopc_gain"]) < 0.05
+    assert "faithfulness/occlusion_spearman" not in metrics  # undefined for constant attention
+
+
+def test_ranks_break_ties_by_the_tie_break_and_put_padding_last():
+    scores = np.array([[0.5, 0.2, 0.5, 0.9]])
+    valid = np.array([[True, True, True, False]])
+    assert ranks(scores, valid).tolist() == [[0, 2, 1, 3]]
+    assert ranks(scores, valid, tie_break=np.array([[0.9, 0.0, 0.1, 0.0]])).tolist() == [[1, 2, 0, 3]]
 
 
 def test_random_deletions_are_reproducible_by_seed():

@@ -32,7 +32,8 @@ def test_seed_agreement_averages_each_run_over_the_others():
 def test_cell_agreement_reads_each_runs_logged_onnx_model(tmp_path):
     import mlflow.onnx
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment_id=mlflow.create_experiment(
         "stability", artifact_location=(tmp_path / "artifacts").as_uri()))
     runs = {}
@@ -41,6 +42,6 @@ def test_cell_agreement_reads_each_runs_logged_onnx_model(tmp_path):
             mlflow.onnx.log_model(known_onnx(attended), name="onnx_model")
         runs[run.info.run_id] = mlflow.get_run(run.info.run_id)
     x, _ = _data(6)
-    got = cell_agreement(runs, x)
+    got = cell_agreement(uri, runs, x)
     ids = list(runs)
     assert got[ids[0]] == pytest.approx((1.0 - 0.2) / 2) and got[ids[2]] == pytest.approx(-0.2)
