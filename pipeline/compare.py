@@ -25,7 +25,7 @@ import numpy as np
 
 from pipeline import stability, study
 from pipeline.errors import run_command
-from pipeline.tracking import DEFAULT_STORE, repository_root
+from pipeline.tracking import DEFAULT_STORE, evaluated_runs, repository_root
 
 COLUMNS = (
     ("task", "tags.task"),
@@ -45,25 +45,11 @@ COLUMNS = (
 )
 
 
-def _finished_runs(tracking_uri: str, experiments: list[str] | None) -> list:
-    mlflow.set_tracking_uri(tracking_uri)
-    if experiments:
-        found = [mlflow.get_experiment_by_name(name) for name in experiments]
-        missing = [n for n, e in zip(experiments, found) if e is None]
-        if missing:
-            raise SystemExit(f"error: {tracking_uri}: no experiment named {missing}")
-        ids = [e.experiment_id for e in found]
-    else:
-        ids = [e.experiment_id for e in mlflow.search_experiments()]
-    runs = mlflow.search_runs(ids, filter_string="attributes.status = 'FINISHED'", output_format="list")
-    return [run for run in runs if "attention/entropy" in run.data.metrics]  # evaluated runs
-
-
 def comparison_rows(tracking_uri: str, experiments: list[str] | None = None) -> list[dict]:
     """One dict per finished run of a synthetic task with the COLUMNS, best
     attention/argmax_hit first per task."""
     rows = []
-    for run in _finished_runs(tracking_uri, experiments):
+    for run in evaluated_runs(tracking_uri, experiments):
         if run.data.params.get("data.source"):  # real data: see ucr_rows
             continue
         flat = {

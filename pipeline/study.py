@@ -148,14 +148,10 @@ class RunRecord:
 
 def evaluated_runs(tracking_uri: str) -> list:
     """Finished runs of real data (data.source logged) that reached the evaluate stage."""
-    import mlflow
+    from pipeline import tracking
 
-    mlflow.set_tracking_uri(tracking_uri)
-    ids = [e.experiment_id for e in mlflow.search_experiments()]
-    if not ids:
-        return []
-    runs = mlflow.search_runs(ids, filter_string="attributes.status = 'FINISHED'", output_format="list")
-    return [r for r in runs if r.data.params.get("data.source") and "test/accuracy" in r.data.metrics]
+    return [r for r in tracking.evaluated_runs(tracking_uri)
+            if r.data.params.get("data.source") and "test/accuracy" in r.data.metrics]
 
 
 def matching_runs(runs: list, plan: list[Combination], conf_dir: Path = CONF_DIR) -> dict[Combination, RunRecord]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline import study
 from pipeline.errors import run_command
-from pipeline.tracking import DEFAULT_STORE, repository_root
+from pipeline.tracking import DEFAULT_STORE, evaluated_runs, repository_root
 
 SEEDS = (1, 2, 3)
 POSITIONS = ("first", "middle", "last")
@@ -79,9 +79,7 @@ def plan(tasks=tuple(TASKS), sizes: tuple[int, ...] | None = None, seeds=SEEDS) 
 
 def done_runs(tracking_uri: str, cells: list[Cell]) -> dict[Cell, object]:
     """The latest finished, evaluated MLflow run of each cell whose params equal its composed config."""
-    from pipeline.compare import _finished_runs
-
-    runs = _finished_runs(tracking_uri, None)
+    runs = evaluated_runs(tracking_uri)
     found: dict[Cell, object] = {}
     for cell in cells:
         expected = study.expected_params(cell)

@@ -333,6 +333,24 @@ def register_candidate(run_id: str, name: str) -> str | None:
     return _record(lambda client, _: register_model_of_run(_recorder.uri, run_id, name))
 
 
+def evaluated_runs(uri: str, experiments: list[str] | None = None) -> list:
+    """The finished runs of the store `uri` that reached the evaluate stage, in the named
+    experiments (default: all)."""
+    mlflow.set_tracking_uri(uri)
+    if experiments:
+        found = [mlflow.get_experiment_by_name(name) for name in experiments]
+        missing = [n for n, e in zip(experiments, found) if e is None]
+        if missing:
+            raise SystemExit(f"error: {uri}: no experiment named {missing}")
+        ids = [e.experiment_id for e in found]
+    else:
+        ids = [e.experiment_id for e in mlflow.search_experiments()]
+    if not ids:
+        return []
+    runs = mlflow.search_runs(ids, filter_string="attributes.status = 'FINISHED'", output_format="list")
+    return [run for run in runs if "attention/entropy" in run.data.metrics]
+
+
 def latest_onnx_model(client: MlflowClient, run):
     """The newest `onnx_model` that `run` logged (an MLflow LoggedModel), or None."""
     logged = client.search_logged_models(experiment_ids=[run.info.experiment_id],
