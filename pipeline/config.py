@@ -272,7 +272,8 @@ class FeatureAttentionModel(_Strict):
 class TrainConfig(_Strict):
     """Keras fit settings. The monitored loss is the validation loss, or the training loss where
     the data has no validation split. With `early_stopping_patience` > 0, training stops after
-    that many epochs without a lower monitored loss; the weights of its best epoch are kept. With
+    that many epochs without the monitored loss falling `min_delta` below its best; the weights
+    of its best epoch are kept. With
     `lr_decay_patience` > 0 the learning rate halves after that many such epochs, down to
     `min_learning_rate`. A batch is at most a tenth of the training series (at least 2)."""
 
@@ -282,6 +283,8 @@ class TrainConfig(_Strict):
     min_learning_rate: float = Field(gt=0)
     optimizer: Literal["adam", "rmsprop", "sgd"]
     early_stopping_patience: int = Field(ge=0)
+    # the least fall of the monitored loss that early stopping counts as progress
+    min_delta: float = Field(default=0.0, ge=0)
     lr_decay_patience: int = Field(ge=0)
     # default: one device; mirrored: synchronous data parallelism over this machine's GPUs (or,
     # without GPUs, over `cpu_replicas` logical CPU devices); multi_worker: over the machines that

@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> None:
             writer.writerows(rows)
         print(f"wrote {args.out.with_suffix('.md')} and .csv ({len(rows)} cells, {len(done)} runs)")
         return
-    todo = [cell for cell in cells if cell not in done]
+    # one seed of every cell before the next seed, small sizes first: an interrupted sweep has
+    # already seen every cell
+    todo = sorted((cell for cell in cells if cell not in done), key=lambda cell: (cell.seed, cell.size))
     print(f"{len(cells) - len(todo)} of {len(cells)} runs are in {args.tracking_uri}; {len(todo)} missing")
     for cell in todo:  # queued beside whatever is queued already: run `queue` once, then start the queue
         if args.action == "queue":

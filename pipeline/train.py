@@ -73,15 +73,16 @@ def monitored_loss(val) -> str:
 
 def stopping_callbacks(cfg: TrainConfig, monitor: str) -> list[keras.callbacks.Callback]:
     """Learning-rate halving on plateaus of the monitored loss (train.lr_decay_patience, down to
-    train.min_learning_rate) and early stopping (train.early_stopping_patience); `BestWeights`
-    restores the best epoch's weights either way."""
+    train.min_learning_rate) and early stopping (train.early_stopping_patience epochs without a
+    fall of train.min_delta); `BestWeights` restores the best epoch's weights either way."""
     callbacks = []
     if cfg.lr_decay_patience:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor, factor=0.5, patience=cfg.lr_decay_patience, min_lr=cfg.min_learning_rate,
-        ))
+        ))  # a plateau: no fall of 1e-4 (Keras's min_delta)
     if cfg.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor, patience=cfg.early_stopping_patience))
+        callbacks.append(keras.callbacks.EarlyStopping(monitor, patience=cfg.early_stopping_patience,
+                                                       min_delta=cfg.min_delta))
     return callbacks
 
 
