@@ -21,8 +21,10 @@ Metrics (prefix faithfulness/; a score is the accuracy, or the mean absolute err
     sufficiency_top1 and sufficiency_top{p}pct: the score keeping only the top-k
         attended positions (every other one deleted);
     occlusion_spearman: per sample, Spearman's rank correlation between the attention and the drop
-        caused by deleting each position alone (long inputs: each of `segments` windows), averaged;
-        absent where no sample defines it (constant attention or drops).
+        caused by deleting each position alone (long inputs: each of `segments` windows, weighed by
+        their mean attention), averaged; absent where no sample defines it (constant attention or
+        drops).
+Attention weights are compared to WEIGHT_DECIMALS: ties (a uniform attention) break at random.
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ from pipeline.metrics import TASK_METRICS, predicted_classes
 
 Model = Callable[[np.ndarray], dict[str, np.ndarray]]
 BASELINES = ("mean", "zero", "pad")
+WEIGHT_DECIMALS = 6  # attention weights that differ by float32 rounding alone count as equal
+
+
+def distinct_weights(attention: np.ndarray) -> np.ndarray:
+    """The attention rounded to WEIGHT_DECIMALS: a uniform softmax computed in float32 is constant
+    again, so it orders nothing."""
+    return np.round(attention, WEIGHT_DECIMALS)
 
 
 def valid_positions(x: np.ndarray) -> np.ndarray:
@@ -140,7 +149,7 @@ def occlusion_spearman(model: Model, task: Task, x: np.ndarray, attention: np.nd
             deleted[w, window] = True
         prediction = model(delete(np.repeat(x[i : i + 1], len(windows), axis=0), deleted, values))["prediction"]
         drops = task.drop(before[i], task.output(prediction, np.full(len(windows), chosen[i])))
-        weights = np.array([attention[i, window].sum() for window in windows])
+        weights = np.array([attention[i, window].mean() for window in windows])  # windows differ in size
         if np.ptp(drops) > 0 and np.ptp(weights) > 0:
             rhos.append(spearmanr(weights, drops).statistic)
     return float(np.mean(rhos)) if rhos else float("nan")
@@ -157,7 +166,7 @@ def faithfulness_metrics(
     "attended_drop": mean drop, "random_drop": mean drop}, one per curve point."""
     task = Task(task_type, y)
     intact = model(x)
-    attention = intact["attention"]
+    attention = distinct_weights(intact["attention"])
     chosen = task.chosen(intact["prediction"])
     before = task.output(intact["prediction"], chosen)
     valid = valid_positions(x)

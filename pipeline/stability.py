@@ -12,18 +12,19 @@ from itertools import combinations
 
 import numpy as np
 
-from pipeline.faithfulness import valid_positions
+from pipeline.faithfulness import distinct_weights, valid_positions
 
 METRIC = "faithfulness/seed_spearman"
 
 
 def rank_agreement(first: np.ndarray, second: np.ndarray, valid: np.ndarray) -> float:
     """Mean over rows of Spearman's rho between two attention matrices [n, positions] over each
-    row's valid positions; rows where either is constant are left out (nan if all are)."""
+    row's valid positions; rows where either is constant (to WEIGHT_DECIMALS) are left out (nan
+    if all are)."""
     from scipy.stats import spearmanr
 
     rhos = []
-    for a, b, keep in zip(first, second, valid):
+    for a, b, keep in zip(distinct_weights(first), distinct_weights(second), valid):
         a, b = a[keep], b[keep]
         if np.ptp(a) > 0 and np.ptp(b) > 0:
             rhos.append(spearmanr(a, b).statistic)

@@ -7,7 +7,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.contract import PAD_VALUE
-from pipeline.faithfulness import baseline_values, delete, faithfulness_metrics, ranks, valid_positions
+from pipeline.faithfulness import (
+    baseline_values,
+    delete,
+    distinct_weights,
+    faithfulness_metrics,
+    ranks,
+    valid_positions,
+)
 from pipeline.inference import OnnxModel
 
 STEPS, USED = 6, 2
@@ -165,3 +172,9 @@ def test_a_trained_planted_task_model_fails_without_its_top_attended_position(tm
     assert metrics["faithfulness/deletion_random1"] > 0.9
     assert metrics["faithfulness/deletion_aopc_gain"] > 0.2
     assert metrics["faithfulness/uniform_drop"] > 0.2
+
+
+def test_float32_noise_on_uniform_weights_orders_nothing():
+    rng = np.random.default_rng(1)
+    uniform = np.full((4, 427), 1 / 427, np.float32) * (1 + rng.normal(0, 1e-7, (4, 427))).astype(np.float32)
+    assert np.ptp(uniform) > 0 and np.ptp(distinct_weights(uniform)) == 0
