@@ -4,8 +4,9 @@
     python -m pipeline.compare --experiment attention-find_max --out docs/results
     python -m pipeline.compare --tracking-uri http://127.0.0.1:5000
 
-Synthetic tasks: one row per run with the task metric (accuracy or MAE), the attention metrics,
-the parameter count, the training time and the run id. UCR/UEA data sets: the study of
+Synthetic tasks: one row per model and seed at the task's own size (its latest run) with the task
+metric (accuracy or MAE), the attention and faithfulness metrics, the parameter count, the epochs
+trained, the training time and the run id. UCR/UEA data sets: the study of
 pipeline/study.py, each model's accuracy as mean ± std over seeds beside the published FCN, the
 training times, mean ranks with Friedman and Wilcoxon-Holm tests, and a critical-difference
 diagram (OUT_cd.png). With --out, the real-data runs are also written to OUT_runs.csv, the
@@ -30,6 +31,7 @@ from pipeline.tracking import DEFAULT_STORE, evaluated_runs, repository_root
 COLUMNS = (
     ("task", "tags.task"),
     ("model", "tags.model"),
+    ("seed", "params.seed"),
     ("test/accuracy", "metrics.test/accuracy"),
     ("test/mae", "metrics.test/mae"),
     ("attention/mass_at_target", "metrics.attention/mass_at_target"),
@@ -40,20 +42,47 @@ COLUMNS = (
     ("faithfulness/deletion_aopc_gain", "metrics.faithfulness/deletion_aopc_gain"),
     ("faithfulness/uniform_drop", "metrics.faithfulness/uniform_drop"),
     ("params", "metrics.train/param_count"),
+    ("epochs", "metrics.train/epochs"),
     ("train seconds", "metrics.train/seconds"),
     ("run", "run_id"),
 )
 
 
+def default_data_params(task: str) -> dict[str, str] | None:
+    """The data.* MLflow params of a run of `task` at the size conf/data/<task>.yaml sets (None
+    for a data set without such a file)."""
+    from pipeline.config import CONF_DIR, compose_defaults, flatten
+
+    if not (CONF_DIR / "data" / f"{task}.yaml").exists():
+        return None
+    data = compose_defaults(overrides=[f"data={task}"])["data"]
+    return {k: str(v) for k, v in flatten(data, "data.").items()}
+
+
 def comparison_rows(tracking_uri: str, experiments: list[str] | None = None) -> list[dict]:
-    """One dict per finished run of a synthetic task with the COLUMNS, best
-    attention/argmax_hit first per task."""
-    rows = []
+    """One dict per model and seed of each synthetic task with the COLUMNS, from its latest finished
+    run on the task's own data config (the size sweep, pipeline/sweep.py, has its own table);
+    best attention/argmax_hit first per task."""
+    latest: dict[tuple, object] = {}
+    defaults: dict[str, dict | None] = {}
     for run in evaluated_runs(tracking_uri, experiments):
-        if run.data.params.get("data.source"):  # real data: see ucr_rows
+        params = run.data.params
+        if params.get("data.source"):  # real data: see ucr_rows
             continue
+        task = run.data.tags.get("task", "")
+        if task not in defaults:
+            defaults[task] = default_data_params(task)
+        expected = defaults[task]
+        if expected is not None and any(params.get(k, v) != v for k, v in expected.items()):
+            continue  # another size or planted position
+        key = (task, run.data.tags.get("model"), params.get("seed"))
+        if key not in latest or run.info.start_time > latest[key].info.start_time:
+            latest[key] = run
+    rows = []
+    for run in latest.values():
         flat = {
             "run_id": run.info.run_id,
+            **{f"params.{k}": v for k, v in run.data.params.items()},
             **{f"tags.{k}": v for k, v in run.data.tags.items()},
             **{f"metrics.{k}": v for k, v in run.data.metrics.items()},
         }

@@ -14,10 +14,11 @@ from pipeline.compare import comparison_rows, main
 from tests.conftest import REPO_ROOT
 
 
-def _log_run(experiment: str, model: str, hit: float, complete: bool = True) -> str:
+def _log_run(experiment: str, model: str, hit: float, complete: bool = True, **params) -> str:
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=model) as run:
         mlflow.set_tags({"task": experiment.removeprefix("attention-"), "model": model})
+        mlflow.log_params(params)
         mlflow.log_metrics({"train/param_count": 4565.0, "train/seconds": 10.5, "test/mae": 0.05})
         if complete:
             mlflow.log_metrics({"attention/argmax_hit": hit, "attention/lift": hit * 20,
@@ -42,7 +43,7 @@ def test_rows_per_complete_run_best_first(tmp_path):
     main(["--tracking-uri", uri, "--out", str(tmp_path / "docs" / "results")])
     markdown = (tmp_path / "docs" / "results.md").read_text()
     assert markdown.startswith("<!-- made by: python -m pipeline.compare --tracking-uri")
-    assert "| find_max | bahdanau |  | 0.05 | 0.96 | 0.96 | 19.2 | 1 |  |  |  | 4565 | 10.5 |" in markdown
+    assert "| find_max | bahdanau |  |  | 0.05 | 0.96 | 0.96 | 19.2 | 1 |  |  |  | 4565 |  | 10.5 |" in markdown
     with open(tmp_path / "docs" / "results.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 3
 
@@ -52,8 +53,20 @@ def test_rows_per_complete_run_best_first(tmp_path):
     newer = _log_run("attention-find_max", "luong_dot", 0.5)
     main(["--tracking-uri", fresh, "--out", str(tmp_path / "docs" / "results")])
     rebuilt = (tmp_path / "docs" / "results.md").read_text()
-    assert f"| find_max | bahdanau |  | 0.05 | 0.96 | 0.96 | 19.2 | 1 |  |  |  | 4565 | 10.5 | {strong} |" in rebuilt
+    assert f"| find_max | bahdanau |  |  | 0.05 | 0.96 | 0.96 | 19.2 | 1 |  |  |  | 4565 |  | 10.5 | {strong} |" in rebuilt
     assert other in rebuilt and newer in rebuilt and weak not in rebuilt
+
+
+def test_rows_are_the_latest_run_per_model_and_seed_at_the_task_s_own_size(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    own = {"data.time_steps": "20", "data.min_length": "20"}  # conf/data/find_max.yaml
+    _log_run("attention-find_max", "bahdanau", 0.5, seed="1", **own)
+    latest = _log_run("attention-find_max", "bahdanau", 0.6, seed="1", **own)
+    other_seed = _log_run("attention-find_max", "bahdanau", 0.7, seed="2", **own)
+    _log_run("attention-find_max", "bahdanau", 0.9, seed="1", **{**own, "data.time_steps": "100"})  # a sweep size
+
+    rows = comparison_rows(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [(r["run"], r["seed"]) for r in rows] == [(other_seed, "2"), (latest, "1")]
 
 
 def _log_study_run(combination: study.Combination, accuracy: float, seconds: float, **changed) -> str:
