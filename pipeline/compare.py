@@ -219,7 +219,8 @@ def add_seed_agreement(tracking_uri: str, done: dict) -> None:
         if len(members) < 2 or all(stability.METRIC in record.faithfulness for _, record in members):
             continue
         x = stability.test_inputs(members[0][0].overrides)
-        agreement = stability.cell_agreement(tracking_uri, {record.run_id: runs[record.run_id] for _, record in members}, x)
+        members_runs = {record.run_id: runs[record.run_id] for _, record in members}
+        agreement = stability.cell_agreement(tracking_uri, members_runs, x)
         for _, record in members:  # nan (constant attention, no model) is kept too: computed once
             value = agreement.get(record.run_id, float("nan"))
             record.faithfulness[stability.METRIC] = value

@@ -210,7 +210,8 @@ def main() -> None:
     metrics.update(faithfulness)
     metrics.update(uniform_ablation(metrics, uniform))
     write_curves_csv(curves)
-    plot_curves(curves, Task(meta["task_type"], test.y).score_name, f"{cfg.model.name} on {cfg.data.name}: deletion by attention")
+    plot_curves(curves, Task(meta["task_type"], test.y).score_name,
+                f"{cfg.model.name} on {cfg.data.name}: deletion by attention")
     targets = meta["target_positions"]
     write_attention_csv(outputs["attention"], targets)
     write_predictions_csv(meta["task_type"], outputs["prediction"], test.y, meta.get("labels"))
