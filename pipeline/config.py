@@ -190,6 +190,15 @@ class RecurrentAttentionModel(_Strict):
     query: Literal["last", "learned"]
     recurrent_l2: float = Field(ge=0)
     position_bias: StrictBool
+    # what the attention weighs: the recurrent states (the classic recipe), or a projection of
+    # each step's own inputs, so that the prediction holds only what the attended steps hold
+    values: Literal["states", "inputs"] = "states"
+
+    @model_validator(mode="after")
+    def _values_need_attention(self):
+        if self.values == "inputs" and self.score == "last_state":
+            raise ValueError("values=inputs needs an attention score: last_state weighs no steps")
+        return self
 
 
 class InputAttentionModel(_Strict):

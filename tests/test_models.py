@@ -181,3 +181,24 @@ def test_the_uniform_copy_of_feature_attention_weighs_every_feature_alike():
     model = _model("dense_attention", (32,))
     x = np.random.default_rng(0).standard_normal((3, 32)).astype("float32")
     np.testing.assert_allclose(uniform_attention_copy(model)(x)["attention"], 1 / 32, atol=1e-7)
+
+
+def test_attention_over_inputs_sums_each_step_s_own_values():
+    """values=inputs: the head sees Σ_t a_t Dense(x_t), so a step with no weight cannot reach it,
+    however much the LSTM carries it forward."""
+    model = _model("lstm_attention", (20, 2), "model.values=inputs", "model.position_bias=false")
+    attended = model.get_layer("attended_inputs")
+    values_layer = model.get_layer("values")
+    x = np.random.default_rng(3).standard_normal((4, 20, 2)).astype("float32")
+    attention = np.asarray(model(x)["attention"])
+    values = np.asarray(values_layer(x))  # no standardization in this model
+    np.testing.assert_allclose(attended(values, attention), np.einsum("bt,btu->bu", attention, values), atol=1e-6)
+    one_hot = np.eye(20, dtype="float32")[[3, 3, 7, 0]]
+    changed = x.copy()
+    changed[:, 10:] += 5.0  # steps that carry no weight
+    np.testing.assert_allclose(attended(values_layer(changed), one_hot), attended(values, one_hot), atol=1e-6)
+
+
+def test_attention_over_inputs_needs_an_attention_score():
+    with pytest.raises(Exception, match="values=inputs needs an attention score"):
+        tiny_config("model=lstm_baseline", "+model.values=inputs")

@@ -33,6 +33,7 @@ from pipeline.models.layers import (
     MultiHeadAttentionPooling,
     Standardize,
     TemporalAttention,
+    WeightedSum,
 )
 
 
@@ -116,6 +117,9 @@ def recurrent_attention(cfg: RecurrentAttentionModel, task: TaskSpec) -> keras.M
     """LSTM or GRU (return_sequences, optionally bidirectional) -> TemporalAttention -> Dense(1).
 
     x [batch, time, features] -> prediction [batch, 1], attention [batch, time].
+    `values` "states" pools the recurrent states; "inputs" pools Dense(units) of each step's
+    inputs with the weights the states scored, so nothing reaches the head but what the attended
+    steps hold (every state after a planted step carries it; its own inputs do not).
     `recurrent_l2` penalises the recurrent kernel for carrying the input forward, so the state
     at a step holds what that step saw; `position_bias` adds a learned score per step. With the
     bias the model takes exactly `time` steps; without it the time dimension is dynamic.
@@ -126,6 +130,8 @@ def recurrent_attention(cfg: RecurrentAttentionModel, task: TaskSpec) -> keras.M
     context, attention = TemporalAttention(
         score=cfg.score, query=cfg.query, position_bias=cfg.position_bias, name="temporal_attention"
     )(states)
+    if cfg.values == "inputs":  # the states only score the steps; the sum is of the steps' own inputs
+        context = WeightedSum(name="attended_inputs")(keras.layers.Dense(cfg.units, name="values")(h), attention)
     return keras.Model(x, {"prediction": _head(context, task), "attention": attention}, name=cfg.name)
 
 

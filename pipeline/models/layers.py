@@ -39,6 +39,21 @@ def _check_uniform(uniform) -> bool:
     return uniform
 
 
+@keras.saving.register_keras_serializable(package="pipeline")
+class WeightedSum(keras.layers.Layer):
+    """Values pooled by given attention weights: values [batch, time, units] and attention
+    [batch, time] (rows summing to 1, padded steps 0) -> [batch, units], Σ_t a_t v_t."""
+
+    def call(self, values, attention):
+        return ops.sum(values * ops.expand_dims(attention, -1), axis=1)
+
+    def compute_mask(self, values, attention=None, mask=None):
+        return None
+
+    def compute_output_shape(self, values_shape, attention_shape=None):
+        return values_shape[0], values_shape[2]
+
+
 class _AttentionPooling(keras.layers.Layer):
     """Shared by the pooling layers: states [batch, time, units] in, (context [batch, units],
     attention [batch, time]) out; the mask is consumed here and not passed on."""
