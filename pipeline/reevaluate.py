@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pipeline import study
 from pipeline.errors import run_command
+from pipeline.stability import METRIC as SEED_METRIC
 from pipeline.tracking import DEFAULT_STORE, logged_onnx_file, repository_root
 
 MARKER = "faithfulness/deletion_aopc_gain"  # a run without it predates the faithfulness metrics
@@ -95,7 +96,10 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(result, str):
             print(f"left alone: {combination.label} seed {combination.seed} ({run.info.run_id}): {result}")
             continue
-        for name, value in result.items():
+        # a metric measured before but undefined now (constant attention) must not keep its old value
+        stale = {k: float("nan") for k in run.data.metrics
+                 if k.startswith("faithfulness/") and k not in result and k != SEED_METRIC}
+        for name, value in {**stale, **result}.items():
             client.log_metric(run.info.run_id, name, value)
         uniform = result.get("faithfulness/uniform_drop")
         print(f"{combination.dataset} {combination.label} seed {combination.seed}: "

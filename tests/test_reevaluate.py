@@ -59,6 +59,7 @@ def test_runs_without_the_metrics_get_them_and_changed_ones_are_left_alone(tmp_p
     for combination, logged in ((kept, accuracy), (changed, accuracy - 0.1)):
         with mlflow.start_run() as run:
             mlflow.log_params(study.expected_params(combination))
+            mlflow.log_metric("faithfulness/no_longer_defined", 0.5)  # as if an older version had measured it
             mlflow.log_metrics({"test/accuracy": logged, "attention/entropy": 0.0})  # as evaluate logs
             mlflow.onnx.log_model(model, name="onnx_model")
         run_ids[combination] = run.info.run_id
@@ -76,6 +77,7 @@ def test_runs_without_the_metrics_get_them_and_changed_ones_are_left_alone(tmp_p
     assert metrics["faithfulness/deletion_random1"] > metrics["faithfulness/deletion_top1"]
     assert metrics["faithfulness/deletion_aopc_gain"] > 0
     assert "faithfulness/uniform_drop" not in metrics  # no Keras model logged: no ablation
+    assert np.isnan(metrics["faithfulness/no_longer_defined"])  # an old figure is not left standing
     assert reevaluate.MARKER not in client.get_run(run_ids[changed]).data.metrics
     assert "left alone: conv_gap seed 2" in capsys.readouterr().out
     assert [c for c, _ in reevaluate.lacking(uri, [kept, changed])] == [changed]
