@@ -8,6 +8,7 @@ import sys
 
 import mlflow
 import pytest
+import yaml
 
 from pipeline import stage
 from tests.conftest import REPO_ROOT, stages_run, subprocess_env
@@ -73,7 +74,9 @@ def test_failed_parity_gate_exits_2_and_keeps_the_previous_model(pipeline_run):
     report_before = (pipeline_run / stage.EXPORT_REPORT).read_bytes()
     original = params.read_text()
     try:
-        params.write_text(original.replace("parity_tolerance: 1.0e-05", "parity_tolerance: 1.0e-15"))
+        strict = yaml.safe_load(original)
+        strict["export"]["parity_tolerance"] = 1e-15
+        params.write_text(yaml.safe_dump(strict, sort_keys=False))
         result = subprocess.run([sys.executable, "-m", "pipeline.export"], cwd=pipeline_run,
                                 env={**subprocess_env(), "PYTHONPATH": str(REPO_ROOT),
                                      "MLFLOW_TRACKING_URI": f"sqlite:///{pipeline_run / 'mlflow.db'}"},
