@@ -73,6 +73,14 @@ def prepared(cfg) -> tuple[dict[str, data.Dataset], dict]:
     return splits, describe(cfg, splits, file_info)
 
 
+def prepared_for(overrides: list[str]) -> tuple[object, dict[str, data.Dataset], dict]:
+    """(config, splits, meta) of the config composed from conf/ with Hydra `overrides` (a run's cell)."""
+    from pipeline.config import compose_defaults, validate
+
+    cfg = validate(compose_defaults(overrides=overrides), "conf/ with " + " ".join(overrides))
+    return (cfg, *prepared(cfg))
+
+
 def main() -> None:
     cfg = load_config()
     splits, meta = prepared(cfg)

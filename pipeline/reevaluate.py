@@ -55,14 +55,12 @@ def uniform_prediction(tracking_uri: str, run, x, opset: int):
 
 def reevaluate(tracking_uri: str, combination: study.Combination, run) -> dict[str, float] | str:
     """The faithfulness/* metrics of `run` (and its uniform ablation), or why there are none."""
-    from pipeline.config import compose_defaults, validate
     from pipeline.evaluate import measure_faithfulness, uniform_ablation
     from pipeline.inference import OnnxModel
     from pipeline.metrics import TASK_METRICS
-    from pipeline.prepare import prepared
+    from pipeline.prepare import prepared_for
 
-    cfg = validate(compose_defaults(overrides=combination.overrides), "conf/ with " + " ".join(combination.overrides))
-    splits, meta = prepared(cfg)
+    cfg, splits, meta = prepared_for(combination.overrides)
     path = logged_onnx_file(tracking_uri, run)
     if path is None:
         return "no logged ONNX model"

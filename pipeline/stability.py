@@ -54,11 +54,9 @@ def logged_onnx_attention(tracking_uri: str, run, x: np.ndarray) -> np.ndarray |
 
 def test_inputs(overrides: list[str]) -> np.ndarray:
     """The test split's inputs of the config composed from conf/ with `overrides`."""
-    from pipeline.config import compose_defaults, validate
-    from pipeline.prepare import prepared
+    from pipeline.prepare import prepared_for
 
-    cfg = validate(compose_defaults(overrides=overrides), "conf/ with " + " ".join(overrides))
-    return prepared(cfg)[0]["test"].x
+    return prepared_for(overrides)[1]["test"].x
 
 
 def cell_agreement(tracking_uri: str, runs_by_id: dict[str, object], x: np.ndarray) -> dict[str, float]:
