@@ -230,14 +230,14 @@ class ConvAttentionModel(_Strict):
     name: Literal["conv_attention", "conv_gap"]
     filters: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
     kernel_sizes: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
-    score: Literal["class", "location", "dot", "general", "additive", "scaled_dot", "mean"]
+    score: Literal["gated", "class", "location", "dot", "general", "additive", "scaled_dot", "mean"]
     query: Literal["last", "learned"]
     position_bias: StrictBool
 
     @model_validator(mode="after")
     def _gap_is_the_mean(self):
-        if self.score == "class" and self.position_bias:
-            raise ValueError("position_bias needs a state-scoring attention, not score 'class'")
+        if self.score in ("gated", "class") and self.position_bias:
+            raise ValueError(f"position_bias needs a softmax-scored attention, not score {self.score!r}")
         if (self.name == "conv_gap") != (self.score == "mean"):
             raise ValueError(
                 f"score 'mean' (global average pooling) is model conv_gap and only it "
@@ -284,9 +284,13 @@ class TrainConfig(_Strict):
     that many epochs without the monitored loss falling `min_delta` below its best; the weights
     of its best epoch are kept. With
     `lr_decay_patience` > 0 the learning rate halves after that many such epochs, down to
-    `min_learning_rate`. A batch is at most a tenth of the training series (at least 2)."""
+    `min_learning_rate`. A batch is at most a tenth of the training series (at least 2). With
+    `max_series_steps`, training also ends once that many series x time steps have passed
+    through the model (an epoch over n series of T steps counts n * T): a larger or longer
+    training set trains fewer epochs, in about the same time."""
 
     epochs: int = Field(gt=0)
+    max_series_steps: int | None = Field(default=None, gt=0)
     batch_size: int = Field(gt=0)
     learning_rate: float = Field(gt=0)
     min_learning_rate: float = Field(gt=0)

@@ -58,6 +58,7 @@ REFERENCES = {
 # run on every inner fold (data.inner_fold) of the training files with seed 1.
 SELECTION = {
     "conv_attention": (),
+    "conv_attention score=class": ("model.score=class",),
     "conv_attention score=additive": ("model.score=additive",),
     "conv_gap": (),
 }
@@ -369,8 +370,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     plan = (selection_combinations(args.datasets) if args.selection
             else combinations(args.datasets, args.models, args.seeds))
-    todo = sorted(missing(args.tracking_uri, plan, args.ledger),
-                  key=lambda c: training_size(c.dataset))  # quick ones first
+    todo = sorted(missing(args.tracking_uri, plan, args.ledger),  # in the order of MODELS, quick ones first
+                  key=lambda c: (MODELS.index(c.model) if c.model in MODELS else len(MODELS), training_size(c.dataset)))
     print(f"{len(plan) - len(todo)} of {len(plan)} runs are in {args.tracking_uri} or {args.ledger}; "
           f"{len(todo)} missing")
     if args.action == "queue":

@@ -92,6 +92,15 @@ def batch_size_for(requested: int, n_series: int) -> int:
     return max(2, min(requested, n_series // 10))
 
 
+def epochs_for(cfg: TrainConfig, train) -> int:
+    """The epochs to train: train.epochs, or fewer where train.max_series_steps ends training
+    first; train.x [series, time, features] (or [series, features]: one step). At least one."""
+    if cfg.max_series_steps is None:
+        return cfg.epochs
+    series_steps = len(train) * int(np.prod(train.x.shape[1:-1]))
+    return max(1, min(cfg.epochs, cfg.max_series_steps // series_steps))
+
+
 class BestWeights(keras.callbacks.Callback):
     """Keeps the weights of the epoch with the lowest `monitor` and puts them back when training
     ends, whether it stopped early or ran all its epochs. The best weights and their epoch live
@@ -198,7 +207,7 @@ def fit(
     return trainer.fit(
         batches.dataset(),
         validation_data=validation,
-        epochs=cfg.train.epochs,
+        epochs=epochs_for(cfg.train, train),
         shuffle=False,  # EpochBatches shuffles, by (seed, epoch)
         callbacks=[batches, *stopping_callbacks(cfg.train, monitored_loss(val)), *callbacks],
         verbose=2,
@@ -287,6 +296,7 @@ def train_by_gradient(cfg: Config, task: TaskSpec, train, val, backup: TrainingB
         "train/seconds": round(time.perf_counter() - started, 3),
         "train/param_count": model.count_params(),
         "train/epochs": len(history["loss"]),
+        "train/epoch_limit": epochs_for(cfg.train, train),
         "train/batch_size": batch_size_for(cfg.train.batch_size, len(train)),
         "train/replicas": strategy.num_replicas_in_sync,
         **{f"train/final_{k}": v[-1] for k, v in history.items()},

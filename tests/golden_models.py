@@ -34,10 +34,13 @@ CASES = {
     "dense_attention": ("experiment=dense_attention",),
     "lstm_attention": ("experiment=lstm_attention",),
     **{name: (f"model={name}",) for name in SEQUENCE_MODELS if name not in ("lstm_attention", "conv_attention", "conv_gap")},
-    # small weight files; a high learning rate for a few epochs takes the class attention's alpha
-    # well away from 0 (the uniform start), so that the attention path is pinned too
-    "conv_attention": ("model=conv_attention", "model.filters=[16,32,16]", "train.learning_rate=0.1",
+    # small weight files; a high learning rate for a few epochs takes the gates (the class
+    # attention's alpha) well away from their start, so that the attention path is pinned too
+    # (at 0.1 the gated attention's states die and its weights turn uniform)
+    "conv_attention": ("model=conv_attention", "model.filters=[16,32,16]", "train.learning_rate=0.03",
                        "train.epochs=3"),
+    "conv_attention_class": ("model=conv_attention", "model.score=class", "model.filters=[16,32,16]",
+                             "train.learning_rate=0.1", "train.epochs=3"),
     "conv_gap": ("model=conv_gap", "model.filters=[16,32,16]"),
     "conv_attention_additive": ("model=conv_attention", "model.score=additive", "model.filters=[16,32,16]"),
     "bahdanau_variable_length": ("model=bahdanau", "data=find_max", "data.min_length=5"),

@@ -113,7 +113,7 @@ def test_the_selection_study_reads_inner_fold_runs_only(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    plan = study.selection_combinations(["ArrowHead"])
+    plan = study.selection_combinations(["ArrowHead"], ("conv_attention", "conv_attention score=additive", "conv_gap"))
     assert [c.label for c in plan[::3]] == ["conv_attention", "conv_attention score=additive", "conv_gap"]
     assert plan[3].command.endswith("-S model.score=additive -S seed=1 -S data.inner_fold=0")
     for combination, accuracy in zip(plan, (0.7, 0.8, 0.9, 0.6, 0.6, 0.6)):

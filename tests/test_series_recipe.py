@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline import stage
+from pipeline.config import ConfigError
 from pipeline.data.files import bundled_ucr_files, read_series, to_arrays
 from pipeline.inference import OnnxModel
 from pipeline.models import TaskSpec, build_model
@@ -91,8 +92,8 @@ def test_minirocket_runs_through_every_stage_and_deploys_as_onnx(tmp_path):
     np.testing.assert_allclose(outputs["attention"], 1 / 100, rtol=1e-5)  # MiniRocket weighs every step alike
 
 
-def _class_attention_model(**overrides):
-    cfg = tiny_config("experiment=ucr", "model.filters=[8,8]", "model.kernel_sizes=[3,3]")
+def _class_attention_model(score="class"):
+    cfg = tiny_config("experiment=ucr", "model.filters=[8,8]", "model.kernel_sizes=[3,3]", f"model.score={score}")
     task = TaskSpec((12, 2), "multiclass", padded=True, n_classes=3, normalization={"mode": "per_series"})
     keras.utils.set_random_seed(1)
     model = build_model(cfg.model, task)
@@ -102,7 +103,7 @@ def _class_attention_model(**overrides):
 
 
 def test_class_attention_starts_as_the_global_average_and_predicts_from_its_own_weights():
-    """score "class" (the default): with alpha 0 the weights are uniform, exactly the global
+    """score "class": with alpha 0 the weights are uniform, exactly the global
     average of the head's per-step scores; with alpha > 0 the predicted class's logit is the sum
     of its per-step scores weighted by the attention the model returns."""
     model, x = _class_attention_model()
@@ -129,3 +130,42 @@ def test_class_attention_starts_as_the_global_average_and_predicts_from_its_own_
     predicted = logits.argmax(axis=1)
     np.testing.assert_allclose(out["attention"], weights[np.arange(5), :, predicted], atol=1e-6)
     assert np.asarray(out["attention"])[2:].std(axis=1).min() > 0, "no longer uniform"
+
+
+def test_gated_attention_is_the_mean_of_gated_states_and_its_uniform_copy_keeps_the_mean_gate():
+    """score "gated" (the default): context = (1/T) sum_t g_t h_t over the valid steps, with the
+    attention returned g_t / sum g; the uniform ablation weighs the steps 1/T and keeps the
+    mean gate; padded steps get no weight."""
+    from pipeline.models import uniform_attention_copy
+
+    model, x = _class_attention_model(score="gated")
+    pooling = model.get_layer("gated_attention")
+    rng = np.random.default_rng(2)
+    for weight in pooling.trainable_weights:  # gates that differ between steps
+        weight.assign(rng.normal(0, 1.0, weight.shape).astype("float32"))
+    states = np.asarray(keras.Model(model.input, model.get_layer("conv_encoder").output)(x))
+    hidden = np.tanh(states @ np.asarray(pooling.gate_kernel) + np.asarray(pooling.gate_bias))
+    gates = 1 / (1 + np.exp(-(hidden @ np.asarray(pooling.gate_vector))[..., 0] - np.asarray(pooling.gate_offset)))
+    lengths = [8, 8, 12, 12, 12]
+    contexts = np.stack([(gates[i, :n, None] * states[i, :n]).mean(axis=0) for i, n in enumerate(lengths)])
+    head = model.get_layer("prediction")
+    logits = contexts @ np.asarray(head.kernel) + np.asarray(head.bias)
+    out = model(x)
+    np.testing.assert_allclose(out["prediction"], np.asarray(keras.ops.softmax(logits)), rtol=1e-4)
+    attention = np.asarray(out["attention"])
+    for i, n in enumerate(lengths):
+        np.testing.assert_allclose(attention[i, :n], gates[i, :n] / gates[i, :n].sum(), rtol=1e-5)
+        assert (attention[i, n:] == 0).all()
+    assert attention[2:].std(axis=1).min() > 0, "the gates differ between steps"
+
+    uniform = uniform_attention_copy(model)(x)
+    mean_gate = np.array([gates[i, :n].mean() for i, n in enumerate(lengths)])
+    averages = np.stack([states[i, :n].mean(axis=0) for i, n in enumerate(lengths)]) * mean_gate[:, None]
+    logits = averages @ np.asarray(head.kernel) + np.asarray(head.bias)
+    np.testing.assert_allclose(uniform["prediction"], np.asarray(keras.ops.softmax(logits)), rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(uniform["attention"])[2:], 1 / 12, rtol=1e-6)
+
+
+def test_gated_and_class_attention_refuse_a_position_bias():
+    with pytest.raises(ConfigError, match="position_bias"):
+        tiny_config("experiment=ucr", "model.position_bias=true")

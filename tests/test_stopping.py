@@ -29,3 +29,23 @@ def test_stopping_off_with_patience_zero_and_a_negative_delta_refused():
                                           "train.lr_decay_patience=0").train, "val_loss") == []
     with pytest.raises(ConfigError, match="min_delta"):
         tiny_config("train.min_delta=-0.1")
+
+
+def test_a_series_step_budget_trains_long_or_large_sets_fewer_epochs():
+    import numpy as np
+
+    from pipeline.data.synthetic import Dataset
+    from pipeline.train import epochs_for
+
+    def split(series, steps):
+        return Dataset(np.zeros((series, steps, 1), np.float32), np.zeros((series, 1), np.float32),
+                       np.zeros((series, 0), np.int64))
+
+    cfg = tiny_config("train.epochs=1000", "train.max_series_steps=1000000").train
+    assert epochs_for(cfg, split(50, 150)) == 133  # 1e6 // (50 * 150)
+    assert epochs_for(cfg, split(5, 10)) == 1000  # the budget would allow more: train.epochs
+    assert epochs_for(cfg, split(1000, 2000)) == 1  # never no epoch
+    assert epochs_for(tiny_config("train.epochs=7").train, split(1000, 2000)) == 7  # no budget
+    with pytest.raises(ConfigError, match="max_series_steps"):
+        tiny_config("train.max_series_steps=0")
+

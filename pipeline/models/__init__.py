@@ -28,6 +28,7 @@ from pipeline.config import (
 from pipeline.contract import INPUT_NAME, PAD_VALUE
 from pipeline.models.layers import (
     ClassAttentionPooling,
+    GatedAttentionPooling,
     ConvEncoder,
     InputAttention,
     MultiHeadAttentionPooling,
@@ -162,8 +163,9 @@ def multihead_pooling(cfg: MultiHeadPoolingModel, task: TaskSpec) -> keras.Model
 
 def conv_attention(cfg: ConvAttentionModel, task: TaskSpec) -> keras.Model:
     """ConvEncoder (Conv1D-BatchNorm-ReLU blocks) -> attention pooling -> head, in place of the
-    global average pooling of the fully convolutional network: TemporalAttention then the head,
-    or with score "class" ClassAttentionPooling (the head at every step, pooled per class).
+    global average pooling of the fully convolutional network: with score "gated" (the default)
+    GatedAttentionPooling then the head, with score "class" ClassAttentionPooling (the head at
+    every step, pooled per class), else TemporalAttention then the head.
 
     x [batch, time, features] -> prediction, attention [batch, time]. Time is dynamic unless
     `position_bias`.
@@ -174,6 +176,9 @@ def conv_attention(cfg: ConvAttentionModel, task: TaskSpec) -> keras.Model:
         outputs = task.n_classes if task.task_type == "multiclass" else 1
         prediction, attention = ClassAttentionPooling(outputs, task.task_type, name="prediction")(states)
         return keras.Model(x, {"prediction": prediction, "attention": attention}, name=cfg.name)
+    if cfg.score == "gated":
+        context, attention = GatedAttentionPooling(name="gated_attention")(states)
+        return keras.Model(x, {"prediction": _head(context, task), "attention": attention}, name=cfg.name)
     context, attention = TemporalAttention(
         score=cfg.score, query=cfg.query, position_bias=cfg.position_bias, name="temporal_attention"
     )(states)

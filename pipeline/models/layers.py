@@ -194,6 +194,59 @@ class TemporalAttention(_AttentionPooling):
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
+class GatedAttentionPooling(_AttentionPooling):
+    """Attention that selects steps instead of singling one out: the conjunctive pooling of
+    MILLET (Early et al. 2024, "Inherently interpretable time series classification via multiple
+    instance learning").
+
+    Each step gets a gate g_t = sigmoid(v · tanh(W h_t + b) + c) in (0, 1), and the context is
+    the mean of the gated states, (1/T) Σ_t g_t h_t = ḡ Σ_t a_t h_t: attention a_t = g_t / Σ_s g_s
+    (a softmax over t of log g_t, scores that saturate at 0, so steps are turned down rather than
+    made to compete for one winner) scaled by the mean gate ḡ. With every gate alike this is
+    global average pooling up to the scale; padded steps get gate 0 and T counts valid steps.
+
+    Args:
+        units: hidden units of the gate's scorer (W [units_in, units]).
+        uniform: weigh every valid step alike, a_t = 1/T, keeping each series' mean gate ḡ (the
+            uniform-attention ablation of a trained model; its weights are kept).
+
+    Call arguments:
+        states: float32 [batch, time, units_in]; mask: optional bool [batch, time].
+
+    Returns:
+        (context [batch, units_in], attention [batch, time]); each attention row sums to 1.
+    """
+
+    def __init__(self, units: int = 8, uniform: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.uniform = _check_uniform(uniform)
+        if not isinstance(units, int) or units < 1:
+            raise ValueError(f"units must be a positive integer, got {units!r}")
+        self.units = units
+
+    def build(self, states_shape):
+        units_in = states_shape[-1]
+        self.gate_kernel = self.add_weight(name="gate_kernel", shape=(units_in, self.units))
+        self.gate_bias = self.add_weight(name="gate_bias", shape=(self.units,), initializer="zeros")
+        self.gate_vector = self.add_weight(name="gate_vector", shape=(self.units, 1))
+        self.gate_offset = self.add_weight(name="gate_offset", shape=(1,), initializer="zeros")
+
+    def call(self, states, mask=None):
+        hidden = ops.tanh(ops.matmul(states, self.gate_kernel) + self.gate_bias)
+        gates = ops.sigmoid(ops.squeeze(ops.matmul(hidden, self.gate_vector), axis=-1) + self.gate_offset)
+        valid = ops.ones_like(gates) if mask is None else ops.cast(mask, gates.dtype)  # [batch, time]
+        gates = gates * valid
+        steps = ops.sum(valid, axis=1, keepdims=True)  # [batch, 1]
+        mean_gate = ops.sum(gates, axis=1, keepdims=True) / steps
+        attention = valid / steps if self.uniform else gates / ops.sum(gates, axis=1, keepdims=True)
+        context = ops.sum(states * ops.expand_dims(attention, -1), axis=1) * mean_gate  # [batch, units_in]
+        return context, attention
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "uniform": self.uniform}
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
 class InputAttention(keras.layers.Layer):
     """Attention over time on the raw inputs (the classic "attention before the LSTM").
 
