@@ -115,7 +115,7 @@ def test_the_selection_study_reads_inner_fold_runs_only(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(uri)
     plan = study.selection_combinations(["ArrowHead"], ("conv_attention", "conv_attention score=additive", "conv_gap"))
     assert [c.label for c in plan[::3]] == ["conv_attention", "conv_attention score=additive", "conv_gap"]
-    assert plan[3].command.endswith("-S model.score=additive -S seed=1 -S data.inner_fold=0")
+    assert plan[3].command.endswith("-S model.score=additive -S train.epochs=300 -S seed=1 -S data.inner_fold=0")
     for combination, accuracy in zip(plan, (0.7, 0.8, 0.9, 0.6, 0.6, 0.6)):
         _log_study_run(combination, accuracy, 10.0)
     _log_study_run(study.Combination("ArrowHead", "conv_attention", 1), 0.5, 10.0)  # a test-set run
