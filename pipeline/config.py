@@ -315,16 +315,28 @@ class TrainConfig(_Strict):
         return self
 
 
+class QuantizationConfig(_Strict):
+    """Static int8 quantization (variant int8_qdq): activation ranges from `calibration_series`
+    series of the training split, found by `calibration_method`; only `quantized_ops` (ONNX op
+    types) are quantized, every other op stays float."""
+
+    calibration_series: int = Field(default=128, gt=0)
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    quantized_ops: list[str] = Field(default=["Conv"], min_length=1)
+
+
 class ExportConfig(_Strict):
     """ONNX export and the gates of its variants (pipeline/variants.py)."""
 
     opset: int = Field(ge=13, le=OPSET_MAX)
     parity_tolerance: float = Field(gt=0)
     parity_samples: int = Field(gt=0)
-    variants: list[Literal["fp32", "fp16", "int8"]] = Field(min_length=1)
-    variant_tolerance: dict[Literal["fp16", "int8"], Annotated[float, Field(gt=0)]]
+    variants: list[Literal["fp32", "fp16", "int8", "int8_qdq"]] = Field(min_length=1)
+    variant_tolerance: dict[Literal["fp16", "int8", "int8_qdq"], Annotated[float, Field(gt=0)]]
     attention_sum_tolerance: float = Field(gt=0)
     min_class_agreement: float = Field(ge=0, le=1)
+    max_accuracy_drop: float = Field(default=0.005, ge=0, le=1)
+    quantization: QuantizationConfig = QuantizationConfig()
 
     @model_validator(mode="after")
     def _variants_have_tolerances(self):

@@ -76,19 +76,23 @@ def model_card(metadata: dict, variants: list[str], export_report: dict, metrics
         "",
         "## Variants and their gates against Keras",
         "",
-        "| variant | file | prediction max abs | attention row-sum error | class agreement |",
-        "|---|---|---|---|---|",
+        "| variant | file | prediction max abs | attention max abs | attention row-sum error | class agreement"
+        " | accuracy drop |",
+        "|---|---|---|---|---|---|---|",
     ]
     for variant in variants:
         agreement = export_report.get(f"export/{variant}/class_agreement")
+        drop = export_report.get(f"export/{variant}/accuracy_drop")
         lines.append(
             f"| {variant} | model_{variant}.onnx | {export_report[f'export/{variant}/prediction_max_abs']:.2e}"
+            f" | {export_report[f'export/{variant}/attention_max_abs']:.2e}"
             f" | {export_report[f'export/{variant}/attention_sum_error']:.2e} | "
-            f"{'' if agreement is None else f'{agreement:.2%}'} |")
+            f"{'' if agreement is None else f'{agreement:.2%}'} | {'' if drop is None else f'{100 * drop:.2f} points'} |")
     lines += [
         "",
-        "fp32 runs anywhere; fp16 is for GPUs (CUDA or TensorRT); int8 is for CPUs and pays off on",
-        "large recurrent models only.",
+        "fp32 runs anywhere; fp16 is for GPUs (CUDA or TensorRT); int8_qdq (static quantization) is for",
+        "CPUs with convolutional models; int8 (dynamic quantization) is the CPU option of recurrent",
+        "models and pays off on large ones only.",
         "",
         "## Serving",
         "",

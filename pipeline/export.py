@@ -3,7 +3,7 @@
     python -m pipeline.export         # reads params.yaml: export, mlflow
 
 Outputs: models/model.onnx (fp32; input `x`, outputs `prediction` and `attention`, dynamic `batch`
-and, for sequence models, `time`), models/variants/model_<fp16|int8>.onnx (the other
+and, for sequence models, `time`), models/variants/model_<fp16|int8|int8_qdq>.onnx (the other
 `export.variants`), models/uniform_attention.onnx (the uniform-attention ablation of the same
 weights, which evaluate scores; never deployed) and reports/export.json. Every variant carries
 the same metadata (task, model, MLflow run id, config digest, labels, preprocessing, input
@@ -180,19 +180,22 @@ def main() -> None:
     fp32_model = to_onnx(model, cfg.export.opset, metadata)
     uniform_model = to_onnx(uniform_attention_copy(model), cfg.export.opset,
                             {**metadata, "ablation": "uniform attention"})
-    x_check = test.x[: cfg.export.parity_samples]
+    x_check, y_check = test.x[: cfg.export.parity_samples], test.y[: cfg.export.parity_samples]
+    labels = None if meta["task_type"] == "regression" else y_check
     keras_out = model.predict(x_check, batch_size=1024, verbose=0)
+    calibration = load_split("train").x[: cfg.export.quantization.calibration_series]
     variants, runtimes, report, failures = {}, {}, {}, []
     own_tolerance = getattr(cfg.model, "parity_tolerance", None)
     own_tolerance = own_tolerance and ("model.parity_tolerance", own_tolerance)
     for variant in cfg.export.variants:
         def check(candidate, variant=variant) -> list[str]:
             runtimes[variant] = OnnxModel(candidate.SerializeToString())
-            figures = gate_report(variant, meta["task_type"], keras_out, runtimes[variant].run(x_check))
+            figures = gate_report(variant, meta["task_type"], keras_out, runtimes[variant].run(x_check), labels)
             report.update(figures)
             return gate_failures(variant, figures, cfg.export, own_tolerance)
 
-        variants[variant], problems = gated_variant(fp32_model, variant, check)
+        variants[variant], problems = gated_variant(fp32_model, variant, check, calibration=calibration,
+                                                    quantization=cfg.export.quantization)
         if variant == "fp16":  # 1: the recurrent layers stayed float32 to pass the gate
             report["export/fp16/recurrent_float32"] = int(
                 any(p.key == "float32_ops" for p in variants[variant].metadata_props))

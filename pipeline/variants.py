@@ -7,11 +7,18 @@
           over every time step: when full fp16 misses the gate, they stay float32 (the
           metadata `float32_ops` names them) and the rest is fp16
     int8  ONNX Runtime dynamic quantization (int8 weights, activations quantized at run time)
-          for CPUs; an ONNX LSTM node becomes com.microsoft DynamicQuantizeLSTM
+          for CPUs; an ONNX LSTM node becomes com.microsoft DynamicQuantizeLSTM. The opt-in of
+          recurrent models
+    int8_qdq  ONNX Runtime static quantization in QDQ format for convolutional models on CPUs:
+          signed int8 activations and per-channel int8 weights, activation ranges calibrated
+          on training series (`export.quantization`), only the op types listed there quantized
+          (Conv), so the attention's softmax and the head stay float. Refused for a graph with
+          recurrent nodes
 
-The gate compares each variant with Keras on held-out inputs: `prediction` max abs difference
-within the variant's tolerance, attention rows summing to 1, and the same predicted class on
-enough inputs. No TensorFlow import.
+The gate compares each variant with Keras on held-out inputs: attention rows summing to 1, and
+`prediction` within the variant's tolerance with the same predicted class on enough inputs; for
+int8_qdq instead the attention within its tolerance and test accuracy at most
+`export.max_accuracy_drop` below Keras's. No TensorFlow import.
 """
 
 from __future__ import annotations
@@ -24,13 +31,59 @@ import onnx
 
 from pipeline.metrics import predicted_classes
 
-VARIANTS = ("fp32", "fp16", "int8")
+VARIANTS = ("fp32", "fp16", "int8", "int8_qdq")
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
-def convert(fp32_model: onnx.ModelProto, variant: str, keep_float32: tuple[str, ...] = ()) -> onnx.ModelProto:
+class RefusedVariant(ValueError):
+    """A variant that does not apply to this model (the message says why and what to use)."""
+
+
+def _static_int8(fp32_model: onnx.ModelProto, calibration: np.ndarray, quantization) -> onnx.ModelProto:
+    """QDQ static quantization: quant_pre_process (ONNX shape inference and graph optimisation; no
+    symbolic shapes), then quantize_static with S8 activations and per-channel S8 weights, ranges
+    from `calibration` [series, ...] (float32 inputs, one series per calibration batch)."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    recurrent = sorted({n.op_type for n in fp32_model.graph.node if n.op_type in (*RECURRENT_OPS, "Loop")})
+    if recurrent:
+        raise RefusedVariant(f"static quantization covers convolutional models; this graph has {recurrent} "
+                             "nodes (use variant int8, dynamic quantization)")
+    input_name = fp32_model.graph.input[0].name
+
+    class Series(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{input_name: calibration[i:i + 1]} for i in range(len(calibration))])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    methods = dict(zip(CALIBRATION_METHODS, (CalibrationMethod.MinMax, CalibrationMethod.Entropy,
+                                             CalibrationMethod.Percentile)))
+    with tempfile.TemporaryDirectory() as folder:
+        source, prepared, target = (Path(folder) / f"{n}.onnx" for n in ("fp32", "prepared", "int8_qdq"))
+        onnx.save(fp32_model, source)
+        quant_pre_process(source, prepared, skip_symbolic_shape=True)
+        quantize_static(prepared, target, Series(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(quantization.quantized_ops),
+                        calibrate_method=methods[quantization.calibration_method])
+        quantized = onnx.load(target)
+    used = {node.domain for node in quantized.graph.node} | {"", "ai.onnx"}
+    unused = [o for o in quantized.opset_import if o.domain not in used]  # e.g. ai.onnx.training, added
+    for opset in unused:                                                   # by the pre-processing
+        quantized.opset_import.remove(opset)
+    return quantized
+
+
+def convert(fp32_model: onnx.ModelProto, variant: str, keep_float32: tuple[str, ...] = (),
+            calibration: np.ndarray | None = None, quantization=None) -> onnx.ModelProto:
     """The `variant` of an fp32 model, with the same inputs, outputs (float32) and metadata; for
-    fp16, the op types in `keep_float32` stay float32."""
+    fp16, the op types in `keep_float32` stay float32; int8_qdq needs `calibration` series and
+    the `export.quantization` config (RefusedVariant for a recurrent graph)."""
     if variant == "fp32":
         return fp32_model
     if variant == "fp16":
@@ -46,6 +99,8 @@ def convert(fp32_model: onnx.ModelProto, variant: str, keep_float32: tuple[str, 
             onnx.save(fp32_model, source)
             quantize_dynamic(source, target, weight_type=QuantType.QInt8)
             converted = onnx.load(target)
+    elif variant == "int8_qdq":
+        converted = _static_int8(fp32_model, calibration, quantization)
     else:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
     del converted.metadata_props[:]
@@ -59,13 +114,17 @@ def convert(fp32_model: onnx.ModelProto, variant: str, keep_float32: tuple[str, 
     return converted
 
 
-def gated_variant(fp32_model: onnx.ModelProto, variant: str, check) -> tuple[onnx.ModelProto, list[str]]:
+def gated_variant(fp32_model: onnx.ModelProto, variant: str, check, **convert_args
+                  ) -> tuple[onnx.ModelProto | None, list[str]]:
     """The variant and what it misses of its gate (`check(model) -> failures`). fp16 is tried in
     full first, then with the recurrent layers kept float32; the first that passes, else the
-    last tried."""
+    last tried. A refused variant is (None, [why])."""
     attempts = [(), RECURRENT_OPS] if variant == "fp16" else [()]
     for keep_float32 in attempts:
-        converted = convert(fp32_model, variant, keep_float32)
+        try:
+            converted = convert(fp32_model, variant, keep_float32, **convert_args)
+        except RefusedVariant as refusal:
+            return None, [str(refusal)]
         failures = check(converted)
         if not failures:
             break
@@ -73,10 +132,12 @@ def gated_variant(fp32_model: onnx.ModelProto, variant: str, check) -> tuple[onn
 
 
 def gate_report(
-    variant: str, task_type: str, keras_out: dict[str, np.ndarray], onnx_out: dict[str, np.ndarray]
+    variant: str, task_type: str, keras_out: dict[str, np.ndarray], onnx_out: dict[str, np.ndarray],
+    labels: np.ndarray | None = None,
 ) -> dict[str, float]:
     """export/<variant>/... figures: prediction and attention max abs difference from Keras,
-    the largest |attention row sum - 1|, and the share of inputs with Keras's class."""
+    the largest |attention row sum - 1|, the share of inputs with Keras's class and, given the
+    inputs' `labels` [n, 1], the accuracy lost against Keras (points / 100)."""
     report = {
         f"export/{variant}/prediction_max_abs":
             float(np.max(np.abs(onnx_out["prediction"] - keras_out["prediction"]))),
@@ -88,6 +149,9 @@ def gate_report(
     if task_type != "regression":
         ours, theirs = (predicted_classes(task_type, out["prediction"]) for out in (onnx_out, keras_out))
         report[f"export/{variant}/class_agreement"] = float(np.mean(ours == theirs))
+        if labels is not None:
+            truth = labels[:, 0].astype(np.int64)
+            report[f"export/{variant}/accuracy_drop"] = float(np.mean(theirs == truth) - np.mean(ours == truth))
     return report
 
 
@@ -97,6 +161,8 @@ def gate_failures(variant: str, report: dict[str, float], export_cfg,
     (key, value) replaces export.parity_tolerance for a model that sets its own."""
     failures = []
     key, tolerance = f"export.variant_tolerance.{variant}", export_cfg.variant_tolerance.get(variant)
+    if variant == "int8_qdq":
+        return _static_int8_failures(report, export_cfg)
     if variant == "fp32":
         key, tolerance = fp32_tolerance or ("export.parity_tolerance", export_cfg.parity_tolerance)
     difference = report[f"export/{variant}/prediction_max_abs"]
@@ -116,4 +182,24 @@ def gate_failures(variant: str, report: dict[str, float], export_cfg,
             f"same class as Keras on {agreement:.2%} of inputs < export.min_class_agreement="
             f"{export_cfg.min_class_agreement:g}"
         )
+    return failures
+
+
+def _static_int8_failures(report: dict[str, float], export_cfg) -> list[str]:
+    """int8_qdq's gate: attention within export.variant_tolerance.int8_qdq of Keras (max abs),
+    rows summing to 1, and (classification) test accuracy at most export.max_accuracy_drop below
+    Keras's. Its `prediction` may move more than the other variants' as long as the classes hold."""
+    failures = []
+    difference, tolerance = report["export/int8_qdq/attention_max_abs"], export_cfg.variant_tolerance["int8_qdq"]
+    if difference > tolerance:
+        failures.append(f"attention max abs difference from Keras {difference:.3g} > "
+                        f"export.variant_tolerance.int8_qdq={tolerance:g}")
+    sum_error = report["export/int8_qdq/attention_sum_error"]
+    if sum_error > export_cfg.attention_sum_tolerance:
+        failures.append(f"attention rows sum to 1 ± {sum_error:.3g} > export.attention_sum_tolerance="
+                        f"{export_cfg.attention_sum_tolerance:g}")
+    drop = report.get("export/int8_qdq/accuracy_drop")
+    if drop is not None and drop > export_cfg.max_accuracy_drop:
+        failures.append(f"test accuracy {100 * drop:.2f} points below Keras's > export.max_accuracy_drop="
+                        f"{export_cfg.max_accuracy_drop:g}")
     return failures

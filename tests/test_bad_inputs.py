@@ -40,7 +40,7 @@ CONFIGS: list[Case] = [
     ("unknown task", "config", _set("data", "name", "nope"), "data.name: unknown value 'nope'"),
     ("opset 19", "config", _set("export", "opset", 19), "export.opset: Input should be less than or equal to 18"),
     ("unknown variant", "config", _set("export", "variants", ["fp64"]),
-     "export.variants.0: Input should be 'fp32', 'fp16' or 'int8'"),
+     "export.variants.0: Input should be 'fp32', 'fp16', 'int8' or 'int8_qdq'"),
     ("negative learning rate", "config", _set("train", "learning_rate", -1),
      "train.learning_rate: Input should be greater than 0"),
     ("validation share above 1", "config", _set("data", "val_fraction", 1.5),

@@ -25,6 +25,7 @@ from pipeline.variants import VARIANTS, convert, gate_failures, gate_report, gat
 from tests.conftest import REPO_ROOT, subprocess_env, tiny_config
 
 LABELS = ["walk", "run", "sit", "jump"]
+RECURRENT_VARIANTS = tuple(v for v in VARIANTS if v != "int8_qdq")  # static int8 refuses an LSTM
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
 
@@ -39,7 +40,7 @@ def _exported(task: TaskSpec, *overrides: str, labels=None) -> tuple[keras.Model
 def binary_variants():
     """A fixed-length LSTM attention model (20 steps x 2 features) and its three variants."""
     model, fp32 = _exported(TaskSpec((20, 2)), "model=lstm_attention")
-    return model, {variant: convert(fp32, variant) for variant in VARIANTS}
+    return model, {variant: convert(fp32, variant) for variant in RECURRENT_VARIANTS}
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +49,18 @@ def multiclass_variants():
     task = TaskSpec((12, 3), "multiclass", padded=True, n_classes=4, normalization={"mode": "per_series"})
     model, fp32 = _exported(task, "model=conv_attention", "model.filters=[8,8]", "model.kernel_sizes=[3,3]",
                             labels=LABELS)
-    return model, {variant: convert(fp32, variant) for variant in VARIANTS}
+    calibration = _inputs(16, 12, 3) * 5 + 3
+    calibration[:4, 8:] = PAD_VALUE
+    quantization = tiny_config().export.quantization
+    return model, {variant: convert(fp32, variant, calibration=calibration, quantization=quantization)
+                   for variant in VARIANTS}
 
 
 def _inputs(n: int, time: int, features: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, time, features)).astype(np.float32)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", RECURRENT_VARIANTS)
 def test_predictor_runs_every_variant_with_float32_outputs(binary_variants, variant):
     model, variants = binary_variants
     predictor = Predictor(variants[variant].SerializeToString())
@@ -123,6 +128,46 @@ def test_int8_quantizes_the_lstm_node(binary_variants):
     _, variants = binary_variants
     ops = {(n.domain, n.op_type) for n in variants["int8"].graph.node}
     assert ("com.microsoft", "DynamicQuantizeLSTM") in ops and ("", "LSTM") not in ops
+
+
+def test_int8_qdq_quantizes_only_the_convolutions_and_refuses_a_recurrent_graph(multiclass_variants,
+                                                                                 binary_variants):
+    """QDQ pairs feed every Conv (weights per channel); the attention's softmax and the head's
+    MatMul read float tensors. An LSTM graph is refused, pointing at dynamic quantization."""
+    qdq = multiclass_variants[1]["int8_qdq"]
+    producers = {out: node for node in qdq.graph.node for out in node.output}
+    convs = [n for n in qdq.graph.node if n.op_type == "Conv"]
+    assert convs and all(producers[n.input[0]].op_type == "DequantizeLinear" for n in convs)
+    weight_scales = [producers[n.input[1]].input[1] for n in convs]
+    initializers = {i.name: onnx.numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    assert all(initializers[name].size == 8 for name in weight_scales), "one scale per output channel"
+    for node in qdq.graph.node:
+        if node.op_type in ("Softmax", "MatMul", "Sigmoid"):
+            assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input)
+    assert {p.key: p.value for p in qdq.metadata_props}["precision"] == "int8_qdq"
+
+    chosen, failures = gated_variant(binary_variants[1]["fp32"], "int8_qdq", lambda candidate: [],
+                                     calibration=_inputs(4, 20, 2), quantization=tiny_config().export.quantization)
+    assert chosen is None and "LSTM" in failures[0] and "use variant int8, dynamic quantization" in failures[0]
+
+
+def test_the_int8_qdq_gate_reads_attention_and_accuracy_not_prediction():
+    export_cfg = tiny_config().export
+    keras_out = {"prediction": np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]),
+                 "attention": np.full((4, 5), 0.2)}
+    labels = np.array([[0], [1], [0], [1]], np.float32)
+    moved = {"prediction": keras_out["prediction"] + [[-0.2, 0.2], [0, 0], [0, 0], [0, 0]],
+             "attention": keras_out["attention"] + [[0.001, -0.001, 0, 0, 0]]}
+    figures = gate_report("int8_qdq", "multiclass", keras_out, moved, labels)
+    assert figures["export/int8_qdq/accuracy_drop"] == 0.0
+    assert gate_failures("int8_qdq", figures, export_cfg) == []
+    flipped = {**moved, "prediction": keras_out["prediction"][:, ::-1].copy(),
+               "attention": keras_out["attention"] + [[0.05, -0.05, 0, 0, 0]]}
+    problems = gate_failures("int8_qdq", gate_report("int8_qdq", "multiclass", keras_out, flipped, labels),
+                             export_cfg)
+    assert len(problems) == 2
+    assert "export.variant_tolerance.int8_qdq=0.02" in problems[0]
+    assert "test accuracy 100.00 points below Keras's > export.max_accuracy_drop=0.005" in problems[1]
 
 
 def test_gates_name_what_each_variant_misses():

@@ -1,0 +1,39 @@
+"""The int8_qdq variant through the stages: a small trained convolutional model passes its gate and
+reaches the deploy bundle; a gate it misses stops export with the key named and nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from pipeline import export, stage
+from pipeline.errors import StageFailed
+from pipeline.inference import OnnxModel
+from tests.conftest import stages_run
+
+QDQ = ("experiment=ucr", "data.name=ItalyPowerDemand", "model.filters=[16,16]", "model.kernel_sizes=[5,3]",
+       "train.epochs=8", "export.parity_samples=512", "export.variants=[fp32,int8_qdq]")
+
+
+def test_a_trained_conv_model_passes_the_int8_qdq_gate_and_a_missed_gate_writes_nothing(tmp_path):
+    with stages_run(tmp_path, *QDQ) as workdir:
+        report = json.loads((workdir / stage.EXPORT_REPORT).read_text())
+        assert report["export/int8_qdq/accuracy_drop"] <= 0.005
+        assert report["export/int8_qdq/attention_max_abs"] <= 0.02
+        qdq_file = workdir / stage.variant_file("int8_qdq")
+        deployed = next((workdir / "deploy").glob("model_int8_qdq.onnx"))
+        assert deployed.read_bytes() == qdq_file.read_bytes()
+        assert any(n.op_type == "QuantizeLinear" for n in onnx.load(deployed).graph.node)
+        test = np.load(workdir / "data/prepared/test.npz")
+        prediction = OnnxModel(deployed.read_bytes()).run(test["x"][:100])["prediction"]
+        assert prediction.shape == (100, 2)
+
+        before = {p.name: p.read_bytes() for p in (workdir / stage.VARIANTS_DIR).iterdir()}
+        workdir.write_params(*QDQ, "export.variant_tolerance.int8_qdq=1e-9")
+        with pytest.raises(StageFailed, match=r"int8_qdq: attention max abs difference from Keras .* > "
+                                              r"export.variant_tolerance.int8_qdq=1e-09"):
+            export.main()
+        assert {p.name: p.read_bytes() for p in (workdir / stage.VARIANTS_DIR).iterdir()} == before
