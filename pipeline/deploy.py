@@ -87,7 +87,8 @@ def model_card(metadata: dict, variants: list[str], export_report: dict, metrics
             f"| {variant} | model_{variant}.onnx | {export_report[f'export/{variant}/prediction_max_abs']:.2e}"
             f" | {export_report[f'export/{variant}/attention_max_abs']:.2e}"
             f" | {export_report[f'export/{variant}/attention_sum_error']:.2e} | "
-            f"{'' if agreement is None else f'{agreement:.2%}'} | {'' if drop is None else f'{100 * drop:.2f} points'} |")
+            f"{'' if agreement is None else f'{agreement:.2%}'} | "
+            f"{'' if drop is None else f'{100 * drop:.2f} points'} |")
     lines += [
         "",
         "fp32 runs anywhere; fp16 is for GPUs (CUDA or TensorRT); int8_qdq (static quantization) is for",
