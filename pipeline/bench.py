@@ -52,6 +52,18 @@ TARGETS = {  # figure: (bound, "min" or "max")
     "predictor_vs_raw_ort_batch1": (1.5, "max"),
 }
 LARGE = {"time": 100, "features": 6, "classes": 4, "units": 128, "train_samples": 4096}
+# The deployed real-data models: the default recipe (experiment=ucr: conv_attention) on a long
+# univariate set and a multivariate one, seed 1, as the study logged them to MLflow.
+DEPLOYED = ("OSULeaf", "JapaneseVowels")
+DEPLOYED_SEED = 1
+REAL_TARGETS = {  # figure on the deployed model: (bound, "min" or "max")
+    "int8_qdq_vs_fp32_batch256": (2.0, "min"),
+    "int8_qdq_accuracy_drop": (0.005, "max"),
+    "ort_vs_openvino_batch1": (1.0, "min"),
+    "ort_vs_tf_function_batch1": (30.0, "min"),
+    "flop_share_batch1024": (0.7, "min"),
+}
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
 
 
 def latency_ms(call, repeats: int, warmup: int = 20) -> dict[str, float]:
@@ -76,10 +88,13 @@ def throughput(call, batch: int, seconds: float = 3.0) -> float:
     return calls * batch / (time.perf_counter() - started)
 
 
-def ort_session(model) -> ort.InferenceSession:
+def ort_session(model, threads: int | None = None,
+                level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.InferenceSession:
+    """A CPU session of an ONNX model (proto or path): `threads` intra-op threads (default: every
+    usable CPU) and graph optimization `level`."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = usable_cpus()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or usable_cpus()
+    options.graph_optimization_level = level
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
@@ -197,6 +212,123 @@ def large_model_figures(export_cfg) -> dict:
     }
 
 
+def cpu_flags() -> dict[str, bool]:
+    """Which of CPU_FLAGS this CPU has (/proc/cpuinfo; all False elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            line = next((row for row in handle if row.startswith("flags")), "flags:")
+    except OSError:
+        line = "flags:"
+    present = set(line.split(":", 1)[1].split())
+    return {flag: flag in present for flag in CPU_FLAGS}
+
+
+def _speeds(run, x1: np.ndarray, batches: dict[int, np.ndarray], repeats: int, seconds: float) -> dict:
+    """Batch-1 latency (p50, p99 ms) and samples per second at each batch size of `run(x)`."""
+    return {"batch1": latency_ms(lambda: run(x1), repeats),
+            **{f"batch{n}_samples_per_s": throughput(lambda x=x: run(x), n, seconds) for n, x in batches.items()}}
+
+
+def _openvino_run(onnx_model: onnx.ModelProto):
+    """run(x) -> outputs of the ONNX model compiled by OpenVINO for the CPU, in float32
+    (INFERENCE_PRECISION_HINT f32: no bf16 on CPUs that have it)."""
+    import openvino
+
+    compiled = openvino.Core().compile_model(openvino.Core().read_model(onnx_model.SerializeToString()), "CPU",
+                                             {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    outputs = {o.get_any_name(): o for o in compiled.outputs}
+    return lambda x: {name: request.infer({0: x})[port] for name, port in outputs.items()}
+
+
+def real_data_model_figures(model: keras.Model, fp32: onnx.ModelProto, splits: dict, export_cfg,
+                            repeats: int = 1000, seconds: float = 3.0) -> dict:
+    """A deployed model on its own test series, all runtimes in this process on the same inputs:
+    ONNX Runtime fp32, int8_qdq (static QDQ, calibrated on the training split, with its gate) and
+    fp16 where the CPU has kernels for it; OpenVINO (CPU plugin, f32) on the same ONNX file; a
+    tf.function of the Keras model with and without XLA (jit_compile). Batch-1 latency, batch 256
+    and 1024 throughput, ONNX Runtime's settings (threads, graph optimization), the FLOP share."""
+    test, train = splits["test"], splits["train"]
+    x1, batches = _tile(test.x, 1), {256: _tile(test.x, 256), 1024: _tile(test.x, 1024)}
+    names = list(OUTPUT_NAMES)
+    qdq = convert(fp32, "int8_qdq", calibration=train.x[: export_cfg.quantization.calibration_series],
+                  quantization=export_cfg.quantization)
+    keras_out = model.predict(test.x, batch_size=256, verbose=0)
+    gate = gate_report("int8_qdq", "multiclass", keras_out,
+                       dict(zip(names, ort_session(qdq).run(names, {INPUT_NAME: test.x}))), test.y)
+    runs = {}
+    for variant, onnx_model in (("fp32", fp32), ("int8_qdq", qdq), ("fp16", convert(fp32, "fp16"))):
+        try:
+            session = ort_session(onnx_model)
+        except Exception as error:  # noqa: BLE001 - ORT reports a missing CPU kernel in several ways
+            runs[f"onnxruntime_{variant}"] = f"no session: {str(error).splitlines()[0][:200]}"
+            continue
+        runs[f"onnxruntime_{variant}"] = lambda x, s=session: s.run(names, {INPUT_NAME: x})
+    openvino_fp32 = _openvino_run(fp32)
+    runs["openvino_fp32"], runs["openvino_int8_qdq"] = openvino_fp32, _openvino_run(qdq)
+    signature = [tf.TensorSpec((None, *model.input.shape[1:]), tf.float32)]
+    for name, jit in (("tf_function", False), ("tf_function_xla", True)):
+        function = tf.function(lambda x: model(x, training=False), input_signature=signature, jit_compile=jit)
+        runs[name] = lambda x, f=function: {k: v.numpy() for k, v in f(tf.constant(x)).items()}
+    speeds = {name: run if isinstance(run, str) else _speeds(run, x1, batches, repeats, seconds)
+              for name, run in runs.items()}
+    ort_out = dict(zip(names, ort_session(fp32).run(names, {INPUT_NAME: test.x})))
+    openvino_out = openvino_fp32(test.x)
+    settings = {}
+    for level_name, level in (("disabled", ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+                              ("basic", ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
+                              ("extended", ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED),
+                              ("all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL)):
+        for threads in sorted({1, usable_cpus()}):
+            session = ort_session(fp32, threads, level)
+            run = lambda x, s=session: s.run(names, {INPUT_NAME: x})  # noqa: E731
+            settings[f"{level_name}_threads{threads}"] = {
+                "batch1_p50_ms": latency_ms(lambda: run(x1), repeats // 4)["p50_ms"],
+                "batch256_samples_per_s": throughput(lambda: run(batches[256]), 256, seconds / 2)}
+    flops = count_flops(fp32, [1024, *test.x.shape[1:]])
+    peak = peak_flops()
+    ort_fp32 = speeds["onnxruntime_fp32"]
+    return {
+        "series": {"test": len(test), "time": int(test.x.shape[1]), "channels": int(test.x.shape[2])},
+        "runtimes": speeds,
+        "onnxruntime_settings": settings,
+        "int8_qdq_gate": {**gate, "failures": gate_failures("int8_qdq", gate, export_cfg)},
+        "openvino_vs_onnxruntime_max_abs": {n: float(np.max(np.abs(openvino_out[n] - ort_out[n]))) for n in names},
+        "flops": {"per_batch1024": flops, "achieved_per_s": flops * ort_fp32["batch1024_samples_per_s"] / 1024,
+                  "peak_matmul_per_s": peak},
+        "figures": {
+            "int8_qdq_vs_fp32_batch256": speeds["onnxruntime_int8_qdq"]["batch256_samples_per_s"]
+            / ort_fp32["batch256_samples_per_s"],
+            "int8_qdq_accuracy_drop": gate["export/int8_qdq/accuracy_drop"],
+            "ort_vs_openvino_batch1": speeds["openvino_fp32"]["batch1"]["p50_ms"] / ort_fp32["batch1"]["p50_ms"],
+            "ort_vs_tf_function_batch1": speeds["tf_function"]["batch1"]["p50_ms"] / ort_fp32["batch1"]["p50_ms"],
+            "flop_share_batch1024": flops * ort_fp32["batch1024_samples_per_s"] / 1024 / peak,
+        },
+    }
+
+
+def deployed_model_figures(tracking_uri: str, dataset: str, export_cfg) -> dict | str:
+    """real_data_model_figures of the study's seed-1 conv_attention run on `dataset` (its logged
+    Keras and ONNX models, the split it was tested on), or why there are none."""
+    import mlflow
+
+    from pipeline import study
+    from pipeline.prepare import prepared_for
+    from pipeline.tracking import logged_onnx_file
+
+    combination = study.Combination(dataset, "conv_attention", DEPLOYED_SEED)
+    record = study.matching_runs(study.evaluated_runs(tracking_uri), [combination]).get(combination)
+    if record is None:
+        return f"no run in {tracking_uri}: `{combination.command}` makes it"
+    run = mlflow.MlflowClient(tracking_uri).get_run(record.run_id)
+    folder = mlflow.artifacts.download_artifacts(run_id=record.run_id, artifact_path="keras_model",
+                                                 tracking_uri=tracking_uri)
+    _, splits, _ = prepared_for(combination.overrides)
+    figures = real_data_model_figures(load_model(f"{folder}/model.keras"),
+                                      onnx.load(logged_onnx_file(tracking_uri, run)), splits, export_cfg)
+    return {"run": record.run_id, "command": combination.command, **figures}
+
+
 def main() -> None:
     cfg = load_config()
     default = pipeline_model_figures()
@@ -224,7 +356,21 @@ def main() -> None:
                     "onnxruntime": ort.__version__, "tensorflow": tf.__version__},
         "default_model": default,
         "large_model": large,
+        "cpu_flags": cpu_flags(),
     }
+    from pipeline.tracking import DEFAULT_STORE, repository_root
+
+    uri = f"sqlite:///{repository_root() / DEFAULT_STORE}"
+    report["deployed_models"] = {dataset: deployed_model_figures(uri, dataset, cfg.export) for dataset in DEPLOYED}
+    for dataset, deployed in report["deployed_models"].items():
+        if isinstance(deployed, str):
+            print(f"{dataset}: {deployed}")
+            continue
+        for key, (bound, kind) in REAL_TARGETS.items():
+            value = deployed["figures"][key]
+            held = value >= bound if kind == "min" else value <= bound
+            print(f"{dataset + ' ' + key:48s} {value:10.3f}  (target {'>=' if kind == 'min' else '<='} {bound:g}: "
+                  f"{'met' if held else 'NOT met'})")
     if BENCH_FILE.exists():  # the service's figures are pipeline.loadbench's, kept until it runs again
         serving = json.loads(BENCH_FILE.read_text()).get("serving")
         if serving is not None:
