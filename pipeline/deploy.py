@@ -3,7 +3,11 @@
     python -m pipeline.deploy         # reads params.yaml: export (the variants)
 
 Output deploy/:
-    model_<variant>.onnx          every exported variant (fp32, and fp16 / int8 as configured)
+    model_<variant>.onnx          every exported variant (fp32, and fp16 / int8 / int8_qdq as configured)
+    model_<variant>.optimized.onnx  each CPU variant after ONNX Runtime's graph optimizations
+                                  (level "extended": fusions that run on any CPU, no layout
+                                  changes tied to this one), saved offline so that a serving
+                                  host skips them when it opens a session
     metadata.json                 the models' ONNX metadata, inputs, outputs and gate figures
     MODEL_CARD.md                 what the model is, how it was made and measured, how to serve it
     triton/attention_<variant>/   a Triton Inference Server model repository: config.pbtxt
@@ -24,8 +28,10 @@ from pipeline import stage
 from pipeline.config import load_config
 from pipeline.contract import INPUT_NAME, OUTPUT_NAMES
 from pipeline.errors import run_command
+from pipeline.variants import drop_unused_opsets
 
 DEPLOY_DIR = Path("deploy")
+CPU_VARIANTS = ("fp32", "int8", "int8_qdq")  # fp16 is for GPUs: its graph is optimized where it runs
 TRITON_MAX_BATCH = 1024
 TRITON_QUEUE_DELAY_US = 200
 
@@ -108,6 +114,22 @@ def model_card(metadata: dict, variants: list[str], export_report: dict, metrics
     return "\n".join(lines)
 
 
+def save_optimized(source: Path, target: Path) -> None:
+    """`source` after ONNX Runtime's extended graph optimizations (CPU), written to `target` with
+    the source's metadata (ONNX Runtime drops it) and only the operator sets it uses."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(target)
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(target)
+    drop_unused_opsets(optimized)
+    del optimized.metadata_props[:]
+    optimized.metadata_props.extend(onnx.load(source).metadata_props)
+    onnx.save(optimized, target)
+
+
 def main() -> None:
     cfg = load_config()
     export_report = stage.read_json(stage.EXPORT_REPORT)
@@ -122,6 +144,8 @@ def main() -> None:
     with stage.atomic_dir(DEPLOY_DIR) as folder:
         for variant in models:
             shutil.copyfile(stage.variant_file(variant), folder / f"model_{variant}.onnx")
+            if variant in CPU_VARIANTS:
+                save_optimized(stage.variant_file(variant), folder / f"model_{variant}.optimized.onnx")
             triton_model = folder / "triton" / f"attention_{variant}"
             (triton_model / "1").mkdir(parents=True)
             shutil.copyfile(stage.variant_file(variant), triton_model / "1" / "model.onnx")

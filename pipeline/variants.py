@@ -72,11 +72,16 @@ def _static_int8(fp32_model: onnx.ModelProto, calibration: np.ndarray, quantizat
                         op_types_to_quantize=list(quantization.quantized_ops),
                         calibrate_method=methods[quantization.calibration_method])
         quantized = onnx.load(target)
-    used = {node.domain for node in quantized.graph.node} | {"", "ai.onnx"}
-    unused = [o for o in quantized.opset_import if o.domain not in used]  # e.g. ai.onnx.training, added
-    for opset in unused:                                                   # by the pre-processing
-        quantized.opset_import.remove(opset)
+    drop_unused_opsets(quantized)
     return quantized
+
+
+def drop_unused_opsets(onnx_model: onnx.ModelProto) -> None:
+    """Remove the operator-set imports no node uses, such as the ai.onnx.training that ONNX
+    Runtime's optimizer adds to a model it saves (and the model loader refuses)."""
+    used = {node.domain for node in onnx_model.graph.node} | {"", "ai.onnx"}
+    for opset in [o for o in onnx_model.opset_import if o.domain not in used]:
+        onnx_model.opset_import.remove(opset)
 
 
 def convert(fp32_model: onnx.ModelProto, variant: str, keep_float32: tuple[str, ...] = (),

@@ -58,3 +58,19 @@ def test_triton_config_parses_and_matches_the_onnx_graph(bundle, variant):
     expected_kind = model_config_pb2.ModelInstanceGroup.KIND_GPU if variant == "fp16" \
         else model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert config.instance_group[0].kind == expected_kind
+
+
+@pytest.mark.parametrize("variant", ("fp32", "int8"))
+def test_the_bundle_carries_each_cpu_variant_optimized_offline_with_the_same_outputs(bundle, variant):
+    import numpy as np
+
+    optimized = Predictor(bundle / f"model_{variant}.optimized.onnx")
+    original = Predictor(bundle / f"model_{variant}.onnx")
+    assert optimized.metadata == original.metadata
+    assert onnx.load(bundle / f"model_{variant}.optimized.onnx").SerializeToString() != \
+        onnx.load(bundle / f"model_{variant}.onnx").SerializeToString(), "ONNX Runtime rewrote the graph"
+    x = np.random.default_rng(5).standard_normal((64, 20, 2)).astype(np.float32)
+    ours, theirs = optimized.predict(x), original.predict(x)
+    np.testing.assert_allclose(ours.prediction, theirs.prediction, atol=1e-5)
+    np.testing.assert_allclose(ours.attention, theirs.attention, atol=1e-5)
+    assert not (bundle / "model_fp16.optimized.onnx").exists(), "fp16 is optimized where it runs (GPU)"

@@ -28,8 +28,11 @@ def test_a_trained_conv_model_passes_the_int8_qdq_gate_and_a_missed_gate_writes_
         assert deployed.read_bytes() == qdq_file.read_bytes()
         assert any(n.op_type == "QuantizeLinear" for n in onnx.load(deployed).graph.node)
         test = np.load(workdir / "data/prepared/test.npz")
-        prediction = OnnxModel(deployed.read_bytes()).run(test["x"][:100])["prediction"]
-        assert prediction.shape == (100, 2)
+        outputs = OnnxModel(deployed.read_bytes()).run(test["x"][:100])
+        assert outputs["prediction"].shape == (100, 2)
+        optimized = OnnxModel((workdir / "deploy/model_int8_qdq.optimized.onnx").read_bytes()).run(test["x"][:100])
+        for name, values in outputs.items():
+            np.testing.assert_allclose(optimized[name], values, atol=1e-5)
 
         before = {p.name: p.read_bytes() for p in (workdir / stage.VARIANTS_DIR).iterdir()}
         workdir.write_params(*QDQ, "export.variant_tolerance.int8_qdq=1e-9")
