@@ -5,7 +5,7 @@ peers x several seeds, run as DVC experiments, summarised from the MLflow store.
     python -m pipeline.study queue            # queue them (dvc exp run --queue) in place of any
                                               # queued before; then
     dvc queue start -j 1                      # ...train them, one at a time
-    python -m pipeline.study wait             # until the queue is empty
+    python -m pipeline.study wait             # until the queue is empty (restarts a stopped worker)
     python -m pipeline.compare --out docs/results   # tables, ranks and the diagram
     python -m pipeline.study queue --selection      # settings compared on inner folds of TRAIN
 
@@ -25,6 +25,7 @@ import functools
 import hashlib
 import io
 import json
+import re
 import shlex
 import subprocess
 import time
@@ -344,12 +345,24 @@ def _dvc(*args: str) -> str:
     return result.stdout
 
 
+def queue_state(status: str) -> tuple[int, int]:
+    """(experiments queued, workers active) from the text of `dvc queue status`."""
+    queued = sum(1 for line in status.splitlines() if line.rstrip().endswith("Queued"))
+    workers = re.search(r"Worker status: (\d+) active", status)
+    return queued, int(workers.group(1)) if workers else 0
+
+
 def wait_for_queue(poll_seconds: float = 30) -> str:
-    """Block until `dvc queue status` lists nothing queued or running; its final listing."""
+    """Block until nothing is queued and no worker is busy; its final `dvc queue status`. A worker
+    that stopped while experiments wait is started again (DVC's worker can stop after a task when
+    it has seen a shutdown request); an entry left "Running" by a killed worker does not block."""
     while True:
         status = _dvc("queue", "status")
-        if "Queued" not in status and "Running" not in status:
-            return status
+        queued, active = queue_state(status)
+        if not active:
+            if not queued:
+                return status
+            _dvc("queue", "start", "-j", "1")
         time.sleep(poll_seconds)
 
 

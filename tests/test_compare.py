@@ -199,3 +199,23 @@ def test_faithfulness_figures_reach_the_table_and_survive_the_ledger(tmp_path, m
     with open(tmp_path / "results.csv") as handle:
         real = [row for row in csv.DictReader(handle) if row["table"] == "real"]
     assert float(real[0]["uniform drop mean"]) == pytest.approx(0.2)
+
+
+QUEUE_STATUS = """Task     Name        Created       Status
+e60af1b  moody-lira  Nov 26, 2026  Running
+465bd8d  urban-chay  Nov 26, 2026  Running
+ef129ae  tenor-ruby  Nov 26, 2026  Queued
+da4c60d  manly-wave  Nov 26, 2026  Queued
+ac3101a  frore-toke  Nov 26, 2026  Failed
+c212e53  parky-rick  Nov 26, 2026  Success
+
+Worker status: {active} active, 0 idle
+"""
+
+
+def test_the_queue_state_counts_queued_experiments_and_busy_workers():
+    """As `dvc queue status` prints them; a "Running" entry left by a killed worker counts for
+    nothing, so `study wait` ends (or restarts a worker) by the queued count and the workers."""
+    assert study.queue_state(QUEUE_STATUS.format(active=1)) == (2, 1)
+    assert study.queue_state(QUEUE_STATUS.format(active=0)) == (2, 0)
+    assert study.queue_state("Task     Name        Created       Status\n") == (0, 0)
