@@ -290,13 +290,17 @@ def main(argv: list[str] | None = None) -> None:
         reference = study.REFERENCES.get(row["data set"], {})
         row["FCN"], row["goal"] = reference.get("FCN"), reference.get("goal")
     table_of_means = study.accuracy_table(real_rows)
-    statistics = study.rank_statistics(table_of_means) if table_of_means.shape[0] >= 2 else None
+    comparable = table_of_means.shape[0] >= 2 and table_of_means.shape[1] >= 2  # data sets, models
+    statistics = study.rank_statistics(table_of_means) if comparable else None
     diagram = None
-    if statistics and table_of_means.shape[0] >= 5 and args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out is not None:
         diagram_path = args.out.with_name(args.out.name + "_cd.png")
-        study.critical_difference_diagram(table_of_means, diagram_path)
-        diagram = diagram_path.name
+        if statistics and table_of_means.shape[0] >= 5:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            study.critical_difference_diagram(table_of_means, diagram_path)
+            diagram = diagram_path.name
+        else:
+            diagram_path.unlink(missing_ok=True)  # a diagram of earlier runs no longer holds
     selection_rows = study.summary({c: r for c, r in done.items() if c.inner_fold is not None})
     table = to_markdown(rows)
     if real_rows:

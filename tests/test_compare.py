@@ -219,3 +219,19 @@ def test_the_queue_state_counts_queued_experiments_and_busy_workers():
     assert study.queue_state(QUEUE_STATUS.format(active=1)) == (2, 1)
     assert study.queue_state(QUEUE_STATUS.format(active=0)) == (2, 0)
     assert study.queue_state("Task     Name        Created       Status\n") == (0, 0)
+
+
+def test_one_model_alone_gets_no_rank_statistics_and_an_earlier_diagram_is_removed(tmp_path, monkeypatch):
+    """Ranks need two models: with the attention model's runs alone the table is written without
+    them, and a critical-difference diagram of earlier runs does not stay behind."""
+    monkeypatch.chdir(REPO_ROOT)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    for dataset in ("GunPoint", "ArrowHead"):
+        for seed in study.SEEDS:
+            _log_study_run(study.Combination(dataset, "conv_attention", seed), 0.9, 10.0)
+    (tmp_path / "results_cd.png").write_bytes(b"a diagram of earlier runs")
+    main(["--tracking-uri", uri, "--out", str(tmp_path / "results")])
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| GunPoint | 90.00 ± 0.00 (3) |" in markdown and "mean rank" not in markdown
+    assert not (tmp_path / "results_cd.png").exists()
