@@ -386,8 +386,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     plan = (selection_combinations(args.datasets) if args.selection
             else combinations(args.datasets, args.models, args.seeds))
-    todo = sorted(missing(args.tracking_uri, plan, args.ledger),  # in the order of MODELS, quick ones first
-                  key=lambda c: (MODELS.index(c.model) if c.model in MODELS else len(MODELS), training_size(c.dataset)))
+    model_order = list(args.models)  # queued in the order --models names them, quick data sets first
+    todo = sorted(missing(args.tracking_uri, plan, args.ledger),
+                  key=lambda c: (model_order.index(c.model) if c.model in model_order else len(model_order),
+                                 training_size(c.dataset)))
     print(f"{len(plan) - len(todo)} of {len(plan)} runs are in {args.tracking_uri} or {args.ledger}; "
           f"{len(todo)} missing")
     if args.action == "queue":
