@@ -318,11 +318,13 @@ class TrainConfig(_Strict):
 class QuantizationConfig(_Strict):
     """Static int8 quantization (variant int8_qdq): activation ranges from `calibration_series`
     series of the training split, found by `calibration_method`; only `quantized_ops` (ONNX op
-    types) are quantized, every other op stays float."""
+    types) are quantized, every other op stays float; activations as `activation_type`, weights
+    signed int8 per channel."""
 
     calibration_series: int = Field(default=128, gt=0)
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    quantized_ops: list[str] = Field(default=["Conv"], min_length=1)
+    activation_type: Literal["int8", "uint8"] = "uint8"
+    quantized_ops: list[str] = Field(default=["Conv", "Relu"], min_length=1)
 
 
 class ExportConfig(_Strict):

@@ -35,7 +35,7 @@ from pipeline.contract import (  # noqa: E402
 )
 from pipeline.errors import run_command  # noqa: E402
 from pipeline.inference import OnnxModel  # noqa: E402
-from pipeline.models import load_model, uniform_attention_copy  # noqa: E402
+from pipeline.models import batch_norm_folded_copy, load_model, uniform_attention_copy  # noqa: E402
 from pipeline.prepare import load_split  # noqa: E402
 from pipeline.variants import gate_failures, gate_report, gated_variant  # noqa: E402
 
@@ -100,6 +100,89 @@ def _drop_zero_initial_states(onnx_model: onnx.ModelProto) -> None:
     _prune_unused(graph)
 
 
+def _relu_before_squeeze(onnx_model: onnx.ModelProto) -> None:
+    """tf2onnx writes each Conv1D as Unsqueeze -> 2-D Conv -> Squeeze, then its bias Add and ReLU,
+    where no runtime fuses them. Each Squeeze -> ReLU becomes ReLU -> Squeeze, each Squeeze -> Add
+    of a constant becomes Add (the constant given the squeezed axes) -> Squeeze, and a Squeeze
+    whose only reader is an Unsqueeze of the same axes (between two blocks) goes with it: ONNX
+    Runtime then fuses bias and ReLU into every convolution and, in int8_qdq, passes int8
+    activations from one convolution to the next. The outputs are unchanged."""
+    graph = onnx_model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    graph_outputs = {o.name for o in graph.output}
+    ranks = {info.name: len(info.type.tensor_type.shape.dim)
+             for info in onnx.shape_inference.infer_shapes(onnx_model).graph.value_info}
+
+    def axes(node):
+        source = initializers.get(node.input[1]) if len(node.input) > 1 else None
+        return None if source is None else tuple(onnx.numpy_helper.to_array(source).ravel().tolist())
+
+    def constant_before_squeeze(add, squeeze) -> str | None:
+        """The Add's other operand reshaped for the unsqueezed tensor, as a new initializer."""
+        other = [name for name in add.input if name != squeeze.output[0]]
+        rank, squeezed_axes = ranks.get(squeeze.output[0]), axes(squeeze)
+        if len(other) != 1 or other[0] not in initializers or rank is None or squeezed_axes is None:
+            return None
+        value = onnx.numpy_helper.to_array(initializers[other[0]])
+        if value.ndim > rank:
+            return None
+        value = value.reshape((1,) * (rank - value.ndim) + value.shape)
+        for axis in sorted(a % (rank + len(squeezed_axes)) for a in squeezed_axes):
+            value = np.expand_dims(value, axis)
+        name = f"{other[0]}/unsqueezed"
+        graph.initializer.append(onnx.numpy_helper.from_array(value, name))
+        initializers[name] = graph.initializer[-1]
+        return name
+
+    def swap(squeeze, reader, reader_inputs) -> None:
+        """squeeze -> reader  =>  reader (on the unsqueezed tensor) -> squeeze."""
+        squeezed, output = squeeze.output[0], reader.output[0]
+        reader.input[:], reader.output[0] = reader_inputs, f"{output}/before_squeeze"
+        squeeze.input[0], squeeze.output[0] = reader.output[0], output
+        ranks[output] = ranks.get(squeezed)
+        nodes = list(graph.node)
+        nodes.remove(reader)
+        nodes.insert(nodes.index(squeeze), reader)
+        del graph.node[:]
+        graph.node.extend(nodes)
+        _drop_value_info(graph, {squeezed})
+
+    changed = True
+    while changed:
+        changed = False
+        readers = {}
+        for node in graph.node:
+            for name in node.input:
+                readers.setdefault(name, []).append(node)
+        for squeeze in [n for n in graph.node if n.op_type == "Squeeze"]:
+            only = readers.get(squeeze.output[0], [])
+            if len(only) != 1 or squeeze.output[0] in graph_outputs:
+                continue
+            reader = only[0]
+            if reader.op_type == "Relu":
+                swap(squeeze, reader, [squeeze.input[0]])
+            elif reader.op_type == "Add" and (constant := constant_before_squeeze(reader, squeeze)) is not None:
+                swap(squeeze, reader, [squeeze.input[0], constant])
+            elif reader.op_type == "Unsqueeze" and reader.output[0] not in graph_outputs \
+                    and axes(squeeze) is not None and axes(squeeze) == axes(reader):
+                for node in graph.node:
+                    node.input[:] = [squeeze.input[0] if name == reader.output[0] else name for name in node.input]
+                graph.node.remove(squeeze)
+                graph.node.remove(reader)
+                _drop_value_info(graph, {squeeze.output[0], reader.output[0]})
+            else:
+                continue
+            changed = True
+            break
+    _prune_unused(graph)
+
+
+def _drop_value_info(graph: onnx.GraphProto, names: set[str]) -> None:
+    kept = [info for info in graph.value_info if info.name not in names]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+
+
 def _prune_unused(graph: onnx.GraphProto) -> None:
     """Remove nodes (and initializers) no graph output depends on."""
     needed = {o.name for o in graph.output}
@@ -118,9 +201,14 @@ def _prune_unused(graph: onnx.GraphProto) -> None:
         graph.initializer.remove(initializer)
 
 
-def to_onnx(model, opset: int, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
-    """Convert a two-output Keras model to a checked ONNX model that follows the contract."""
+def to_onnx(model, opset: int, metadata: dict[str, str] | None = None,
+            fuse_blocks: bool = True) -> onnx.ModelProto:
+    """Convert a two-output Keras model to a checked ONNX model that follows the contract. With
+    `fuse_blocks` (always, but for the benchmark's comparison) a convolutional encoder's
+    BatchNormalization is folded into its convolutions and bias and ReLU moved next to them."""
     signature = _input_signature(model)
+    if fuse_blocks:
+        model = batch_norm_folded_copy(model)
 
     @tf.function(input_signature=signature)
     def serve(x):
@@ -129,6 +217,8 @@ def to_onnx(model, opset: int, metadata: dict[str, str] | None = None) -> onnx.M
 
     onnx_model, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=opset)
     _drop_zero_initial_states(onnx_model)
+    if fuse_blocks:
+        _relu_before_squeeze(onnx_model)
     _order_outputs(onnx_model)
     _name_dynamic_dims(onnx_model, sequence=len(signature[0].shape) == 3)
     onnx_model.producer_name = "attention-pipeline"
@@ -183,7 +273,8 @@ def main() -> None:
     x_check, y_check = test.x[: cfg.export.parity_samples], test.y[: cfg.export.parity_samples]
     labels = None if meta["task_type"] == "regression" else y_check
     keras_out = model.predict(x_check, batch_size=1024, verbose=0)
-    calibration = load_split("train").x[: cfg.export.quantization.calibration_series]
+    calibration = (load_split("train").x[: cfg.export.quantization.calibration_series]
+                   if "int8_qdq" in cfg.export.variants else None)
     variants, runtimes, report, failures = {}, {}, {}, []
     own_tolerance = getattr(cfg.model, "parity_tolerance", None)
     own_tolerance = own_tolerance and ("model.parity_tolerance", own_tolerance)

@@ -42,8 +42,9 @@ class RefusedVariant(ValueError):
 
 def _static_int8(fp32_model: onnx.ModelProto, calibration: np.ndarray, quantization) -> onnx.ModelProto:
     """QDQ static quantization: quant_pre_process (ONNX shape inference and graph optimisation; no
-    symbolic shapes), then quantize_static with S8 activations and per-channel S8 weights, ranges
-    from `calibration` [series, ...] (float32 inputs, one series per calibration batch)."""
+    symbolic shapes), then quantize_static with `quantization.activation_type` activations and
+    per-channel S8 weights, ranges from `calibration` [series, ...] (float32 inputs, one series per
+    calibration batch)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -61,6 +62,7 @@ def _static_int8(fp32_model: onnx.ModelProto, calibration: np.ndarray, quantizat
         def get_next(self):
             return next(self.batches, None)
 
+    activation_types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     methods = dict(zip(CALIBRATION_METHODS, (CalibrationMethod.MinMax, CalibrationMethod.Entropy,
                                              CalibrationMethod.Percentile)))
     with tempfile.TemporaryDirectory() as folder:
@@ -68,7 +70,8 @@ def _static_int8(fp32_model: onnx.ModelProto, calibration: np.ndarray, quantizat
         onnx.save(fp32_model, source)
         quant_pre_process(source, prepared, skip_symbolic_shape=True)
         quantize_static(prepared, target, Series(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        activation_type=activation_types[quantization.activation_type],
+                        weight_type=QuantType.QInt8,
                         op_types_to_quantize=list(quantization.quantized_ops),
                         calibrate_method=methods[quantization.calibration_method])
         quantized = onnx.load(target)
@@ -164,10 +167,10 @@ def gate_failures(variant: str, report: dict[str, float], export_cfg,
                   fp32_tolerance: tuple[str, float] | None = None) -> list[str]:
     """What the variant misses, naming each config key (empty: it passes). `fp32_tolerance`
     (key, value) replaces export.parity_tolerance for a model that sets its own."""
-    failures = []
-    key, tolerance = f"export.variant_tolerance.{variant}", export_cfg.variant_tolerance.get(variant)
     if variant == "int8_qdq":
         return _static_int8_failures(report, export_cfg)
+    failures = []
+    key, tolerance = f"export.variant_tolerance.{variant}", export_cfg.variant_tolerance.get(variant)
     if variant == "fp32":
         key, tolerance = fp32_tolerance or ("export.parity_tolerance", export_cfg.parity_tolerance)
     difference = report[f"export/{variant}/prediction_max_abs"]

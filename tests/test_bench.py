@@ -12,8 +12,8 @@ from pipeline.export import to_onnx
 from pipeline.models import TaskSpec, build_model
 from tests.conftest import tiny_config
 
-RUNTIMES = {"onnxruntime_fp32", "onnxruntime_int8_qdq", "onnxruntime_fp16", "openvino_fp32", "openvino_int8_qdq",
-            "tf_function", "tf_function_xla"}
+RUNTIMES = {"onnxruntime_fp32", "onnxruntime_fp32_unfused", "onnxruntime_int8_qdq", "onnxruntime_fp16",
+            "openvino_fp32", "openvino_int8_qdq", "tf_function", "tf_function_xla"}
 
 
 def _split(n: int, rng: np.random.Generator) -> Dataset:

@@ -164,3 +164,31 @@ def test_masked_models_give_padding_exactly_zero_attention_in_keras_and_onnx(var
     if variant == "lstm_baseline":  # reads the last valid state
         last = (~padding).sum(axis=1) - 1
         np.testing.assert_array_equal(_runtime(onnx_model).run(x)["attention"].argmax(axis=1), last)
+
+
+@pytest.mark.parametrize("model_name", ["conv_attention", "conv_gap"])
+def test_conv_encoder_runs_as_one_fused_convolution_per_block(model_name, tmp_path):
+    """BatchNormalization is folded into each Conv1D, and bias and ReLU follow the convolution
+    directly, so ONNX Runtime fuses each block into one FusedConv; the outputs still match Keras,
+    whose BatchNormalization is given statistics far from the identity so that a wrong fold
+    would show."""
+    import onnxruntime as ort
+
+    keras.utils.set_random_seed(11)
+    task = TaskSpec((30, 2), "multiclass", n_classes=3, normalization={"mode": "per_series"})
+    model = build_model(tiny_config(f"model={model_name}", "model.filters=[8,6]", "model.kernel_sizes=[5,3]").model,
+                        task)
+    rng = np.random.default_rng(0)
+    for _, norm in model.get_layer("conv_encoder").blocks:
+        shape = norm.get_weights()[0].shape
+        norm.set_weights([rng.uniform(0.5, 2, shape), rng.normal(0, 1, shape), rng.normal(0, 1, shape),
+                          rng.uniform(0.2, 3, shape)])
+    onnx_model = to_onnx(model, 17)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    encoder_ops = [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node if "conv_encoder" in n.name]
+    assert encoder_ops.count("FusedConv") == 2 and not {"Conv", "Relu", "Add", "Mul"} & set(encoder_ops)
+    x = rng.standard_normal((16, 30, 2)).astype("float32")
+    assert max(parity(model, _runtime(onnx_model), x).values()) <= 1e-5

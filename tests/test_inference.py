@@ -151,6 +151,21 @@ def test_int8_qdq_quantizes_only_the_convolutions_and_refuses_a_recurrent_graph(
     assert chosen is None and "LSTM" in failures[0] and "use variant int8, dynamic quantization" in failures[0]
 
 
+@pytest.mark.parametrize("activation_type, dtype", [("int8", np.int8), ("uint8", np.uint8)])
+def test_int8_qdq_quantizes_activations_as_configured(multiclass_variants, activation_type, dtype):
+    """export.quantization.activation_type sets the zero points of every quantized activation;
+    weights stay signed int8."""
+    model, _ = multiclass_variants
+    quantization = tiny_config(f"export.quantization.activation_type={activation_type}").export.quantization
+    qdq = convert(to_onnx(model, 17, {}), "int8_qdq", calibration=_inputs(8, 12, 3), quantization=quantization)
+    initializers = {i.name: onnx.numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    activation_zero_points = {initializers[n.input[2]].dtype for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
+    assert activation_zero_points == {np.dtype(dtype)}
+    weights = [initializers[n.input[0]] for n in qdq.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in initializers]
+    assert weights and all(w.dtype == np.int8 for w in weights)
+
+
 def test_the_int8_qdq_gate_reads_attention_and_accuracy_not_prediction():
     export_cfg = tiny_config().export
     keras_out = {"prediction": np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]),

@@ -213,6 +213,27 @@ def load_model(path) -> keras.Model:
                           "pickled function), which safe_mode does not run") from None
 
 
+def batch_norm_folded_copy(model: keras.Model) -> keras.Model:
+    """The same inference function as the trained `model` with each ConvEncoder's
+    BatchNormalization folded into the Conv1D before it (ConvEncoder.folded_weights): one
+    convolution per block in the exported graph, whose runtime then fuses the ReLU into it and, in
+    int8_qdq, keeps the activations quantized from one convolution to the next. Same inputs and
+    outputs; a model without a ConvEncoder is returned as is."""
+    if not any(isinstance(layer, ConvEncoder) for layer in model.layers):
+        return model
+
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, ConvEncoder):
+            config["norm_folded"] = True
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    for source, target in zip(model.layers, copy.layers):
+        target.set_weights(source.folded_weights() if isinstance(source, ConvEncoder) else source.get_weights())
+    return copy
+
+
 def uniform_attention_copy(model: keras.Model) -> keras.Model:
     """The uniform-attention ablation of a trained model: the same weights, every attention layer
     weighing each valid position alike (`uniform=True`), and feature attention's softmax Dense

@@ -501,6 +501,8 @@ class ConvEncoder(keras.layers.Layer):
     Args:
         filters: filters of each block, e.g. [128, 256, 128].
         kernel_sizes: kernel size of each block, e.g. [8, 5, 3].
+        norm_folded: blocks of Conv1D -> ReLU whose convolutions already hold the inference-mode
+            BatchNormalization (`folded_weights`): an export copy, not for training.
 
     Call arguments:
         x: float32 [batch, time, channels]; mask: optional bool [batch, time].
@@ -509,7 +511,7 @@ class ConvEncoder(keras.layers.Layer):
         states float32 [batch, time, filters[-1]]; the mask passes through.
     """
 
-    def __init__(self, filters=(128, 256, 128), kernel_sizes=(8, 5, 3), **kwargs):
+    def __init__(self, filters=(128, 256, 128), kernel_sizes=(8, 5, 3), norm_folded=False, **kwargs):
         super().__init__(**kwargs)
         filters, kernel_sizes = list(filters), list(kernel_sizes)
         if not filters or len(filters) != len(kernel_sizes):
@@ -518,11 +520,11 @@ class ConvEncoder(keras.layers.Layer):
             )
         if min(filters + kernel_sizes) < 1:
             raise ValueError(f"filters and kernel sizes must be positive, got {filters}, {kernel_sizes}")
-        self.filters, self.kernel_sizes = filters, kernel_sizes
+        self.filters, self.kernel_sizes, self.norm_folded = filters, kernel_sizes, norm_folded
         self.blocks = [
             (
                 keras.layers.Conv1D(f, k, padding="same", name=f"conv{i}"),
-                keras.layers.BatchNormalization(name=f"norm{i}"),
+                None if norm_folded else keras.layers.BatchNormalization(name=f"norm{i}"),
             )
             for i, (f, k) in enumerate(zip(filters, kernel_sizes))
         ]
@@ -533,17 +535,31 @@ class ConvEncoder(keras.layers.Layer):
         for conv, norm in self.blocks:
             conv.build(shape)
             shape = conv.compute_output_shape(shape)
-            norm.build(shape)
+            if norm is not None:
+                norm.build(shape)
 
     def call(self, x, mask=None, training=None):
         valid = None if mask is None else ops.expand_dims(ops.cast(mask, x.dtype), -1)
         if valid is not None:
             x = x * valid  # zero padding; the product carries no mask into the Conv1D layers
         for conv, norm in self.blocks:
-            x = ops.relu(norm(conv(x), training=training))
+            x = conv(x) if norm is None else norm(conv(x), training=training)
+            x = ops.relu(x)
             if valid is not None:
                 x = x * valid
         return x
+
+    def folded_weights(self) -> list[np.ndarray]:
+        """The weights of a `norm_folded` copy: per block, the Conv1D kernel [k, in, out] and bias
+        [out] with the BatchNormalization's inference transform y = (x - mean) * s + beta,
+        s = gamma / sqrt(variance + epsilon), folded in: kernel * s and (bias - mean) * s + beta."""
+        weights = []
+        for conv, norm in self.blocks:
+            kernel, bias = conv.get_weights()
+            gamma, beta, mean, variance = norm.get_weights()
+            scale = gamma / np.sqrt(variance + norm.epsilon)
+            weights += [kernel * scale, (bias - mean) * scale + beta]
+        return weights
 
     def compute_mask(self, x, mask=None):
         return mask
@@ -552,7 +568,8 @@ class ConvEncoder(keras.layers.Layer):
         return (*tuple(x_shape)[:2], self.filters[-1])
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "kernel_sizes": self.kernel_sizes}
+        return {**super().get_config(), "filters": self.filters, "kernel_sizes": self.kernel_sizes,
+                "norm_folded": self.norm_folded}
 
 
 KERNEL_LENGTH = 9
