@@ -319,11 +319,13 @@ class QuantizationConfig(_Strict):
     """Static int8 quantization (variant int8_qdq): activation ranges from `calibration_series`
     series of the training split, found by `calibration_method`; only `quantized_ops` (ONNX op
     types) are quantized, every other op stays float; activations as `activation_type`, weights
-    signed int8 per channel."""
+    signed int8 per channel; with `float_first_conv` the convolution that reads the input series
+    stays float (the series itself is never rounded to 8 bits)."""
 
     calibration_series: int = Field(default=128, gt=0)
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     activation_type: Literal["int8", "uint8"] = "uint8"
+    float_first_conv: bool = True
     quantized_ops: list[str] = Field(default=["Conv", "Relu"], min_length=1)
 
 

@@ -44,7 +44,7 @@ def _static_int8(fp32_model: onnx.ModelProto, calibration: np.ndarray, quantizat
     """QDQ static quantization: quant_pre_process (ONNX shape inference and graph optimisation; no
     symbolic shapes), then quantize_static with `quantization.activation_type` activations and
     per-channel S8 weights, ranges from `calibration` [series, ...] (float32 inputs, one series per
-    calibration batch)."""
+    calibration batch); the first convolution stays float with `quantization.float_first_conv`."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -69,7 +69,9 @@ def _static_int8(fp32_model: onnx.ModelProto, calibration: np.ndarray, quantizat
         source, prepared, target = (Path(folder) / f"{n}.onnx" for n in ("fp32", "prepared", "int8_qdq"))
         onnx.save(fp32_model, source)
         quant_pre_process(source, prepared, skip_symbolic_shape=True)
+        convs = [node.name for node in onnx.load(prepared).graph.node if node.op_type == "Conv"]  # in graph order
         quantize_static(prepared, target, Series(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        nodes_to_exclude=convs[:1] if quantization.float_first_conv else [],
                         activation_type=activation_types[quantization.activation_type],
                         weight_type=QuantType.QInt8,
                         op_types_to_quantize=list(quantization.quantized_ops),

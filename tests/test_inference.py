@@ -132,12 +132,15 @@ def test_int8_quantizes_the_lstm_node(binary_variants):
 
 def test_int8_qdq_quantizes_only_the_convolutions_and_refuses_a_recurrent_graph(multiclass_variants,
                                                                                  binary_variants):
-    """QDQ pairs feed every Conv (weights per channel); the attention's softmax and the head's
-    MatMul read float tensors. An LSTM graph is refused, pointing at dynamic quantization."""
+    """QDQ pairs feed every Conv but the first, which reads the input series in float (weights per
+    channel); the attention's softmax and the head's MatMul read float tensors. An LSTM graph is
+    refused, pointing at dynamic quantization."""
     qdq = multiclass_variants[1]["int8_qdq"]
     producers = {out: node for node in qdq.graph.node for out in node.output}
-    convs = [n for n in qdq.graph.node if n.op_type == "Conv"]
+    first, *convs = [n for n in qdq.graph.node if n.op_type == "Conv"]
     assert convs and all(producers[n.input[0]].op_type == "DequantizeLinear" for n in convs)
+    assert producers[first.input[0]].op_type != "DequantizeLinear" and first.input[1] in {
+        i.name for i in qdq.graph.initializer}, "the first convolution stays float"
     weight_scales = [producers[n.input[1]].input[1] for n in convs]
     initializers = {i.name: onnx.numpy_helper.to_array(i) for i in qdq.graph.initializer}
     assert all(initializers[name].size == 8 for name in weight_scales), "one scale per output channel"
@@ -154,10 +157,13 @@ def test_int8_qdq_quantizes_only_the_convolutions_and_refuses_a_recurrent_graph(
 @pytest.mark.parametrize("activation_type, dtype", [("int8", np.int8), ("uint8", np.uint8)])
 def test_int8_qdq_quantizes_activations_as_configured(multiclass_variants, activation_type, dtype):
     """export.quantization.activation_type sets the zero points of every quantized activation;
-    weights stay signed int8."""
+    weights stay signed int8; without float_first_conv every convolution reads int8."""
     model, _ = multiclass_variants
-    quantization = tiny_config(f"export.quantization.activation_type={activation_type}").export.quantization
+    quantization = tiny_config(f"export.quantization.activation_type={activation_type}",
+                               "export.quantization.float_first_conv=false").export.quantization
     qdq = convert(to_onnx(model, 17, {}), "int8_qdq", calibration=_inputs(8, 12, 3), quantization=quantization)
+    producers = {out: node for node in qdq.graph.node for out in node.output}
+    assert all(producers[n.input[0]].op_type == "DequantizeLinear" for n in qdq.graph.node if n.op_type == "Conv")
     initializers = {i.name: onnx.numpy_helper.to_array(i) for i in qdq.graph.initializer}
     activation_zero_points = {initializers[n.input[2]].dtype for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
     assert activation_zero_points == {np.dtype(dtype)}
