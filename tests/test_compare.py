@@ -107,6 +107,19 @@ def test_study_finds_the_runs_of_the_current_recipe_and_reports_mean_and_std(tmp
     assert [(r["model"], r["seeds"]) for r in real] == [("conv_attention", "1,2,3"), ("conv_gap", "1")]
 
 
+def test_a_changed_training_recipe_leaves_minirocket_runs_current(tmp_path, monkeypatch):
+    """MiniRocket is fitted in closed form: its runs match on data, model and seed, so a new
+    train section (epochs here) makes the gradient-trained runs missing and not MiniRocket's."""
+    monkeypatch.chdir(REPO_ROOT)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    rocket, attention = (study.Combination("GunPoint", model, 1) for model in ("minirocket", "conv_attention"))
+    for combination in (rocket, attention):
+        _log_study_run(combination, 0.9, 10.0, **{"train.epochs": "3"})
+    assert not any(key.startswith("train.") for key in study.expected_params(rocket, REPO_ROOT / "conf"))
+    assert study.missing(uri, [rocket, attention]) == [attention]
+
+
 def test_the_selection_study_reads_inner_fold_runs_only(tmp_path, monkeypatch):
     """Runs on inner folds of the training file form their own table (mean over folds per
     setting), never mixed with the test-set results."""
