@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     diagram = None
     if args.out is not None:
         diagram_path = args.out.with_name(args.out.name + "_cd.png")
-        if statistics and table_of_means.shape[0] >= 5:
+        if statistics and table_of_means.shape[0] >= 5 and table_of_means.shape[1] >= 3:  # Nemenyi: 3 models
             args.out.parent.mkdir(parents=True, exist_ok=True)
             study.critical_difference_diagram(table_of_means, diagram_path)
             diagram = diagram_path.name

@@ -234,6 +234,22 @@ def test_the_queue_state_counts_queued_experiments_and_busy_workers():
     assert study.queue_state("Task     Name        Created       Status\n") == (0, 0)
 
 
+def test_two_models_get_ranks_and_wilcoxon_but_no_diagram(tmp_path, monkeypatch):
+    """The critical-difference diagram belongs to the Nemenyi test of three models or more: two
+    models on five data sets get their ranks and the Wilcoxon test, and no diagram."""
+    monkeypatch.chdir(REPO_ROOT)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    for dataset in study.DATASETS[:5]:
+        for seed in study.SEEDS:
+            _log_study_run(study.Combination(dataset, "conv_attention", seed), 0.9, 10.0)
+            _log_study_run(study.Combination(dataset, "minirocket", seed), 0.95, 1.0)
+    main(["--tracking-uri", uri, "--out", str(tmp_path / "results")])
+    markdown = (tmp_path / "results.md").read_text()
+    assert "mean rank" in markdown and "Wilcoxon" in markdown
+    assert not (tmp_path / "results_cd.png").exists()
+
+
 def test_one_model_alone_gets_no_rank_statistics_and_an_earlier_diagram_is_removed(tmp_path, monkeypatch):
     """Ranks need two models: with the attention model's runs alone the table is written without
     them, and a critical-difference diagram of earlier runs does not stay behind."""
