@@ -108,10 +108,17 @@ def _relu_before_squeeze(onnx_model: onnx.ModelProto) -> None:
     Runtime then fuses bias and ReLU into every convolution and, in int8_qdq, passes int8
     activations from one convolution to the next. The outputs are unchanged."""
     graph = onnx_model.graph
+    squeezes = [node for node in graph.node if node.op_type == "Squeeze"]
+    if not squeezes:
+        return
     initializers = {i.name: i for i in graph.initializer}
     graph_outputs = {o.name for o in graph.output}
     ranks = {info.name: len(info.type.tensor_type.shape.dim)
              for info in onnx.shape_inference.infer_shapes(onnx_model).graph.value_info}
+    readers = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
 
     def axes(node):
         source = initializers.get(node.input[1]) if len(node.input) > 1 else None
@@ -134,46 +141,36 @@ def _relu_before_squeeze(onnx_model: onnx.ModelProto) -> None:
         initializers[name] = graph.initializer[-1]
         return name
 
-    def swap(squeeze, reader, reader_inputs) -> None:
-        """squeeze -> reader  =>  reader (on the unsqueezed tensor) -> squeeze."""
+    def swap(squeeze, reader, reader_inputs):
+        """squeeze -> reader  =>  reader (on the unsqueezed tensor) -> squeeze. The two nodes trade
+        places in the node list, which keeps it in topological order; returns the moved Squeeze."""
         squeezed, output = squeeze.output[0], reader.output[0]
-        reader.input[:], reader.output[0] = reader_inputs, f"{output}/before_squeeze"
-        squeeze.input[0], squeeze.output[0] = reader.output[0], output
+        moved_reader, moved_squeeze = onnx.NodeProto(), onnx.NodeProto()
+        moved_reader.CopyFrom(reader)
+        moved_reader.input[:], moved_reader.output[0] = reader_inputs, f"{output}/before_squeeze"
+        moved_squeeze.CopyFrom(squeeze)
+        moved_squeeze.input[0], moved_squeeze.output[0] = moved_reader.output[0], output
+        squeeze.CopyFrom(moved_reader)
+        reader.CopyFrom(moved_squeeze)
         ranks[output] = ranks.get(squeezed)
-        nodes = list(graph.node)
-        nodes.remove(reader)
-        nodes.insert(nodes.index(squeeze), reader)
-        del graph.node[:]
-        graph.node.extend(nodes)
         _drop_value_info(graph, {squeezed})
+        return reader
 
-    changed = True
-    while changed:
-        changed = False
-        readers = {}
-        for node in graph.node:
-            for name in node.input:
-                readers.setdefault(name, []).append(node)
-        for squeeze in [n for n in graph.node if n.op_type == "Squeeze"]:
-            only = readers.get(squeeze.output[0], [])
-            if len(only) != 1 or squeeze.output[0] in graph_outputs:
-                continue
+    for squeeze in squeezes:
+        while len(only := readers.get(squeeze.output[0], [])) == 1 and squeeze.output[0] not in graph_outputs:
             reader = only[0]
             if reader.op_type == "Relu":
-                swap(squeeze, reader, [squeeze.input[0]])
+                squeeze = swap(squeeze, reader, [squeeze.input[0]])
             elif reader.op_type == "Add" and (constant := constant_before_squeeze(reader, squeeze)) is not None:
-                swap(squeeze, reader, [squeeze.input[0], constant])
-            elif reader.op_type == "Unsqueeze" and reader.output[0] not in graph_outputs \
-                    and axes(squeeze) is not None and axes(squeeze) == axes(reader):
-                for node in graph.node:
-                    node.input[:] = [squeeze.input[0] if name == reader.output[0] else name for name in node.input]
-                graph.node.remove(squeeze)
-                graph.node.remove(reader)
-                _drop_value_info(graph, {squeeze.output[0], reader.output[0]})
+                squeeze = swap(squeeze, reader, [squeeze.input[0], constant])
             else:
-                continue
-            changed = True
-            break
+                if reader.op_type == "Unsqueeze" and reader.output[0] not in graph_outputs \
+                        and axes(squeeze) is not None and axes(squeeze) == axes(reader):
+                    for node in readers.pop(reader.output[0], []):  # both left to _prune_unused
+                        node.input[:] = [squeeze.input[0] if name == reader.output[0] else name
+                                         for name in node.input]
+                    _drop_value_info(graph, {squeeze.output[0], reader.output[0]})
+                break
     _prune_unused(graph)
 
 
