@@ -75,6 +75,37 @@ def test_minirocket_features_in_keras_equal_sktime_s_transform(name):
     assert difference.max() <= 1 / fewest_steps + 1e-6 and (difference > 1e-6).mean() < 1e-3
 
 
+def _switched_on_and_off(n_series: int, length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Series of a device switched on and off: flat stretches at a few levels, some noise while
+    on (like ACSF1); class 1 is on for longer. x [n, length, 1], y [n, 1]."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=(n_series, 1))
+    x = np.zeros((n_series, length, 1), "float32")
+    for series, label in zip(x, y[:, 0]):
+        start = rng.integers(0, length // 2)
+        on = int(length * (0.2 + 0.3 * label))
+        series[start:start + on, 0] = rng.choice([3.0, 7.0]) + 0.3 * rng.normal(size=len(series[start:start + on]))
+    return x, y
+
+
+def test_minirocket_onnx_features_equal_keras_on_series_with_flat_stretches(monkeypatch):
+    """Flat stretches put many convolution outputs on a bias up to float rounding, where TensorFlow
+    and ONNX Runtime can round apart; the fitted transform counts those ties alike in both."""
+    from pipeline.export import to_onnx
+    from pipeline.models.minirocket import fit_minirocket
+
+    cfg = tiny_config("experiment=ucr", "model=minirocket", "model.num_kernels=840")
+    task = TaskSpec((400, 1), "multiclass", n_classes=2, normalization={"mode": "per_series"})
+    x, y = _switched_on_and_off(60, 400, seed=0)
+    model, _ = fit_minirocket(cfg.model, task, x, y, seed=1)
+    features = keras.Model(model.input, {"prediction": model.get_layer("minirocket").output,
+                                         "attention": model.output["attention"]})
+    test_x, _ = _switched_on_and_off(40, 400, seed=1)
+    from_keras = np.asarray(features(test_x)["prediction"])
+    from_onnx = OnnxModel(to_onnx(features, opset=17).SerializeToString()).run(test_x)["prediction"]
+    assert np.abs(from_onnx - from_keras).max() <= 2 / 400  # a step or two counted apart at most
+
+
 def test_minirocket_runs_through_every_stage_and_deploys_as_onnx(tmp_path):
     """model=minirocket is a pipeline config like any other: fitted in train (no epochs), exported
     by tf2onnx within the parity gate, evaluated by ONNX Runtime, logged to MLflow."""
