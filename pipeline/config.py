@@ -282,9 +282,12 @@ class TrainConfig(_Strict):
     """Keras fit settings. The monitored loss is the validation loss, or the training loss where
     the data has no validation split. With `early_stopping_patience` > 0, training stops after
     that many epochs without the monitored loss falling `min_delta` below its best; the weights
-    of its best epoch are kept. With
-    `lr_decay_patience` > 0 the learning rate halves after that many such epochs, down to
-    `min_learning_rate`. A batch is at most a tenth of the training series (at least 2). With
+    of its best epoch are kept. The learning rate follows `lr_schedule`: "plateau" halves it after
+    `lr_decay_patience` (> 0; 0: a constant rate) epochs without a lower monitored loss, down to
+    `min_learning_rate`; "cosine" lowers it along half a cosine from `learning_rate` at the first
+    epoch to `min_learning_rate` at the last the run may train (`epochs`, or fewer under
+    `max_series_steps`), so a run that trains fewer epochs still ends at the low rate. A batch is
+    at most a tenth of the training series (at least 2). With
     `max_series_steps`, training also ends once that many series x time steps have passed
     through the model (an epoch over n series of T steps counts n * T): a larger or longer
     training set trains fewer epochs, in about the same time."""
@@ -299,6 +302,7 @@ class TrainConfig(_Strict):
     # the least fall of the monitored loss that early stopping counts as progress
     min_delta: float = Field(default=0.0, ge=0)
     lr_decay_patience: int = Field(ge=0)
+    lr_schedule: Literal["plateau", "cosine"] = "plateau"
     # default: one device; mirrored: synchronous data parallelism over this machine's GPUs (or,
     # without GPUs, over `cpu_replicas` logical CPU devices); multi_worker: over the machines that
     # the TF_CONFIG variable names (tf.distribute.MultiWorkerMirroredStrategy).
@@ -306,11 +310,16 @@ class TrainConfig(_Strict):
     cpu_replicas: int = Field(default=1, ge=1, le=64)
 
     @model_validator(mode="after")
-    def _decay_ends_below_the_start(self):
+    def _schedule_is_consistent(self):
         if self.min_learning_rate > self.learning_rate:
             raise ValueError(
                 f"min_learning_rate must be <= learning_rate={self.learning_rate} "
                 f"(got {self.min_learning_rate})"
+            )
+        if self.lr_schedule == "cosine" and self.lr_decay_patience:
+            raise ValueError(
+                f"lr_decay_patience={self.lr_decay_patience} halves the rate on plateaus (lr_schedule=plateau); "
+                "with lr_schedule=cosine set it to 0"
             )
         return self
 

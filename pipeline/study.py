@@ -63,8 +63,10 @@ SELECTION = {
     "conv_attention score=class": ("model.score=class",),
     "conv_attention score=additive": ("model.score=additive",),
     "conv_gap": (),
+    "conv_attention lr_schedule=cosine lr_decay_patience=0": ("train.lr_schedule=cosine", "train.lr_decay_patience=0"),
 }
 SELECTION_EPOCHS = 300
+SELECTION_PROTOCOL = (f"train.epochs={SELECTION_EPOCHS}",)
 SELECTION_SEED = 1
 COMPARED_SECTIONS = ("data", "model", "train")
 UNTRAINED_BY_GRADIENT = ("minirocket",)  # fitted in closed form: the train section does not decide them
@@ -93,8 +95,9 @@ class Combination:
 
     @property
     def label(self) -> str:
-        """The model and its extra model overrides, e.g. "conv_attention score=additive"."""
-        return " ".join([self.model, *(o.removeprefix("model.") for o in self.extra if o.startswith("model."))])
+        """The model and the overrides of its setting, section names dropped, e.g. "conv_attention
+        score=additive" (the SELECTION key)."""
+        return " ".join([self.model, *(o.split(".", 1)[1] for o in self.extra if o not in SELECTION_PROTOCOL)])
 
     @property
     def overrides(self) -> list[str]:
@@ -113,8 +116,7 @@ def combinations(datasets=DATASETS, models=MODELS, seeds=SEEDS) -> list[Combinat
 
 def selection_combinations(datasets=DATASETS, settings=tuple(SELECTION)) -> list[Combination]:
     """Every setting of SELECTION on every inner fold of each data set's training file."""
-    protocol = f"train.epochs={SELECTION_EPOCHS}"
-    return [Combination(d, label.split()[0], SELECTION_SEED, fold, (*SELECTION[label], protocol))
+    return [Combination(d, label.split()[0], SELECTION_SEED, fold, (*SELECTION[label], *SELECTION_PROTOCOL))
             for d in datasets for label in settings for fold in range(INNER_FOLDS)]
 
 

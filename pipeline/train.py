@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -71,12 +72,15 @@ def monitored_loss(val) -> str:
     return "val_loss" if len(val) else "loss"
 
 
-def stopping_callbacks(cfg: TrainConfig, monitor: str) -> list[keras.callbacks.Callback]:
-    """Learning-rate halving on plateaus of the monitored loss (train.lr_decay_patience, down to
-    train.min_learning_rate) and early stopping (train.early_stopping_patience epochs without a
-    fall of train.min_delta); `BestWeights` restores the best epoch's weights either way."""
+def stopping_callbacks(cfg: TrainConfig, monitor: str, epochs: int) -> list[keras.callbacks.Callback]:
+    """The learning-rate schedule of train.lr_schedule over `epochs` epochs (the epoch limit) and
+    early stopping (train.early_stopping_patience epochs without a fall of train.min_delta);
+    `BestWeights` restores the best epoch's weights either way."""
     callbacks = []
-    if cfg.lr_decay_patience:
+    if cfg.lr_schedule == "cosine":
+        callbacks.append(keras.callbacks.LearningRateScheduler(
+            lambda epoch, _: cosine_learning_rate(cfg, epoch, epochs)))
+    elif cfg.lr_decay_patience:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor, factor=0.5, patience=cfg.lr_decay_patience, min_lr=cfg.min_learning_rate,
         ))  # a plateau: no fall of 1e-4 (Keras's min_delta)
@@ -84,6 +88,13 @@ def stopping_callbacks(cfg: TrainConfig, monitor: str) -> list[keras.callbacks.C
         callbacks.append(keras.callbacks.EarlyStopping(monitor, patience=cfg.early_stopping_patience,
                                                        min_delta=cfg.min_delta))
     return callbacks
+
+
+def cosine_learning_rate(cfg: TrainConfig, epoch: int, epochs: int) -> float:
+    """train.learning_rate at the first epoch, falling along half a cosine to
+    train.min_learning_rate at the last of `epochs`."""
+    progress = epoch / max(epochs - 1, 1)
+    return cfg.min_learning_rate + (cfg.learning_rate - cfg.min_learning_rate) * (1 + math.cos(math.pi * progress)) / 2
 
 
 def batch_size_for(requested: int, n_series: int) -> int:
@@ -204,12 +215,13 @@ def fit(
     validation = None
     if len(val):
         validation = tf.data.Dataset.from_tensor_slices((val.x, val.y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    epochs = epochs_for(cfg.train, train)
     return trainer.fit(
         batches.dataset(),
         validation_data=validation,
-        epochs=epochs_for(cfg.train, train),
+        epochs=epochs,
         shuffle=False,  # EpochBatches shuffles, by (seed, epoch)
-        callbacks=[batches, *stopping_callbacks(cfg.train, monitored_loss(val)), *callbacks],
+        callbacks=[batches, *stopping_callbacks(cfg.train, monitored_loss(val), epochs), *callbacks],
         verbose=2,
     )
 

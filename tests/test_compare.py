@@ -129,6 +129,8 @@ def test_the_selection_study_reads_inner_fold_runs_only(tmp_path, monkeypatch):
     plan = study.selection_combinations(["ArrowHead"], ("conv_attention", "conv_attention score=additive", "conv_gap"))
     assert [c.label for c in plan[::3]] == ["conv_attention", "conv_attention score=additive", "conv_gap"]
     assert plan[3].command.endswith("-S model.score=additive -S train.epochs=300 -S seed=1 -S data.inner_fold=0")
+    cosine = "conv_attention lr_schedule=cosine lr_decay_patience=0"  # a train setting is a setting too
+    assert [c.label for c in study.selection_combinations(["ArrowHead"], (cosine,))] == [cosine] * 3
     for combination, accuracy in zip(plan, (0.7, 0.8, 0.9, 0.6, 0.6, 0.6)):
         _log_study_run(combination, accuracy, 10.0)
     _log_study_run(study.Combination("ArrowHead", "conv_attention", 1), 0.5, 10.0)  # a test-set run

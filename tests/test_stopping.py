@@ -6,12 +6,12 @@ import keras
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.train import stopping_callbacks
+from pipeline.train import cosine_learning_rate, stopping_callbacks
 from tests.conftest import tiny_config
 
 
 def test_the_default_recipe_stops_on_converged_validation_loss():
-    callbacks = stopping_callbacks(tiny_config().train, "val_loss")
+    callbacks = stopping_callbacks(tiny_config().train, "val_loss", 100)
     stop = next(c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping))
     decay = next(c for c in callbacks if isinstance(c, keras.callbacks.ReduceLROnPlateau))
     assert (stop.monitor, stop.patience, stop.min_delta) == ("val_loss", 8, 1e-4)
@@ -19,14 +19,14 @@ def test_the_default_recipe_stops_on_converged_validation_loss():
 
 
 def test_the_real_data_recipe_counts_any_fall_of_the_training_loss():
-    callbacks = stopping_callbacks(tiny_config("train=ucr").train, "loss")
+    callbacks = stopping_callbacks(tiny_config("train=ucr").train, "loss", 1000)
     stop = next(c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping))
     assert (stop.monitor, stop.patience, stop.min_delta) == ("loss", 100, 0.0)
 
 
 def test_stopping_off_with_patience_zero_and_a_negative_delta_refused():
     assert stopping_callbacks(tiny_config("train.early_stopping_patience=0",
-                                          "train.lr_decay_patience=0").train, "val_loss") == []
+                                          "train.lr_decay_patience=0").train, "val_loss", 100) == []
     with pytest.raises(ConfigError, match="min_delta"):
         tiny_config("train.min_delta=-0.1")
 
@@ -49,3 +49,21 @@ def test_a_series_step_budget_trains_long_or_large_sets_fewer_epochs():
     with pytest.raises(ConfigError, match="max_series_steps"):
         tiny_config("train.max_series_steps=0")
 
+
+
+def test_the_cosine_schedule_ends_at_the_least_rate_on_the_last_epoch_the_run_may_train():
+    cfg = tiny_config("train.lr_schedule=cosine", "train.lr_decay_patience=0", "train.learning_rate=0.001",
+                      "train.min_learning_rate=0.0001").train
+    rates = [cosine_learning_rate(cfg, epoch, 205) for epoch in range(205)]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-4)
+    assert rates[102] == pytest.approx(5.5e-4)  # halfway: the mean of the two
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    scheduler, = (c for c in stopping_callbacks(cfg, "loss", 205) if not isinstance(c, keras.callbacks.EarlyStopping))
+    assert isinstance(scheduler, keras.callbacks.LearningRateScheduler)
+    assert scheduler.schedule(204, 1e-3) == pytest.approx(1e-4)
+    assert cosine_learning_rate(cfg, 0, 1) == pytest.approx(1e-3)  # one epoch: the starting rate
+
+
+def test_cosine_with_a_plateau_patience_is_refused():
+    with pytest.raises(ConfigError, match="lr_decay_patience=4 .* lr_schedule=cosine set it to 0"):
+        tiny_config("train.lr_schedule=cosine")
