@@ -385,11 +385,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--selection", action="store_true",
                         help="the selection study instead: SELECTION's settings on the inner folds of the "
                              "training files")
+    parser.add_argument("--settings", nargs="+", choices=tuple(SELECTION), default=tuple(SELECTION),
+                        help="with --selection: the SELECTION settings to compare (default: all)")
     args = parser.parse_args(argv)
     if args.action == "wait":
         print(wait_for_queue())
         return
-    plan = (selection_combinations(args.datasets) if args.selection
+    plan = (selection_combinations(args.datasets, args.settings) if args.selection
             else combinations(args.datasets, args.models, args.seeds))
     model_order = list(args.models)  # queued in the order --models names them, quick data sets first
     todo = sorted(missing(args.tracking_uri, plan, args.ledger),
