@@ -69,6 +69,9 @@ SELECTION_EPOCHS = 300
 SELECTION_PROTOCOL = (f"train.epochs={SELECTION_EPOCHS}",)
 SELECTION_SEED = 1
 COMPARED_SECTIONS = ("data", "model", "train")
+# Options added to the config after runs were logged, with the value those runs trained with: a
+# run or ledger row without the option matches a config that sets it to that value.
+VALUES_BEFORE_OPTIONS_EXISTED = {"train.lr_schedule": "plateau"}
 UNTRAINED_BY_GRADIENT = ("minirocket",)  # fitted in closed form: the train section does not decide them
 # The committed record of finished runs (written by `python -m pipeline.compare --out docs/results`):
 # a fresh clone, or a machine whose MLflow store is gone, trains only what it lacks.
@@ -139,7 +142,9 @@ def expected_params(combination: Combination, conf_dir: Path = CONF_DIR) -> dict
 def config_digest(combination: Combination, conf_dir: Path = CONF_DIR) -> str:
     """A short hash of the composed config of `combination`: a ledger row counts only while the
     recipe it was trained with is unchanged."""
-    text = json.dumps(expected_params(combination, conf_dir), sort_keys=True)
+    params = {k: v for k, v in expected_params(combination, conf_dir).items()
+              if VALUES_BEFORE_OPTIONS_EXISTED.get(k) != v}  # the digest such a row was written with
+    text = json.dumps(params, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -166,12 +171,14 @@ def evaluated_runs(tracking_uri: str) -> list:
 
 def matching_runs(runs: list, plan: list[Combination], conf_dir: Path = CONF_DIR) -> dict[Combination, RunRecord]:
     """The latest MLflow run of each combination of `plan` whose params equal its composed config.
-    An option that is off (null) may be absent from a run logged before the option existed."""
+    An option that is off (null), or has its VALUES_BEFORE_OPTIONS_EXISTED value, may be absent
+    from a run logged before the option existed."""
     found: dict[Combination, RunRecord] = {}
     for combination in plan:
         expected = expected_params(combination, conf_dir)
         for run in runs:
-            if all(run.data.params.get(k, "None") == v for k, v in expected.items()):
+            if all(run.data.params.get(k, VALUES_BEFORE_OPTIONS_EXISTED.get(k, "None")) == v
+                   for k, v in expected.items()):
                 if combination not in found or run.info.start_time > found[combination].started_ms:
                     found[combination] = RunRecord(
                         run.data.metrics["test/accuracy"], run.data.metrics.get("train/seconds", float("nan")),

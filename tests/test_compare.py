@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import shutil
 
 import mlflow
@@ -105,6 +107,28 @@ def test_study_finds_the_runs_of_the_current_recipe_and_reports_mean_and_std(tmp
     with open(tmp_path / "results.csv") as handle:
         real = [row for row in csv.DictReader(handle) if row["table"] == "real"]
     assert [(r["model"], r["seeds"]) for r in real] == [("conv_attention", "1,2,3"), ("conv_gap", "1")]
+
+
+def test_a_run_logged_before_an_option_existed_matches_the_value_it_trained_with(tmp_path, monkeypatch):
+    """train.lr_schedule came after runs that trained with plateau halving: such a run, and its
+    ledger row, still count for the plateau recipe and not for the cosine one."""
+    monkeypatch.chdir(REPO_ROOT)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    plateau = study.Combination("GunPoint", "conv_attention", 1)
+    cosine = study.Combination("GunPoint", "conv_attention", 1, None,
+                               ("train.lr_schedule=cosine", "train.lr_decay_patience=0"))
+    params = study.expected_params(plateau, REPO_ROOT / "conf")
+    assert params["train.lr_schedule"] == "plateau"
+    mlflow.set_experiment("attention-GunPoint")
+    with mlflow.start_run():
+        mlflow.log_params({k: v for k, v in params.items() if k != "train.lr_schedule"} | {"data.source": "ucr"})
+        mlflow.log_metrics({"test/accuracy": 0.9, "train/seconds": 1.0, "attention/entropy": 2.0})
+    assert study.missing(uri, [plateau, cosine]) == [cosine]
+    without_option = {k: v for k, v in params.items() if k != "train.lr_schedule"}
+    assert study.config_digest(plateau) == hashlib.sha256(
+        json.dumps(without_option, sort_keys=True).encode()).hexdigest()[:16]
+    assert study.config_digest(cosine) != study.config_digest(plateau)
 
 
 def test_a_changed_training_recipe_leaves_minirocket_runs_current(tmp_path, monkeypatch):
