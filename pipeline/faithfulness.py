@@ -145,12 +145,14 @@ def occlusion_spearman(model: Model, task: Task, x: np.ndarray, attention: np.nd
         positions = np.flatnonzero(valid[i])
         windows = np.array_split(positions, min(segments, len(positions)))
         deleted = np.zeros((len(windows), valid.shape[1]), dtype=bool)
+        weights = np.array([attention[i, window].mean() for window in windows])  # windows differ in size
+        if np.ptp(weights) == 0:  # uniform attention (MiniRocket's, GAP's): nothing to occlude for
+            continue
         for w, window in enumerate(windows):
             deleted[w, window] = True
         prediction = model(delete(np.repeat(x[i : i + 1], len(windows), axis=0), deleted, values))["prediction"]
         drops = task.drop(before[i], task.output(prediction, np.full(len(windows), chosen[i])))
-        weights = np.array([attention[i, window].mean() for window in windows])  # windows differ in size
-        if np.ptp(drops) > 0 and np.ptp(weights) > 0:
+        if np.ptp(drops) > 0:
             rhos.append(spearmanr(weights, drops).statistic)
     return float(np.mean(rhos)) if rhos else float("nan")
 

@@ -99,6 +99,23 @@ def test_uniform_attention_orders_nothing():
     assert "faithfulness/occlusion_spearman" not in metrics  # undefined for constant attention
 
 
+def test_uniform_attention_is_not_occluded_at_all():
+    """Occlusion serves a rank correlation that constant attention cannot have: no occluded input
+    reaches the model (MiniRocket on a long series spent minutes on them)."""
+    from pipeline.faithfulness import Task, occlusion_spearman
+
+    x, y = _data(8)
+    batches = []
+
+    def counted(inputs):
+        batches.append(len(inputs))
+        return _model(None).run(inputs)
+
+    attention = distinct_weights(_model(None).run(x)["attention"])
+    assert np.isnan(occlusion_spearman(counted, Task("binary", y), x, attention, np.zeros(1, np.float32), 64))
+    assert batches == [8]  # the intact inputs only
+
+
 def test_ranks_break_ties_by_the_tie_break_and_put_padding_last():
     scores = np.array([[0.5, 0.2, 0.5, 0.9]])
     valid = np.array([[True, True, True, False]])
