@@ -69,9 +69,9 @@ def _static_int8(fp32_model: onnx.ModelProto, calibration: np.ndarray, quantizat
         source, prepared, target = (Path(folder) / f"{n}.onnx" for n in ("fp32", "prepared", "int8_qdq"))
         onnx.save(fp32_model, source)
         quant_pre_process(source, prepared, skip_symbolic_shape=True)
-        prepared_model = onnx.load(prepared)  # its node names, not the fp32 model's: pre-processing may rename
-        convs = [node.name for node in prepared_model.graph.node if node.op_type == "Conv"]  # in graph order
-        quantize_static(prepared_model, target, Series(), quant_format=QuantFormat.QDQ, per_channel=True,
+        # the prepared model's node names, not the fp32 model's: pre-processing may rename
+        convs = [node.name for node in onnx.load(prepared).graph.node if node.op_type == "Conv"]  # graph order
+        quantize_static(prepared, target, Series(), quant_format=QuantFormat.QDQ, per_channel=True,
                         nodes_to_exclude=convs[:1] if quantization.float_first_conv else [],
                         activation_type=activation_types[quantization.activation_type],
                         weight_type=QuantType.QInt8,
