@@ -143,11 +143,12 @@ def occlusion_spearman(model: Model, task: Task, x: np.ndarray, attention: np.nd
     rhos = []
     for i in range(len(x)):
         positions = np.flatnonzero(valid[i])
-        windows = np.array_split(positions, min(segments, len(positions)))
-        deleted = np.zeros((len(windows), valid.shape[1]), dtype=bool)
-        weights = np.array([attention[i, window].mean() for window in windows])  # windows differ in size
-        if np.ptp(weights) == 0:  # uniform attention (MiniRocket's, GAP's): nothing to occlude for
+        if np.ptp(attention[i, positions]) == 0:  # uniform attention (MiniRocket's, GAP's): nothing to occlude for
             continue
+        windows = np.array_split(positions, min(segments, len(positions)))
+        # windows differ in size, and float32 means of equal weights over them differ in the last bits
+        weights = np.array([attention[i, window].mean(dtype=np.float64) for window in windows])
+        deleted = np.zeros((len(windows), valid.shape[1]), dtype=bool)
         for w, window in enumerate(windows):
             deleted[w, window] = True
         prediction = model(delete(np.repeat(x[i : i + 1], len(windows), axis=0), deleted, values))["prediction"]

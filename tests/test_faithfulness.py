@@ -116,6 +116,25 @@ def test_uniform_attention_is_not_occluded_at_all():
     assert batches == [8]  # the intact inputs only
 
 
+def test_uniform_attention_over_windows_of_unequal_size_has_no_rank_correlation():
+    """156 steps in 64 windows of 2 or 3 steps: float32 means of the same weight 1/156 over them
+    differ in the last bits, which must not pass for an order that correlates with occlusion."""
+    from pipeline.faithfulness import Task, occlusion_spearman
+
+    steps = 156
+    x = np.random.default_rng(0).uniform(0.1, 0.9, (4, steps, 1)).astype(np.float32)
+    x[:, USED, 0] = [2.0, -2.0, 2.0, -2.0]
+
+    def uniform(inputs):  # only step USED decides; attention 1/156 everywhere
+        logit = 5 * inputs[:, USED, 0]
+        return {"prediction": (1 / (1 + np.exp(-logit)))[:, None].astype(np.float32),
+                "attention": np.full((len(inputs), steps), 1 / steps, np.float32)}
+
+    attention = distinct_weights(uniform(x)["attention"])
+    y = np.array([[1.0], [0.0], [1.0], [0.0]], np.float32)
+    assert np.isnan(occlusion_spearman(uniform, Task("binary", y), x, attention, np.zeros(1, np.float32), 64))
+
+
 def test_ranks_break_ties_by_the_tie_break_and_put_padding_last():
     scores = np.array([[0.5, 0.2, 0.5, 0.9]])
     valid = np.array([[True, True, True, False]])
