@@ -38,4 +38,6 @@ def test_every_runtime_runs_the_deployed_model_and_openvino_agrees_with_onnx_run
     assert len(figures["onnxruntime_settings"]) >= 4  # the graph optimization levels, each thread count
     assert figures["flops"]["per_batch1024"] > 2 * 1024 * 30 * (3 * 2 * 8 + 3 * 8 * 8)  # the two convolutions
     assert figures["series"] == {"test": 24, "time": 30, "channels": 2}
+    ceiling = figures["figures"]["ort_vs_tf_function_batch1_ceiling"]  # no runtime beats the FLOP peak
+    assert figures["figures"]["ort_vs_tf_function_batch1"] < ceiling
     assert "failures" in figures["int8_qdq_gate"]
