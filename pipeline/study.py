@@ -58,12 +58,14 @@ REFERENCES = {
 # Settings compared on training data only (--selection): each a model config and its overrides,
 # run on every inner fold (data.inner_fold) of the training files with seed 1, with the recipe
 # shortened to SELECTION_EPOCHS epochs (settings are ranked, not measured for the results table).
+# The poolings were compared with the plateau schedule, which the cosine one replaced after them.
+PLATEAU = ("train.lr_schedule=plateau", "train.lr_decay_patience=50")
 SELECTION = {
     "conv_attention": (),
-    "conv_attention score=class": ("model.score=class",),
-    "conv_attention score=additive": ("model.score=additive",),
-    "conv_gap": (),
-    "conv_attention lr_schedule=cosine lr_decay_patience=0": ("train.lr_schedule=cosine", "train.lr_decay_patience=0"),
+    "conv_attention lr_schedule=plateau lr_decay_patience=50": PLATEAU,
+    "conv_attention score=class lr_schedule=plateau lr_decay_patience=50": ("model.score=class", *PLATEAU),
+    "conv_attention score=additive lr_schedule=plateau lr_decay_patience=50": ("model.score=additive", *PLATEAU),
+    "conv_gap lr_schedule=plateau lr_decay_patience=50": PLATEAU,
 }
 SELECTION_EPOCHS = 300
 SELECTION_PROTOCOL = (f"train.epochs={SELECTION_EPOCHS}",)

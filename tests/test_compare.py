@@ -113,9 +113,8 @@ def test_a_run_logged_before_an_option_existed_matches_the_value_it_trained_with
     monkeypatch.chdir(REPO_ROOT)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    plateau = study.Combination("GunPoint", "conv_attention", 1)
-    cosine = study.Combination("GunPoint", "conv_attention", 1, None,
-                               ("train.lr_schedule=cosine", "train.lr_decay_patience=0"))
+    plateau = study.Combination("GunPoint", "conv_attention", 1, None, study.PLATEAU)
+    cosine = study.Combination("GunPoint", "conv_attention", 1)
     params = study.expected_params(plateau, REPO_ROOT / "conf")
     assert params["train.lr_schedule"] == "plateau"
     mlflow.set_experiment("attention-GunPoint")
@@ -153,11 +152,12 @@ def test_the_selection_study_reads_inner_fold_runs_only(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    plan = study.selection_combinations(["ArrowHead"], ("conv_attention", "conv_attention score=additive", "conv_gap"))
-    assert [c.label for c in plan[::3]] == ["conv_attention", "conv_attention score=additive", "conv_gap"]
-    assert plan[3].command.endswith("-S model.score=additive -S train.epochs=300 -S seed=1 -S data.inner_fold=0")
-    cosine = "conv_attention lr_schedule=cosine lr_decay_patience=0"  # a train setting is a setting too
-    assert [c.label for c in study.selection_combinations(["ArrowHead"], (cosine,))] == [cosine] * 3
+    additive, gap = (f"{setting} lr_schedule=plateau lr_decay_patience=50"  # a train setting is a setting too
+                     for setting in ("conv_attention score=additive", "conv_gap"))
+    plan = study.selection_combinations(["ArrowHead"], ("conv_attention", additive, gap))
+    assert [c.label for c in plan[::3]] == ["conv_attention", additive, gap]
+    assert plan[3].command.endswith("-S model.score=additive -S train.lr_schedule=plateau -S train.lr_decay_patience=50"
+                                    " -S train.epochs=300 -S seed=1 -S data.inner_fold=0")
     for combination, accuracy in zip(plan, (0.7, 0.8, 0.9, 0.6, 0.6, 0.6)):
         _log_study_run(combination, accuracy, 10.0)
     _log_study_run(study.Combination("ArrowHead", "conv_attention", 1), 0.5, 10.0)  # a test-set run
@@ -168,8 +168,7 @@ def test_the_selection_study_reads_inner_fold_runs_only(tmp_path, monkeypatch):
     assert "| ArrowHead | 50.00 ± nan (1) | 84.3 | ≥ 81.3 | no |" in markdown  # the test-set table, apart
     with open(tmp_path / "results.csv") as handle:
         selection = [row for row in csv.DictReader(handle) if row["table"] == "selection"]
-    assert [(r["model"], r["seeds"]) for r in selection] == [("conv_attention", "0,1,2"),
-                                                            ("conv_attention score=additive", "0,1,2")]
+    assert [(r["model"], r["seeds"]) for r in selection] == [("conv_attention", "0,1,2"), (additive, "0,1,2")]
     assert "-S data.inner_fold=K" in selection[0]["command"]
     assert len(study.missing(uri, plan)) == 3  # conv_gap's folds
 
