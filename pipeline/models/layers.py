@@ -232,15 +232,18 @@ class GatedAttentionPooling(_AttentionPooling):
         self.gate_offset = self.add_weight(name="gate_offset", shape=(1,), initializer="zeros")
 
     def call(self, states, mask=None):
-        hidden = ops.tanh(ops.matmul(states, self.gate_kernel) + self.gate_bias)
-        gates = ops.sigmoid(ops.squeeze(ops.matmul(hidden, self.gate_vector), axis=-1) + self.gate_offset)
+        # Batched matmuls throughout ([1, in, out] weights, [batch, 1, time] attention): exported to
+        # ONNX, each is one MatMul on the states, where a Tensordot (reshapes around a Shape of the
+        # states) or a product-and-sum would read them again, and again dequantized in int8 models.
+        hidden = ops.tanh(ops.matmul(states, self.gate_kernel[None]) + self.gate_bias)  # [batch, time, units]
+        gates = ops.sigmoid(ops.squeeze(ops.matmul(hidden, self.gate_vector[None]), axis=-1) + self.gate_offset)
         valid = ops.ones_like(gates) if mask is None else ops.cast(mask, gates.dtype)  # [batch, time]
         gates = gates * valid
         steps = ops.sum(valid, axis=1, keepdims=True)  # [batch, 1]
         mean_gate = ops.sum(gates, axis=1, keepdims=True) / steps
         attention = valid / steps if self.uniform else gates / ops.sum(gates, axis=1, keepdims=True)
-        context = ops.sum(states * ops.expand_dims(attention, -1), axis=1) * mean_gate  # [batch, units_in]
-        return context, attention
+        weighted_sum = ops.squeeze(ops.matmul(ops.expand_dims(attention, 1), states), axis=1)  # [batch, units_in]
+        return weighted_sum * mean_gate, attention
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "uniform": self.uniform}
