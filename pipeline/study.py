@@ -60,13 +60,13 @@ REFERENCES = {
 # shortened to SELECTION_EPOCHS epochs (settings are ranked, not measured for the results table).
 # The poolings were compared with the plateau schedule, which the cosine one replaced after them.
 PLATEAU = ("train.lr_schedule=plateau", "train.lr_decay_patience=50")
-SELECTION = {
-    "conv_attention": (),
-    "conv_attention lr_schedule=plateau lr_decay_patience=50": PLATEAU,
-    "conv_attention score=class lr_schedule=plateau lr_decay_patience=50": ("model.score=class", *PLATEAU),
-    "conv_attention score=additive lr_schedule=plateau lr_decay_patience=50": ("model.score=additive", *PLATEAU),
-    "conv_gap lr_schedule=plateau lr_decay_patience=50": PLATEAU,
-}
+SELECTION_SETTINGS = (  # (model, overrides)
+    ("conv_attention", ()),
+    ("conv_attention", PLATEAU),
+    ("conv_attention", ("model.score=class", *PLATEAU)),
+    ("conv_attention", ("model.score=additive", *PLATEAU)),
+    ("conv_gap", PLATEAU),
+)
 SELECTION_EPOCHS = 300
 SELECTION_PROTOCOL = (f"train.epochs={SELECTION_EPOCHS}",)
 SELECTION_SEED = 1
@@ -115,13 +115,18 @@ class Combination:
         return "dvc exp run " + " ".join(f"-S {o}" for o in self.overrides)
 
 
+# Each selection setting by its label, e.g. "conv_attention score=class lr_schedule=plateau ...".
+SELECTION = {Combination("", model, SELECTION_SEED, extra=extra).label: (model, extra)
+             for model, extra in SELECTION_SETTINGS}
+
+
 def combinations(datasets=DATASETS, models=MODELS, seeds=SEEDS) -> list[Combination]:
     return [Combination(d, m, s) for d in datasets for m in models for s in seeds]
 
 
 def selection_combinations(datasets=DATASETS, settings=tuple(SELECTION)) -> list[Combination]:
     """Every setting of SELECTION on every inner fold of each data set's training file."""
-    return [Combination(d, label.split()[0], SELECTION_SEED, fold, (*SELECTION[label], *SELECTION_PROTOCOL))
+    return [Combination(d, SELECTION[label][0], SELECTION_SEED, fold, (*SELECTION[label][1], *SELECTION_PROTOCOL))
             for d in datasets for label in settings for fold in range(INNER_FOLDS)]
 
 
