@@ -12,7 +12,8 @@ from pipeline.export import to_onnx
 from pipeline.models import TaskSpec, build_model
 from tests.conftest import tiny_config
 
-RUNTIMES = {"onnxruntime_fp32", "onnxruntime_fp32_unfused", "onnxruntime_int8_qdq", "onnxruntime_fp16",
+RUNTIMES = {"onnxruntime_fp32", "onnxruntime_fp32_unfused", "onnxruntime_int8_qdq",
+            "onnxruntime_int8_qdq_int8_activations", "onnxruntime_int8_qdq_with_matmul", "onnxruntime_fp16",
             "openvino_fp32", "openvino_int8_qdq", "tf_function", "tf_function_xla"}
 
 
@@ -40,4 +41,5 @@ def test_every_runtime_runs_the_deployed_model_and_openvino_agrees_with_onnx_run
     assert figures["series"] == {"test": 24, "time": 30, "channels": 2}
     ceiling = figures["figures"]["ort_vs_tf_function_batch1_ceiling"]  # no runtime beats the FLOP peak
     assert figures["figures"]["ort_vs_tf_function_batch1"] < ceiling
-    assert "failures" in figures["int8_qdq_gate"]
+    assert set(figures["int8_qdq_gates"]) == {"int8_qdq", "int8_qdq_int8_activations", "int8_qdq_with_matmul"}
+    assert all("failures" in gate for gate in figures["int8_qdq_gates"].values())
