@@ -137,8 +137,8 @@ def write_csv(rows: list[dict], real_rows: list[dict], path: Path, selection_row
 
 
 REAL_COLUMNS = ("data set", "model", "seeds", "accuracy mean", "accuracy std", "train seconds mean",
-                "train seconds max", *(f"{c} mean" for c in study.FAITHFULNESS_COLUMNS.values()), "FCN", "goal",
-                "command", "runs")
+                "train seconds max", "train cpus", *(f"{c} mean" for c in study.FAITHFULNESS_COLUMNS.values()),
+                "FCN", "goal", "command", "runs")
 
 
 def _mean_std(row: dict | None) -> str:
@@ -171,12 +171,18 @@ def real_data_markdown(real_rows: list[dict], statistics: dict | None, diagram: 
         fcn = reference.get("FCN")
         lines.append(f"| {name} | " + " | ".join(_mean_std(by_cell.get((name, m))) for m in models)
                      + f" | {'' if fcn is None else fcn} | {'' if goal is None else f'≥ {goal:g}'} | {met} |")
-    lines += ["", "Training seconds per run (mean / max over seeds; 2 CPU cores):", "",
+    cpus = list(dict.fromkeys(r["train cpus"] for r in real_rows))  # [n]: the CPUs of a cell's runs
+    lines += ["", "Training seconds per run (mean / max over seeds; 2 CPU cores; [n]: the CPU, below):", "",
               "| data set | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for name in datasets:
         cells = [by_cell.get((name, m)) for m in models]
-        times = ["–" if c is None else f"{c['train seconds mean']:.0f} / {c['train seconds max']:.0f}" for c in cells]
+        times = ["–" if c is None else f"{c['train seconds mean']:.0f} / {c['train seconds max']:.0f} "
+                 f"[{cpus.index(c['train cpus']) + 1}]" for c in cells]
         lines.append(f"| {name} | " + " | ".join(times) + " |")
+    unrecorded = any(study.UNRECORDED_CPU in c for c in cpus)
+    lines += ["", "; ".join(f"[{i}] {cpu}" for i, cpu in enumerate(cpus, 1))
+              + (f" ({study.UNRECORDED_CPU}: runs logged before the CPU was)" if unrecorded else "")
+              + ". Times compare within one CPU."]
     lines += faithfulness_lines(real_rows, models, datasets)
     if statistics:
         lines += ["", f"Across the {statistics['data sets']} data sets where every model has its seeds: mean rank "

@@ -82,8 +82,9 @@ LEDGER = Path("docs/results_runs.csv")
 FAITHFULNESS_COLUMNS = {"faithfulness/deletion_aopc_gain": "aopc gain", "faithfulness/uniform_drop": "uniform drop",
                         "faithfulness/occlusion_spearman": "occlusion rho",
                         "faithfulness/seed_spearman": "seed rho"}  # the last: by compare, across seeds
-LEDGER_COLUMNS = ("data set", "model", "seed", "inner fold", "test accuracy", "train seconds", "run id",
+LEDGER_COLUMNS = ("data set", "model", "seed", "inner fold", "test accuracy", "train seconds", "cpu", "run id",
                   "started ms", "config digest", *FAITHFULNESS_COLUMNS.values())
+UNRECORDED_CPU = "unrecorded"  # runs logged before the CPU was
 
 
 @dataclass(frozen=True)
@@ -158,14 +159,16 @@ def config_digest(combination: Combination, conf_dir: Path = CONF_DIR) -> str:
 @dataclass(frozen=True)
 class RunRecord:
     """What the study keeps of one finished, evaluated run: its test accuracy (0..1), training
-    seconds, MLflow run id, start time (ms since the epoch), and the faithfulness metrics of
-    FAITHFULNESS_COLUMNS that it has (runs evaluated before they existed have none)."""
+    seconds, MLflow run id, start time (ms since the epoch), the faithfulness metrics of
+    FAITHFULNESS_COLUMNS that it has (runs evaluated before they existed have none), and the CPU
+    it trained on."""
 
     accuracy: float
     train_seconds: float
     run_id: str
     started_ms: int
     faithfulness: dict[str, float] = field(default_factory=dict, compare=False)
+    cpu: str = UNRECORDED_CPU
 
 
 def evaluated_runs(tracking_uri: str) -> list:
@@ -180,6 +183,8 @@ def matching_runs(runs: list, plan: list[Combination], conf_dir: Path = CONF_DIR
     """The latest MLflow run of each combination of `plan` whose params equal its composed config.
     An option that is off (null), or has its VALUES_BEFORE_OPTIONS_EXISTED value, may be absent
     from a run logged before the option existed."""
+    from pipeline.tracking import CPU_TAG
+
     found: dict[Combination, RunRecord] = {}
     for combination in plan:
         expected = expected_params(combination, conf_dir)
@@ -190,7 +195,8 @@ def matching_runs(runs: list, plan: list[Combination], conf_dir: Path = CONF_DIR
                     found[combination] = RunRecord(
                         run.data.metrics["test/accuracy"], run.data.metrics.get("train/seconds", float("nan")),
                         run.info.run_id, run.info.start_time,
-                        {k: run.data.metrics[k] for k in FAITHFULNESS_COLUMNS if k in run.data.metrics})
+                        {k: run.data.metrics[k] for k in FAITHFULNESS_COLUMNS if k in run.data.metrics},
+                        run.data.tags.get(CPU_TAG, UNRECORDED_CPU))
     return found
 
 
@@ -212,7 +218,8 @@ def recorded_runs(ledger: Path, plan: list[Combination], conf_dir: Path = CONF_D
         if row is not None and row["config digest"] == config_digest(combination, conf_dir):
             found[combination] = RunRecord(
                 float(row["test accuracy"]), float(row["train seconds"] or "nan"), row["run id"],
-                int(row["started ms"]), {k: float(row[c]) for k, c in FAITHFULNESS_COLUMNS.items() if row.get(c)})
+                int(row["started ms"]), {k: float(row[c]) for k, c in FAITHFULNESS_COLUMNS.items() if row.get(c)},
+                row.get("cpu") or UNRECORDED_CPU)
     return found
 
 
@@ -238,7 +245,7 @@ def write_ledger(path: Path, done: dict[Combination, RunRecord], conf_dir: Path 
                 "data set": combination.dataset, "model": combination.label, "seed": combination.seed,
                 "inner fold": "" if combination.inner_fold is None else combination.inner_fold,
                 "test accuracy": f"{record.accuracy:.6f}", "train seconds": f"{record.train_seconds:.1f}",
-                "run id": record.run_id, "started ms": record.started_ms,
+                "cpu": record.cpu, "run id": record.run_id, "started ms": record.started_ms,
                 "config digest": config_digest(combination, conf_dir),
                 **{c: f"{record.faithfulness[k]:.6f}" for k, c in FAITHFULNESS_COLUMNS.items()
                    if k in record.faithfulness},
@@ -275,6 +282,7 @@ def summary(runs_by_combination: dict[Combination, RunRecord]) -> list[dict]:
             "accuracy std": float(accuracy.std(ddof=1)) if len(accuracy) > 1 else float("nan"),
             "train seconds mean": float(np.nanmean(seconds)),
             "train seconds max": float(np.nanmax(seconds)),
+            "train cpus": " + ".join(sorted({record.cpu for _, _, record in seeded})),
             **{f"{column} mean": _mean_of_present([record.faithfulness.get(metric) for _, _, record in seeded])
                for metric, column in FAITHFULNESS_COLUMNS.items()},
             "command": _cell_command(seeded[0][1]),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import subprocess
 import sys
 import warnings
@@ -119,6 +120,7 @@ def experiment_id(uri: str, name: str) -> str:
 OFFLINE_STORE = "mlflow-offline.db"
 OFFLINE_ARTIFACTS = "mlartifacts-offline"
 ARTIFACT_FOLDERS = {DEFAULT_STORE: DEFAULT_ARTIFACTS, OFFLINE_STORE: OFFLINE_ARTIFACTS}
+CPU_TAG = "host.cpu"  # the CPU a run trained on (cpu_model())
 SYNC_TARGET, SYNC_REMOTE_RUN, SYNC_STATUS, SYNC_REGISTER = (
     "sync.target", "sync.remote_run_id", "sync.status", "sync.register")
 
@@ -228,7 +230,8 @@ def start_pipeline_run(cfg: Config, run_name: str, resume: dict | None = None) -
         recorder = _Recorder(uri, run_id, cfg.mlflow.experiment_name)
     recorder.configured_uri = uri
     with _open(recorder):
-        set_tags({"task": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed, **lineage_tags()})
+        set_tags({"task": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed, CPU_TAG: cpu_model(),
+                  **lineage_tags()})
         yield recorder.remote_run_id or recorder.run_id
     run_file = {"run_id": recorder.remote_run_id or recorder.run_id,
                 "experiment_name": cfg.mlflow.experiment_name}
@@ -277,6 +280,17 @@ def resume_pipeline_run(cfg: Config) -> Iterator[str]:
             recorder.go_offline(problem)
     with _open(recorder):
         yield run_file["run_id"]
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; the machine type where there is none): training
+    seconds compare only between runs on the same CPU."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+    except OSError:
+        name = ""
+    return name or platform.machine()
 
 
 def lineage_tags() -> dict[str, str]:

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline import study
 from pipeline.compare import comparison_rows, main
+from pipeline.tracking import CPU_TAG
 from tests.conftest import REPO_ROOT
 
 
@@ -70,12 +71,16 @@ def test_rows_are_the_latest_run_per_model_and_seed_at_the_task_s_own_size(tmp_p
     assert [(r["run"], r["seed"]) for r in rows] == [(other_seed, "2"), (latest, "1")]
 
 
-def _log_study_run(combination: study.Combination, accuracy: float, seconds: float, **changed) -> str:
-    """A finished, evaluated run with the params the pipeline logs for `combination`."""
+def _log_study_run(combination: study.Combination, accuracy: float, seconds: float, cpu: str | None = "CPU A",
+                   **changed) -> str:
+    """A finished, evaluated run with the params the pipeline logs for `combination`, trained on
+    `cpu` (None: a run logged before the CPU was)."""
     params = {**study.expected_params(combination, REPO_ROOT / "conf"), "data.source": "ucr", **changed}
     mlflow.set_experiment(f"attention-{combination.dataset}")
     with mlflow.start_run() as run:
         mlflow.log_params(params)
+        if cpu is not None:
+            mlflow.set_tag(CPU_TAG, cpu)
         mlflow.log_metrics({"test/accuracy": accuracy, "train/seconds": seconds, "attention/entropy": 2.0})
     return run.info.run_id
 
@@ -97,6 +102,7 @@ def test_study_finds_the_runs_of_the_current_recipe_and_reports_mean_and_std(tmp
     assert (attention["model"], attention["seeds"]) == ("conv_attention", "1,2,3")
     assert attention["accuracy mean"] == pytest.approx(98.0) and attention["accuracy std"] == pytest.approx(2.0)
     assert attention["train seconds mean"] == pytest.approx(32.0) and attention["train seconds max"] == 33.0
+    assert attention["train cpus"] == "CPU A"
     assert gap["seeds"] == "1" and np.isnan(gap["accuracy std"])
 
     main(["--tracking-uri", uri, "--out", str(tmp_path / "results")])
@@ -202,12 +208,13 @@ def test_the_ledger_keeps_finished_runs_for_a_fresh_store(tmp_path, monkeypatch)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     plan = study.combinations(["UnitTest"], ["conv_attention"], [1, 2, 3])
-    for combination, accuracy in zip(plan[:2], (0.9, 0.8)):
-        _log_study_run(combination, accuracy, 12.0)
+    for combination, accuracy, cpu in zip(plan[:2], (0.9, 0.8), ("CPU A", None)):
+        _log_study_run(combination, accuracy, 12.0, cpu)
     main(["--tracking-uri", uri, "--out", str(tmp_path / "results")])
     ledger = tmp_path / "results_runs.csv"
     first = (tmp_path / "results.md").read_text()
     assert "| UnitTest | 85.00 ± 7.07 (2) |" in first
+    assert "| UnitTest | 12 / 12 [1] |" in first and "[1] CPU A + unrecorded (unrecorded: runs logged" in first
 
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     assert study.missing(empty, plan) == plan

@@ -9,6 +9,7 @@ import sys
 import mlflow
 import pytest
 
+from pipeline.tracking import CPU_TAG, cpu_model
 from tests.conftest import REPO_ROOT, stages_run, subprocess_env
 
 CONNECT = """
@@ -47,11 +48,12 @@ def tracked_run(tmp_path_factory):
             yield mlflow.get_run(run_id)
 
 
-def test_runs_carry_the_dvc_experiment_name_and_baseline(tracked_run):
+def test_runs_carry_the_dvc_experiment_name_baseline_and_cpu(tracked_run):
     """(The git commit tag is tested end to end, in a git repository: test_pipeline_e2e.)"""
     tags = tracked_run.data.tags
     assert tags["dvc.experiment"] == "tidy-gnus" and tags["dvc.baseline_rev"] == "0123abc"
     assert "git.commit" not in tags, "the scratch directory is no git working copy"
+    assert tags[CPU_TAG] == cpu_model() and cpu_model(), "training seconds need the CPU they were measured on"
 
 
 def test_prepared_data_is_a_dataset_input_with_its_digest(tracked_run):
