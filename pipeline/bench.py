@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -136,9 +135,17 @@ def count_flops(onnx_model: onnx.ModelProto, input_shape: list[int]) -> int:
 
 
 def peak_flops(size: int = 2048, seconds: float = 3.0) -> float:
-    """The machine's float32 FLOP rate on a large matmul (NumPy's BLAS, all usable cores)."""
+    """The machine's float32 FLOP rate on a large matmul, all usable cores: the faster of NumPy's
+    BLAS and ONNX Runtime's MatMul (MLAS), which differ by CPU (on an AVX2-only AMD EPYC, ONNX
+    Runtime's convolutions outran NumPy's matmul)."""
     a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
-    rate = throughput(lambda: a @ a, 1, seconds)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+        [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [size, size])],
+        [onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [size, size])],
+        [onnx.numpy_helper.from_array(a, "b")])
+    session = ort_session(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]))
+    rate = max(throughput(lambda: a @ a, 1, seconds), throughput(lambda: session.run(["c"], {"a": a}), 1, seconds))
     return rate * 2 * size**3
 
 
@@ -359,6 +366,8 @@ def deployed_model_figures(tracking_uri: str, dataset: str, export_cfg) -> dict 
 
 
 def main() -> None:
+    from pipeline.tracking import DEFAULT_STORE, cpu_model, repository_root
+
     cfg = load_config()
     default = pipeline_model_figures()
     large = large_model_figures(cfg.export)
@@ -381,14 +390,12 @@ def main() -> None:
         "targets": {k: f"{'>=' if kind == 'min' else '<='} {bound:g}" for k, (bound, kind) in TARGETS.items()},
         "met": met,
         "model": cfg.model.name,
-        "machine": {"cpus_usable": usable_cpus(), "processor": platform.processor() or platform.machine(),
+        "machine": {"cpus_usable": usable_cpus(), "processor": cpu_model(),
                     "onnxruntime": ort.__version__, "tensorflow": tf.__version__},
         "default_model": default,
         "large_model": large,
         "cpu_flags": cpu_flags(),
     }
-    from pipeline.tracking import DEFAULT_STORE, repository_root
-
     uri = f"sqlite:///{repository_root() / DEFAULT_STORE}"
     report["deployed_models"] = {dataset: deployed_model_figures(uri, dataset, cfg.export) for dataset in DEPLOYED}
     for dataset, deployed in report["deployed_models"].items():
