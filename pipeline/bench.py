@@ -68,8 +68,8 @@ REAL_PRINTED = {**{key: "" for key in REAL_TARGETS},
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
 
 
-def latency_ms(call, repeats: int, warmup: int = 20) -> dict[str, float]:
-    """p50 and p99 of one call's wall time, in milliseconds."""
+def call_seconds(call, repeats: int, warmup: int = 20) -> np.ndarray:
+    """[repeats] wall times of one call, in seconds, after `warmup` calls."""
     for _ in range(warmup):
         call()
     times = np.empty(repeats)
@@ -77,7 +77,16 @@ def latency_ms(call, repeats: int, warmup: int = 20) -> dict[str, float]:
         started = time.perf_counter()
         call()
         times[i] = time.perf_counter() - started
+    return times
+
+
+def _percentiles_ms(times: np.ndarray) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(times, 50) * 1e3), "p99_ms": float(np.percentile(times, 99) * 1e3)}
+
+
+def latency_ms(call, repeats: int, warmup: int = 20) -> dict[str, float]:
+    """p50 and p99 of one call's wall time, in milliseconds."""
+    return _percentiles_ms(call_seconds(call, repeats, warmup))
 
 
 def throughput(call, batch: int, seconds: float = 3.0) -> float:
@@ -233,10 +242,20 @@ def cpu_flags() -> dict[str, bool]:
     return {flag: flag in present for flag in CPU_FLAGS}
 
 
-def _speeds(run, x1: np.ndarray, batches: dict[int, np.ndarray], repeats: int, seconds: float) -> dict:
-    """Batch-1 latency (p50, p99 ms) and samples per second at each batch size of `run(x)`."""
-    return {"batch1": latency_ms(lambda: run(x1), repeats),
-            **{f"batch{n}_samples_per_s": throughput(lambda x=x: run(x), n, seconds) for n, x in batches.items()}}
+def interleaved_speeds(runs: dict, x1: np.ndarray, batches: dict[int, np.ndarray], repeats: int, seconds: float,
+                       rounds: int = 3) -> dict:
+    """Per run(x) of `runs`: batch-1 latency (p50, p99 ms over every round's calls) and samples per
+    second at each batch size (the best round's: a busy spell only slows a call down). The runs take
+    turns in `rounds` rounds, so that a spell of other load on the machine hits them alike."""
+    times = {name: [] for name in runs}
+    rates = {name: {n: [] for n in batches} for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            times[name].append(call_seconds(lambda r=run: r(x1), max(repeats // rounds, 1)))
+            for n, x in batches.items():
+                rates[name][n].append(throughput(lambda r=run, x=x: r(x), n, seconds / rounds))
+    return {name: {"batch1": _percentiles_ms(np.concatenate(times[name])),
+                   **{f"batch{n}_samples_per_s": max(rates[name][n]) for n in batches}} for name in runs}
 
 
 def _openvino_run(onnx_model: onnx.ModelProto):
@@ -272,7 +291,8 @@ def real_data_model_figures(model: keras.Model, fp32: onnx.ModelProto, splits: d
     (static QDQ, calibrated on the training split, with its gate) and
     fp16 where the CPU has kernels for it; OpenVINO (CPU plugin, f32) on the same ONNX file; a
     tf.function of the Keras model with and without XLA (jit_compile). Batch-1 latency, batch 256
-    and 1024 throughput, ONNX Runtime's settings (threads, graph optimization), the FLOP share."""
+    and 1024 throughput (interleaved_speeds), ONNX Runtime's settings (threads, graph optimization),
+    the FLOP share."""
     test, train = splits["test"], splits["train"]
     x1, batches = _tile(test.x, 1), {256: _tile(test.x, 256), 1024: _tile(test.x, 1024)}
     names = list(OUTPUT_NAMES)
@@ -302,8 +322,9 @@ def real_data_model_figures(model: keras.Model, fp32: onnx.ModelProto, splits: d
     for name, jit in (("tf_function", False), ("tf_function_xla", True)):
         function = tf.function(lambda x: model(x, training=False), input_signature=signature, jit_compile=jit)
         runs[name] = lambda x, f=function: {k: v.numpy() for k, v in f(tf.constant(x)).items()}
-    speeds = {name: run if isinstance(run, str) else _speeds(run, x1, batches, repeats, seconds)
-              for name, run in runs.items()}
+    measured = interleaved_speeds({name: run for name, run in runs.items() if not isinstance(run, str)},
+                                  x1, batches, repeats, seconds)
+    speeds = {name: measured.get(name, run) for name, run in runs.items()}  # a string: why there is no session
     ort_out = dict(zip(names, ort_session(fp32).run(names, {INPUT_NAME: test.x})))
     openvino_out = openvino_fp32(test.x)
     settings = {}
