@@ -40,6 +40,7 @@ from pipeline.export import to_onnx  # noqa: E402
 from pipeline.inference import Predictor, usable_cpus  # noqa: E402
 from pipeline.models import TaskSpec, build_model, load_model  # noqa: E402
 from pipeline.prepare import load_split  # noqa: E402
+from pipeline.tracking import DEFAULT_STORE, cpu_model, cpuinfo_field, repository_root  # noqa: E402
 from pipeline.variants import convert, gate_failures, gate_report  # noqa: E402
 
 BENCH_FILE = stage.REPORTS / "bench.json"
@@ -163,7 +164,8 @@ def _tile(x: np.ndarray, batch: int) -> np.ndarray:
 
 
 def pipeline_model_figures() -> dict:
-    """ORT vs Keras predict vs tf.function, Predictor overhead and FLOP share, default model."""
+    """ORT vs Keras predict vs tf.function, Predictor overhead and FLOP share, default model (the
+    runtimes taking turns: interleaved_speeds)."""
     model = load_model(stage.KERAS_MODEL)
     session = ort_session(stage.ONNX_MODEL)
     predictor = Predictor(stage.ONNX_MODEL)
@@ -179,16 +181,10 @@ def pipeline_model_figures() -> dict:
     def tf_run(x):
         return {k: v.numpy() for k, v in graph_function(tf.constant(x)).items()}
 
-    results = {
-        "onnxruntime": {"batch1": latency_ms(lambda: ort_run(x1), 3000),
-                        "batch1024_samples_per_s": throughput(lambda: ort_run(x1024), 1024)},
-        "tf_function": {"batch1": latency_ms(lambda: tf_run(x1), 1000),
-                        "batch1024_samples_per_s": throughput(lambda: tf_run(x1024), 1024)},
-        "keras_predict": {"batch1": latency_ms(lambda: model.predict(x1, verbose=0), 100, warmup=5),
-                          "batch1024_samples_per_s": throughput(
-                              lambda: model.predict(x1024, batch_size=1024, verbose=0), 1024)},
-        "predictor": {"batch1": latency_ms(lambda: predictor.predict(x1), 3000)},
-    }
+    results = interleaved_speeds({"onnxruntime": ort_run, "tf_function": tf_run, "predictor": predictor.predict},
+                                 x1, {1024: x1024}, repeats=3000, seconds=3.0)
+    results |= interleaved_speeds({"keras_predict": lambda x: model.predict(x, batch_size=1024, verbose=0)},
+                                  x1, {1024: x1024}, repeats=100, seconds=3.0)  # one call costs ms
     flops = count_flops(onnx.load(stage.ONNX_MODEL), list(x1024.shape))
     peak = peak_flops()
     achieved = flops * results["onnxruntime"]["batch1024_samples_per_s"] / 1024
@@ -233,12 +229,7 @@ def large_model_figures(export_cfg) -> dict:
 
 def cpu_flags() -> dict[str, bool]:
     """Which of CPU_FLAGS this CPU has (/proc/cpuinfo; all False elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            line = next((row for row in handle if row.startswith("flags")), "flags:")
-    except OSError:
-        line = "flags:"
-    present = set(line.split(":", 1)[1].split())
+    present = set(cpuinfo_field("flags").split())
     return {flag: flag in present for flag in CPU_FLAGS}
 
 
@@ -327,17 +318,18 @@ def real_data_model_figures(model: keras.Model, fp32: onnx.ModelProto, splits: d
     speeds = {name: measured.get(name, run) for name, run in runs.items()}  # a string: why there is no session
     ort_out = dict(zip(names, ort_session(fp32).run(names, {INPUT_NAME: test.x})))
     openvino_out = openvino_fp32(test.x)
-    settings = {}
+    setting_runs = {}
     for level_name, level in (("disabled", ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
                               ("basic", ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
                               ("extended", ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED),
                               ("all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL)):
         for threads in sorted({1, usable_cpus()}):
             session = ort_session(fp32, threads, level)
-            run = lambda x, s=session: s.run(names, {INPUT_NAME: x})  # noqa: E731
-            settings[f"{level_name}_threads{threads}"] = {
-                "batch1_p50_ms": latency_ms(lambda: run(x1), repeats // 4)["p50_ms"],
-                "batch256_samples_per_s": throughput(lambda: run(batches[256]), 256, seconds / 2)}
+            setting_runs[f"{level_name}_threads{threads}"] = lambda x, s=session: s.run(names, {INPUT_NAME: x})
+    setting_speeds = interleaved_speeds(setting_runs, x1, {256: batches[256]}, repeats // 4, seconds / 2)
+    settings = {name: {"batch1_p50_ms": speed["batch1"]["p50_ms"],
+                       "batch256_samples_per_s": speed["batch256_samples_per_s"]}
+                for name, speed in setting_speeds.items()}
     flops = count_flops(fp32, [1024, *test.x.shape[1:]])
     peak = peak_flops()
     ort_fp32 = speeds["onnxruntime_fp32"]
@@ -387,8 +379,6 @@ def deployed_model_figures(tracking_uri: str, dataset: str, export_cfg) -> dict 
 
 
 def main() -> None:
-    from pipeline.tracking import DEFAULT_STORE, cpu_model, repository_root
-
     cfg = load_config()
     default = pipeline_model_figures()
     large = large_model_figures(cfg.export)

@@ -87,6 +87,12 @@ LEDGER_COLUMNS = ("data set", "model", "seed", "inner fold", "test accuracy", "t
 UNRECORDED_CPU = "unrecorded"  # runs logged before the CPU was
 
 
+def setting_label(model: str, overrides: tuple[str, ...]) -> str:
+    """The model and its overrides, section names and the selection protocol dropped, e.g.
+    "conv_attention score=additive" (the SELECTION key; a Combination's label)."""
+    return " ".join([model, *(o.split(".", 1)[1] for o in overrides if o not in SELECTION_PROTOCOL)])
+
+
 @dataclass(frozen=True)
 class Combination:
     """One cell of the study: a data set, a model config (conf/model/<model>.yaml) with `extra`
@@ -101,9 +107,7 @@ class Combination:
 
     @property
     def label(self) -> str:
-        """The model and the overrides of its setting, section names dropped, e.g. "conv_attention
-        score=additive" (the SELECTION key)."""
-        return " ".join([self.model, *(o.split(".", 1)[1] for o in self.extra if o not in SELECTION_PROTOCOL)])
+        return setting_label(self.model, self.extra)
 
     @property
     def overrides(self) -> list[str]:
@@ -117,8 +121,7 @@ class Combination:
 
 
 # Each selection setting by its label, e.g. "conv_attention score=class lr_schedule=plateau ...".
-SELECTION = {Combination("", model, SELECTION_SEED, extra=extra).label: (model, extra)
-             for model, extra in SELECTION_SETTINGS}
+SELECTION = {setting_label(model, extra): (model, extra) for model, extra in SELECTION_SETTINGS}
 
 
 def combinations(datasets=DATASETS, models=MODELS, seeds=SEEDS) -> list[Combination]:

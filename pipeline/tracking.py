@@ -282,15 +282,20 @@ def resume_pipeline_run(cfg: Config) -> Iterator[str]:
         yield run_file["run_id"]
 
 
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo; the machine type where there is none): training
-    seconds compare only between runs on the same CPU."""
+def cpuinfo_field(key: str) -> str:
+    """The first value of `key` in /proc/cpuinfo ("model name", "flags"); "" where there is none."""
     try:
         with open("/proc/cpuinfo") as handle:
-            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+            return next((line.split(":", 1)[1].strip() for line in handle if line.split(":", 1)[0].strip() == key),
+                        "")
     except OSError:
-        name = ""
-    return name or platform.machine()
+        return ""
+
+
+def cpu_model() -> str:
+    """The CPU's model name (the machine type where /proc/cpuinfo has none): training seconds
+    compare only between runs on the same CPU."""
+    return cpuinfo_field("model name") or platform.machine()
 
 
 def lineage_tags() -> dict[str, str]:
