@@ -580,6 +580,22 @@ KERNEL_LENGTH = 9
 KERNEL_POSITIONS = np.array(list(combinations(range(KERNEL_LENGTH), 3)))
 
 
+def dilated_conv_rows(rows, kernel, dilation: int):
+    """A dilated convolution with zero "same" padding, as one product of the kernel with the
+    shifted copies of the series (no convolution op: its dilated export goes through
+    space-to-batch reshapes and transposes).
+
+    rows float32 [batch, channels, time]; kernel [taps, channels, filters] (odd taps).
+    Returns float32 [batch, filters, time]."""
+    taps, channels, filters = kernel.shape
+    reach = (taps - 1) * dilation
+    padded = ops.pad(rows, [[0, 0], [0, 0], [reach // 2, reach - reach // 2]])
+    ends = [tap * dilation - reach or None for tap in range(taps)]  # negative: from the padded end
+    shifted = ops.concatenate([padded[:, :, tap * dilation:end] for tap, end in enumerate(ends)],
+                              axis=1)  # [batch, taps * channels, time], tap-major as the kernel's rows
+    return ops.matmul(ops.transpose(ops.reshape(kernel, (taps * channels, filters))), shifted)
+
+
 @keras.saving.register_keras_serializable(package="pipeline")
 class MiniRocketFeatures(keras.layers.Layer):
     """The MiniRocket transform with fixed, non-trainable weights.
@@ -628,8 +644,10 @@ class MiniRocketFeatures(keras.layers.Layer):
         ]
 
     def call(self, x, mask=None):
+        # Time is the innermost axis throughout: the comparison with the biases broadcasts over
+        # long rows, and one batched product counts the weighted steps.
         valid = ops.ones_like(x[:, :, 0]) if mask is None else ops.cast(mask, x.dtype)  # [batch, time]
-        x = x * ops.expand_dims(valid, -1)  # padding is zero, as beyond the ends
+        rows = ops.transpose(x * ops.expand_dims(valid, -1), (0, 2, 1))  # [batch, channels, time], padding 0
         length = ops.sum(valid, axis=1, keepdims=True)  # [batch, 1]
         steps = ops.cast(ops.arange(ops.shape(x)[1]), x.dtype)[None, :]  # [1, time]
         features = []
@@ -637,11 +655,11 @@ class MiniRocketFeatures(keras.layers.Layer):
             margin = float((KERNEL_LENGTH - 1) * dilation // 2)
             inner = valid * ops.cast((steps >= margin) & (steps < length - margin), x.dtype)
             inner_kernels = np.arange(len(KERNEL_POSITIONS)) % 2 != index % 2  # sktime's _padding1 == 1
-            weights = ops.where(inner_kernels[None, None, :], inner[:, :, None], valid[:, :, None])
-            conv = ops.conv(x, kernel, padding="same", dilation_rate=dilation)  # [batch, time, 84]
-            positive = ops.cast(ops.expand_dims(conv, -1) > biases, x.dtype)  # [batch, time, 84, n]
-            counted = ops.sum(positive * ops.expand_dims(weights, -1), axis=1)  # [batch, 84, n]
-            steps_counted = ops.maximum(ops.sum(weights, axis=1), 1.0)  # [batch, 84]
+            weights = ops.where(inner_kernels[None, :, None], inner[:, None, :], valid[:, None, :])  # [batch, 84, time]
+            conv = dilated_conv_rows(rows, kernel, dilation)  # [batch, 84, time]
+            positive = ops.cast(ops.expand_dims(conv, 2) > ops.expand_dims(biases, -1), x.dtype)  # [batch, 84, n, time]
+            counted = ops.squeeze(ops.matmul(positive, ops.expand_dims(weights, -1)), -1)  # [batch, 84, n]
+            steps_counted = ops.maximum(ops.sum(weights, axis=2), 1.0)  # [batch, 84]
             features.append(ops.reshape(counted / ops.expand_dims(steps_counted, -1), (-1, int(np.prod(biases.shape)))))
         return ops.concatenate(features, axis=-1)
 
