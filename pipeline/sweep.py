@@ -5,17 +5,19 @@ seeds, as DVC experiments logged to MLflow; one table in docs/sweep.md.
     python -m pipeline.sweep missing     # the runs the MLflow store lacks, as dvc commands
     python -m pipeline.sweep queue       # queue them (dvc exp run --queue), beside anything queued
     dvc queue start -j 1                 # ...train them
-    python -m pipeline.sweep table --out docs/sweep   # docs/sweep.md and .csv from the store
+    python -m pipeline.sweep table --out docs/sweep   # docs/sweep.md, .csv and the ledger
 
 A run counts when its logged params equal the composed config of its cell, so a changed recipe
-makes its cells missing again, and an interrupted sweep resumes where it stopped.
+makes its cells missing again, and an interrupted sweep resumes where it stopped. The ledger
+(docs/sweep_runs.csv, committed) keeps every finished run, so a fresh clone or another machine,
+whose MLflow store starts empty, trains only what is missing too.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,8 @@ ACCURACY_GOAL = 0.99
 ARGMAX_GOAL = {"add_two_numbers": 0.9}  # the others: 0.95
 COLUMNS = ("task", "model", "size", "position", "seeds", "score", "score mean", "score std",
            "argmax_hit mean", "argmax_hit std", "goal met", "command", "runs")
+LEDGER = Path("docs/sweep_runs.csv")  # under the repository root: one row per finished run
+LEDGER_CELL_COLUMNS = ("task", "size", "position", "seed")
 
 
 @dataclass(frozen=True)
@@ -77,38 +81,102 @@ def plan(tasks=tuple(TASKS), sizes: tuple[int, ...] | None = None, seeds=SEEDS) 
             for position in (POSITIONS if TASKS[task][3] else (None,)) for seed in seeds]
 
 
-def done_runs(tracking_uri: str, cells: list[Cell]) -> dict[Cell, object]:
-    """The latest finished, evaluated MLflow run of each cell whose params equal its composed config."""
-    runs = evaluated_runs(tracking_uri)
-    found: dict[Cell, object] = {}
+@dataclass(frozen=True)
+class SweepRecord:
+    """What the sweep keeps of one finished, evaluated run: its task score (score_name
+    "test/accuracy", or "test/mae" for regression), attention/argmax_hit, MLflow run id and start
+    time (ms since the epoch)."""
+
+    score_name: str
+    score: float
+    argmax_hit: float
+    run_id: str
+    started_ms: int
+
+
+LEDGER_COLUMNS = (*LEDGER_CELL_COLUMNS, *(f.name for f in fields(SweepRecord)), "config digest")
+
+
+def matching_runs(runs: list, cells: list[Cell]) -> dict[Cell, SweepRecord]:
+    """The latest of `runs` (finished, evaluated MLflow runs) of each cell whose params equal its
+    composed config."""
+    found: dict[Cell, SweepRecord] = {}
     for cell in cells:
         expected = study.expected_params(cell)
         for run in runs:
             if all(run.data.params.get(k, "None") == v for k, v in expected.items()):
-                if cell not in found or run.info.start_time > found[cell].info.start_time:
-                    found[cell] = run
+                if cell not in found or run.info.start_time > found[cell].started_ms:
+                    metrics = run.data.metrics
+                    score = "test/accuracy" if "test/accuracy" in metrics else "test/mae"
+                    found[cell] = SweepRecord(score, metrics[score], metrics["attention/argmax_hit"],
+                                              run.info.run_id, run.info.start_time)
     return found
+
+
+def _ledger_key(task: str, size, position, seed) -> tuple[str, str, str, str]:
+    return task, str(size), position or "", str(seed)
+
+
+def recorded_runs(ledger: Path, cells: list[Cell]) -> dict[Cell, SweepRecord]:
+    """The runs of `cells` in the ledger CSV whose config digest equals their cell's current one."""
+    if not ledger.exists():
+        return {}
+    with open(ledger, newline="") as handle:
+        rows = {_ledger_key(*(r[c] for c in LEDGER_CELL_COLUMNS)): r for r in csv.DictReader(handle)}
+    found = {}
+    for cell in cells:
+        row = rows.get(_ledger_key(cell.task, cell.size, cell.position, cell.seed))
+        if row is not None and row["config digest"] == study.config_digest(cell):
+            found[cell] = SweepRecord(row["score_name"], float(row["score"]), float(row["argmax_hit"]),
+                                      row["run_id"], int(row["started_ms"]))
+    return found
+
+
+def done_runs(tracking_uri: str, cells: list[Cell], ledger: Path | None = None) -> dict[Cell, SweepRecord]:
+    """Each cell that the MLflow store or the ledger holds, the later run where both do."""
+    done = recorded_runs(ledger, cells) if ledger is not None else {}
+    for cell, record in matching_runs(evaluated_runs(tracking_uri), cells).items():
+        if cell not in done or record.started_ms >= done[cell].started_ms:
+            done[cell] = record
+    return done
+
+
+def write_ledger(path: Path, done: dict[Cell, SweepRecord]) -> None:
+    """The ledger CSV: its rows of cells outside `done` as they were, then one row per run of `done`."""
+    rows = {}
+    if path.exists():
+        with open(path, newline="") as handle:
+            rows = {_ledger_key(*(r[c] for c in LEDGER_CELL_COLUMNS)): r for r in csv.DictReader(handle)}
+    for cell, record in done.items():
+        rows[_ledger_key(cell.task, cell.size, cell.position, cell.seed)] = {
+            "task": cell.task, "size": cell.size, "position": cell.position or "", "seed": cell.seed,
+            **{f.name: getattr(record, f.name) for f in fields(SweepRecord)},
+            "config digest": study.config_digest(cell)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LEDGER_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows.values())
 
 
 def _sample_std(values: np.ndarray) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
 
 
-def table_rows(done: dict[Cell, object]) -> list[dict]:
+def table_rows(done: dict[Cell, SweepRecord]) -> list[dict]:
     """One row per task, size and position: mean and sample std over the seeds of the task score
     (test accuracy, or test MAE for regression) and of attention/argmax_hit, and whether the
     means meet the goals (accuracy >= 0.99 where there is one, argmax_hit >= 0.95; 0.9 for
     add_two_numbers)."""
-    groups: dict[tuple, list[tuple[Cell, object]]] = {}
-    for cell, run in done.items():
-        groups.setdefault((cell.task, cell.size, cell.position), []).append((cell, run))
+    groups: dict[tuple, list[tuple[Cell, SweepRecord]]] = {}
+    for cell, record in done.items():
+        groups.setdefault((cell.task, cell.size, cell.position), []).append((cell, record))
     rows = []
     for (task, size, position), members in groups.items():
         members.sort(key=lambda pair: pair[0].seed)
-        metrics = [run.data.metrics for _, run in members]
-        score = "test/accuracy" if "test/accuracy" in metrics[0] else "test/mae"
-        scores = np.array([m[score] for m in metrics])
-        hits = np.array([m["attention/argmax_hit"] for m in metrics])
+        score = members[0][1].score_name
+        scores = np.array([record.score for _, record in members])
+        hits = np.array([record.argmax_hit for _, record in members])
         met = hits.mean() >= ARGMAX_GOAL.get(task, 0.95) and (
             score != "test/accuracy" or scores.mean() >= ACCURACY_GOAL)
         template = Cell(task, size, position, 0)
@@ -119,7 +187,7 @@ def table_rows(done: dict[Cell, object]) -> list[dict]:
             "argmax_hit mean": float(hits.mean()), "argmax_hit std": _sample_std(hits),
             "goal met": "yes" if met and len(members) >= 3 else ("no" if len(members) >= 3 else ""),
             "command": template.command.replace("seed=0", "seed=N"),
-            "runs": ",".join(run.info.run_id for _, run in members),
+            "runs": ",".join(record.run_id for _, record in members),
         })
     order = {task: i for i, task in enumerate(TASKS)}
     return sorted(rows, key=lambda r: (order[r["task"]], r["size"], POSITIONS.index(r["position"])
@@ -147,10 +215,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--sizes", nargs="+", type=int, help="in place of each task's own sizes")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    parser.add_argument("--out", type=Path, help="table: write OUT.md and OUT.csv instead of printing")
+    parser.add_argument("--out", type=Path,
+                        help="table: write OUT.md, OUT.csv and the ledger OUT_runs.csv instead of printing")
+    parser.add_argument("--ledger", type=Path, default=repository_root() / LEDGER,
+                        help="the committed record of finished runs (runs in it are not trained again)")
     args = parser.parse_args(argv)
     cells = plan(args.tasks, tuple(args.sizes or ()), args.seeds)
-    done = done_runs(args.tracking_uri, cells)
+    done = done_runs(args.tracking_uri, cells, args.ledger)
     if args.action == "table":
         rows = table_rows(done)
         if args.out is None:
@@ -162,12 +233,15 @@ def main(argv: list[str] | None = None) -> None:
             writer = csv.DictWriter(handle, COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        print(f"wrote {args.out.with_suffix('.md')} and .csv ({len(rows)} cells, {len(done)} runs)")
+        ledger = args.out.with_name(args.out.name + "_runs.csv")
+        write_ledger(ledger, {cell: done[cell] for cell in cells if cell in done})
+        print(f"wrote {args.out.with_suffix('.md')}, .csv and {ledger.name} ({len(rows)} cells, {len(done)} runs)")
         return
     # one seed of every cell before the next seed, small sizes first: an interrupted sweep has
     # already seen every cell
     todo = sorted((cell for cell in cells if cell not in done), key=lambda cell: (cell.seed, cell.size))
-    print(f"{len(cells) - len(todo)} of {len(cells)} runs are in {args.tracking_uri}; {len(todo)} missing")
+    print(f"{len(cells) - len(todo)} of {len(cells)} runs are in {args.tracking_uri} or {args.ledger}; "
+          f"{len(todo)} missing")
     for cell in todo:  # queued beside whatever is queued already: run `queue` once, then start the queue
         if args.action == "queue":
             study._dvc("exp", "run", "--queue", *[a for o in cell.overrides for a in ("-S", o)])

@@ -1,5 +1,5 @@
-"""The size-and-position sweep: every cell composes a valid config, and the table reads a real
-MLflow store."""
+"""The size-and-position sweep: every cell composes a valid config, the table reads a real
+MLflow store, and the ledger keeps finished runs for a store that starts empty."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_the_table_gives_mean_and_std_over_seeds_and_the_goal(tmp_path, monkeypa
     _log(sweep.Cell("planted_step", 10, "middle", 1), {"test/accuracy": 0.5, "attention/argmax_hit": 0.0})
 
     sweep.main(["table", "--tracking-uri", uri, "--tasks", "planted_step", "--sizes", "10", "--out",
-                str(tmp_path / "sweep")])
+                str(tmp_path / "sweep"), "--ledger", str(tmp_path / "none.csv")])
     rows = {r["position"]: r for r in sweep.table_rows(sweep.done_runs(uri, cells))}
     first, last = rows["first"], rows["last"]
     assert first["argmax_hit mean"] == pytest.approx(0.98) and first["argmax_hit std"] == pytest.approx(0.02)
@@ -52,3 +52,26 @@ def test_the_table_gives_mean_and_std_over_seeds_and_the_goal(tmp_path, monkeypa
         in (tmp_path / "sweep.md").read_text()
     missing = [c for c in cells if c not in sweep.done_runs(uri, cells)]
     assert [(c.position, c.seed) for c in missing] == [("middle", 2), ("middle", 3), ("last", 3)]
+
+
+def test_the_ledger_stands_in_for_an_empty_store_until_the_recipe_changes(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("sweep")
+    cells = sweep.plan(["planted_step"], (10,), (1,))
+    _log(cells[0], {"test/accuracy": 0.995, "attention/argmax_hit": 0.97})
+    _log(sweep.Cell("find_max", 10, None, 1), {"test/mae": 0.01, "attention/argmax_hit": 0.96})
+    ledger = tmp_path / "sweep_runs.csv"
+    sweep.write_ledger(ledger, sweep.done_runs(uri, cells))
+    sweep.write_ledger(ledger, sweep.done_runs(uri, [sweep.Cell("find_max", 10, None, 1)]))  # keeps the first row
+
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    from_ledger = sweep.done_runs(empty, cells + [sweep.Cell("find_max", 10, None, 1)], ledger)
+    assert from_ledger == sweep.done_runs(uri, cells + [sweep.Cell("find_max", 10, None, 1)])
+    assert from_ledger[sweep.Cell("find_max", 10, None, 1)].score_name == "test/mae"
+
+    rows = ledger.read_text().splitlines()
+    rows[1] = rows[1].replace(rows[1].rsplit(",", 1)[1], "0" * 16)  # written under another recipe
+    ledger.write_text("\n".join(rows) + "\n")
+    assert cells[0] not in sweep.done_runs(empty, cells, ledger)
