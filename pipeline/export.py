@@ -174,6 +174,64 @@ def _relu_before_squeeze(onnx_model: onnx.ModelProto) -> None:
     _prune_unused(graph)
 
 
+def _padding_mask_in_conv_layout(onnx_model: onnx.ModelProto) -> None:
+    """Between two Conv1D blocks of a padded series, tf2onnx writes the padding mask's product as
+    Squeeze -> Transpose [0, 2, 1] -> Mul(mask [batch, time, 1]) -> Unsqueeze -> Transpose
+    [0, 3, 1, 2]: out of the convolution's [batch, channels, 1, time] layout and back. Each such
+    chain becomes one Mul of the convolution's output with the mask as [batch, 1, 1, time]
+    (transposed once per mask). The outputs are unchanged; ONNX Runtime saves two transposes per
+    block."""
+    graph = onnx_model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    graph_outputs = {o.name for o in graph.output}
+    shapes = {info.name: [d.dim_value or d.dim_param for d in info.type.tensor_type.shape.dim]
+              for info in onnx.shape_inference.infer_shapes(onnx_model).graph.value_info}
+    producers = {name: node for node in graph.node for name in node.output}
+    readers = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def attribute(node, name):
+        return next((tuple(a.ints) for a in node.attribute if a.name == name), None)
+
+    def axes(node):
+        source = initializers.get(node.input[1]) if len(node.input) > 1 else None
+        return None if source is None else tuple(onnx.numpy_helper.to_array(source).ravel().tolist())
+
+    def sole_producer(name, op_type):
+        """The node of `op_type` that makes `name`, if `name` has no other reader than one node."""
+        node = producers.get(name)
+        alone = len(readers.get(name, [])) == 1 and name not in graph_outputs
+        return node if node is not None and node.op_type == op_type and alone else None
+
+    masks_in_conv_layout: dict[str, str] = {}
+    for back in [n for n in graph.node if n.op_type == "Transpose" and attribute(n, "perm") == (0, 3, 1, 2)]:
+        unsqueeze = sole_producer(back.input[0], "Unsqueeze")
+        mul = unsqueeze and axes(unsqueeze) in ((1,), (-3,)) and sole_producer(unsqueeze.input[0], "Mul")
+        if not mul:
+            continue
+        out = [(name, sole_producer(name, "Transpose")) for name in mul.input]
+        out = [(name, node) for name, node in out if node is not None and attribute(node, "perm") == (0, 2, 1)]
+        squeeze = len(out) == 1 and sole_producer(out[0][1].input[0], "Squeeze")
+        mask = [name for name in mul.input if name != out[0][0]][0] if out else None
+        if not squeeze or axes(squeeze) != (2,) or len(shapes.get(mask, [])) != 3 or shapes[mask][2] != 1:
+            continue
+        if mask not in masks_in_conv_layout:
+            masks_in_conv_layout[mask] = f"{mask}/conv_layout"
+            axes_name = f"{mask}/conv_layout_axes"
+            graph.initializer.append(onnx.numpy_helper.from_array(np.array([2], np.int64), axes_name))
+            position = list(graph.node).index(producers[mask]) + 1 if mask in producers else 0
+            graph.node.insert(position, onnx.helper.make_node(
+                "Unsqueeze", [f"{mask}/time_last", axes_name], [masks_in_conv_layout[mask]]))
+            graph.node.insert(position, onnx.helper.make_node(
+                "Transpose", [mask], [f"{mask}/time_last"], perm=[0, 2, 1]))
+        back.CopyFrom(onnx.helper.make_node("Mul", [squeeze.input[0], masks_in_conv_layout[mask]], list(back.output),
+                                            name=f"{mul.name}/conv_layout"))
+        _drop_value_info(graph, {squeeze.output[0], out[0][0], mul.output[0], unsqueeze.output[0]})
+    _prune_unused(graph)
+
+
 def _drop_value_info(graph: onnx.GraphProto, names: set[str]) -> None:
     kept = [info for info in graph.value_info if info.name not in names]
     del graph.value_info[:]
@@ -202,7 +260,8 @@ def to_onnx(model, opset: int, metadata: dict[str, str] | None = None,
             fuse_blocks: bool = True) -> onnx.ModelProto:
     """Convert a two-output Keras model to a checked ONNX model that follows the contract. With
     `fuse_blocks` (always, but for the benchmark's comparison) a convolutional encoder's
-    BatchNormalization is folded into its convolutions and bias and ReLU moved next to them."""
+    BatchNormalization is folded into its convolutions, bias and ReLU moved next to them, and the
+    padding mask applied in the convolutions' layout."""
     signature = _input_signature(model)
     if fuse_blocks:
         model = batch_norm_folded_copy(model)
@@ -216,6 +275,7 @@ def to_onnx(model, opset: int, metadata: dict[str, str] | None = None,
     _drop_zero_initial_states(onnx_model)
     if fuse_blocks:
         _relu_before_squeeze(onnx_model)
+        _padding_mask_in_conv_layout(onnx_model)
     _order_outputs(onnx_model)
     _name_dynamic_dims(onnx_model, sequence=len(signature[0].shape) == 3)
     onnx_model.producer_name = "attention-pipeline"

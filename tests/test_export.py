@@ -192,3 +192,21 @@ def test_conv_encoder_runs_as_one_fused_convolution_per_block(model_name, tmp_pa
     assert encoder_ops.count("FusedConv") == 2 and not {"Conv", "Relu", "Add", "Mul"} & set(encoder_ops)
     x = rng.standard_normal((16, 30, 2)).astype("float32")
     assert max(parity(model, _runtime(onnx_model), x).values()) <= 1e-5
+
+
+def test_padded_conv_encoder_applies_its_mask_without_leaving_the_convolution_layout():
+    """Between the blocks of a padded series, the padding mask's product stays in the
+    convolutions' [batch, channels, 1, time] layout (no transposes out and back), and padded
+    series still give Keras's outputs."""
+    keras.utils.set_random_seed(12)
+    task = TaskSpec((None, 2), "multiclass", padded=True, n_classes=3, normalization={"mode": "per_series"})
+    cfg = tiny_config("model=conv_attention", "model.filters=[8,6,4]", "model.kernel_sizes=[5,3,3]")
+    model = build_model(cfg.model, task)
+    onnx_model = to_onnx(model, 17)
+    ops = [node.op_type for node in onnx_model.graph.node]
+    first_conv, last_conv = ops.index("Conv"), len(ops) - 1 - ops[::-1].index("Conv")
+    between = ops[first_conv:last_conv]
+    assert between.count("Mul") == 2 and "Transpose" not in between, between
+    x = _padded_batch(24, 25, 4, seed=3)
+    x = np.concatenate([x, np.where(x == PAD_VALUE, PAD_VALUE, 1 - x)], axis=-1)  # 2 channels, padded alike
+    assert max(parity(model, _runtime(onnx_model), x).values()) <= 1e-5
