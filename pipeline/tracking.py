@@ -98,22 +98,31 @@ def check_reachable(uri: str) -> None:
         )
 
 
+# MLflow 3's UI opens an experiment in the view this tag names; without it, in the GenAI view
+# (traces), not the training view with runs, metrics and charts.
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def experiment_id(uri: str, name: str) -> str:
     """The id of the experiment `name` in the store `uri`, created if new (artifacts of a
-    SQLite store go beside it, not into the working directory)."""
+    SQLite store go beside it, not into the working directory), tagged as a training experiment."""
     with _store_lock(uri):  # the client's first call creates a new store's schema
         client = MlflowClient(uri)
         experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        artifact_location = None
-        if uri.startswith("sqlite:///"):
-            store = Path(uri.removeprefix("sqlite:///"))
-            artifact_location = (store.parent / ARTIFACT_FOLDERS.get(store.name, DEFAULT_ARTIFACTS)).as_uri()
-        try:
-            return client.create_experiment(name, artifact_location=artifact_location)
-        except MlflowException:  # another client created it first
-            return client.get_experiment_by_name(name).experiment_id
+        if experiment is None:
+            artifact_location = None
+            if uri.startswith("sqlite:///"):
+                store = Path(uri.removeprefix("sqlite:///"))
+                artifact_location = (store.parent / ARTIFACT_FOLDERS.get(store.name, DEFAULT_ARTIFACTS)).as_uri()
+            try:
+                client.create_experiment(name, artifact_location=artifact_location,
+                                         tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+            except MlflowException:  # another client created it first
+                pass
+            experiment = client.get_experiment_by_name(name)
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:  # made before the tag was set
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+        return experiment.experiment_id
 
 
 # Records of runs whose tracking server was unreachable wait here for `python -m pipeline.sync`.

@@ -9,7 +9,7 @@ import sys
 import mlflow
 import pytest
 
-from pipeline.tracking import CPU_TAG, cpu_model
+from pipeline.tracking import CPU_TAG, EXPERIMENT_KIND_TAG, TRAINING_KIND, cpu_model, experiment_id
 from tests.conftest import REPO_ROOT, stages_run, subprocess_env
 
 CONNECT = """
@@ -33,6 +33,16 @@ def test_parallel_stages_can_create_one_fresh_store_and_experiment(tmp_path):
     assert ids[0] == ids[2] and ids[1] == ids[3] and ids[0] != ids[1]
     mlflow.set_tracking_uri(uri)
     assert {e.name for e in mlflow.search_experiments()} >= {"attention-0", "attention-1"}
+
+
+def test_experiments_open_in_the_ui_s_training_view(tracked_run, tmp_path):
+    """MLflow 3's UI chooses its view by the experiment's kind tag: the pipeline's experiments are
+    training experiments, also one created before the tag was set."""
+    assert mlflow.get_experiment(tracked_run.info.experiment_id).tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
+    uri = f"sqlite:///{tmp_path / 'older.db'}"
+    untagged = mlflow.MlflowClient(uri).create_experiment("older", artifact_location=(tmp_path / "a").as_uri())
+    assert experiment_id(uri, "older") == untagged
+    assert mlflow.MlflowClient(uri).get_experiment(untagged).tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
 
 
 @pytest.fixture(scope="module")
