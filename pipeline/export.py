@@ -13,6 +13,7 @@ layout, opset, package versions) and must pass its gate against Keras on held-ou
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -100,6 +101,12 @@ def _drop_zero_initial_states(onnx_model: onnx.ModelProto) -> None:
     _prune_unused(graph)
 
 
+def _constant_axes(node: onnx.NodeProto, initializers: dict) -> tuple[int, ...] | None:
+    """The axes of a Squeeze or Unsqueeze given as an initializer (None where they are not)."""
+    source = initializers.get(node.input[1]) if len(node.input) > 1 else None
+    return None if source is None else tuple(onnx.numpy_helper.to_array(source).ravel().tolist())
+
+
 def _relu_before_squeeze(onnx_model: onnx.ModelProto) -> None:
     """tf2onnx writes each Conv1D as Unsqueeze -> 2-D Conv -> Squeeze, then its bias Add and ReLU,
     where no runtime fuses them. Each Squeeze -> ReLU becomes ReLU -> Squeeze, each Squeeze -> Add
@@ -120,9 +127,7 @@ def _relu_before_squeeze(onnx_model: onnx.ModelProto) -> None:
         for name in node.input:
             readers.setdefault(name, []).append(node)
 
-    def axes(node):
-        source = initializers.get(node.input[1]) if len(node.input) > 1 else None
-        return None if source is None else tuple(onnx.numpy_helper.to_array(source).ravel().tolist())
+    axes = functools.partial(_constant_axes, initializers=initializers)
 
     def constant_before_squeeze(add, squeeze) -> str | None:
         """The Add's other operand reshaped for the unsqueezed tensor, as a new initializer."""
@@ -195,9 +200,7 @@ def _padding_mask_in_conv_layout(onnx_model: onnx.ModelProto) -> None:
     def attribute(node, name):
         return next((tuple(a.ints) for a in node.attribute if a.name == name), None)
 
-    def axes(node):
-        source = initializers.get(node.input[1]) if len(node.input) > 1 else None
-        return None if source is None else tuple(onnx.numpy_helper.to_array(source).ravel().tolist())
+    axes = functools.partial(_constant_axes, initializers=initializers)
 
     def sole_producer(name, op_type):
         """The node of `op_type` that makes `name`, if `name` has no other reader than one node."""
