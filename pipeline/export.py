@@ -101,6 +101,15 @@ def _drop_zero_initial_states(onnx_model: onnx.ModelProto) -> None:
     _prune_unused(graph)
 
 
+def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """The nodes that read each tensor name."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
 def _constant_axes(node: onnx.NodeProto, initializers: dict) -> tuple[int, ...] | None:
     """The axes of a Squeeze or Unsqueeze given as an initializer (None where they are not)."""
     source = initializers.get(node.input[1]) if len(node.input) > 1 else None
@@ -122,10 +131,7 @@ def _relu_before_squeeze(onnx_model: onnx.ModelProto) -> None:
     graph_outputs = {o.name for o in graph.output}
     ranks = {info.name: len(info.type.tensor_type.shape.dim)
              for info in onnx.shape_inference.infer_shapes(onnx_model).graph.value_info}
-    readers = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = _readers(graph)
 
     axes = functools.partial(_constant_axes, initializers=initializers)
 
@@ -192,10 +198,7 @@ def _padding_mask_in_conv_layout(onnx_model: onnx.ModelProto) -> None:
     shapes = {info.name: [d.dim_value or d.dim_param for d in info.type.tensor_type.shape.dim]
               for info in onnx.shape_inference.infer_shapes(onnx_model).graph.value_info}
     producers = {name: node for node in graph.node for name in node.output}
-    readers = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = _readers(graph)
 
     def attribute(node, name):
         return next((tuple(a.ints) for a in node.attribute if a.name == name), None)

@@ -230,10 +230,17 @@ def done_runs(tracking_uri: str, plan: list[Combination], ledger: Path | None = 
               conf_dir: Path = CONF_DIR) -> dict[Combination, RunRecord]:
     """Each combination of `plan` that the MLflow store or the ledger holds, the later run where
     both do."""
-    done = recorded_runs(ledger, plan, conf_dir) if ledger is not None else {}
-    for combination, record in matching_runs(evaluated_runs(tracking_uri), plan, conf_dir).items():
-        if combination not in done or record.started_ms >= done[combination].started_ms:
-            done[combination] = record
+    recorded = recorded_runs(ledger, plan, conf_dir) if ledger is not None else {}
+    return later_runs(recorded, matching_runs(evaluated_runs(tracking_uri), plan, conf_dir))
+
+
+def later_runs(recorded: dict, logged: dict) -> dict:
+    """The ledger's records (`recorded`) with the MLflow store's (`logged`) added, the later of
+    the two (by started_ms) where both have a cell."""
+    done = dict(recorded)
+    for cell, record in logged.items():
+        if cell not in done or record.started_ms >= done[cell].started_ms:
+            done[cell] = record
     return done
 
 

@@ -113,19 +113,24 @@ def matching_runs(runs: list, cells: list[Cell]) -> dict[Cell, SweepRecord]:
     return found
 
 
-def _ledger_key(task: str, size, position, seed) -> tuple[str, str, str, str]:
-    return task, str(size), position or "", str(seed)
+def _ledger_key(cell: Cell) -> tuple[str, str, str, str]:
+    return cell.task, str(cell.size), cell.position or "", str(cell.seed)
+
+
+def _ledger_rows(ledger: Path) -> dict[tuple[str, str, str, str], dict]:
+    """The ledger CSV's rows by their cell's key ({} where there is no ledger yet)."""
+    if not ledger.exists():
+        return {}
+    with open(ledger, newline="") as handle:
+        return {tuple(r[c] for c in LEDGER_CELL_COLUMNS): r for r in csv.DictReader(handle)}
 
 
 def recorded_runs(ledger: Path, cells: list[Cell]) -> dict[Cell, SweepRecord]:
     """The runs of `cells` in the ledger CSV whose config digest equals their cell's current one."""
-    if not ledger.exists():
-        return {}
-    with open(ledger, newline="") as handle:
-        rows = {_ledger_key(*(r[c] for c in LEDGER_CELL_COLUMNS)): r for r in csv.DictReader(handle)}
+    rows = _ledger_rows(ledger)
     found = {}
     for cell in cells:
-        row = rows.get(_ledger_key(cell.task, cell.size, cell.position, cell.seed))
+        row = rows.get(_ledger_key(cell))
         if row is not None and row["config digest"] == study.config_digest(cell):
             found[cell] = SweepRecord(row["score_name"], float(row["score"]), float(row["argmax_hit"]),
                                       row["run_id"], int(row["started_ms"]))
@@ -134,21 +139,15 @@ def recorded_runs(ledger: Path, cells: list[Cell]) -> dict[Cell, SweepRecord]:
 
 def done_runs(tracking_uri: str, cells: list[Cell], ledger: Path | None = None) -> dict[Cell, SweepRecord]:
     """Each cell that the MLflow store or the ledger holds, the later run where both do."""
-    done = recorded_runs(ledger, cells) if ledger is not None else {}
-    for cell, record in matching_runs(evaluated_runs(tracking_uri), cells).items():
-        if cell not in done or record.started_ms >= done[cell].started_ms:
-            done[cell] = record
-    return done
+    recorded = recorded_runs(ledger, cells) if ledger is not None else {}
+    return study.later_runs(recorded, matching_runs(evaluated_runs(tracking_uri), cells))
 
 
 def write_ledger(path: Path, done: dict[Cell, SweepRecord]) -> None:
     """The ledger CSV: its rows of cells outside `done` as they were, then one row per run of `done`."""
-    rows = {}
-    if path.exists():
-        with open(path, newline="") as handle:
-            rows = {_ledger_key(*(r[c] for c in LEDGER_CELL_COLUMNS)): r for r in csv.DictReader(handle)}
+    rows = _ledger_rows(path)
     for cell, record in done.items():
-        rows[_ledger_key(cell.task, cell.size, cell.position, cell.seed)] = {
+        rows[_ledger_key(cell)] = {
             "task": cell.task, "size": cell.size, "position": cell.position or "", "seed": cell.seed,
             **{f.name: getattr(record, f.name) for f in fields(SweepRecord)},
             "config digest": study.config_digest(cell)}
