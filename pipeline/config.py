@@ -276,6 +276,7 @@ SEQUENCE_MODELS = (  # trained by gradient descent on sequences (minirocket: ser
 class FeatureAttentionModel(_Strict):
     name: Literal["feature_attention"]
     hidden_units: int = Field(gt=0)
+    attention_l2: float = Field(ge=0)
 
 
 class TrainConfig(_Strict):

@@ -183,6 +183,14 @@ def test_the_uniform_copy_of_feature_attention_weighs_every_feature_alike():
     np.testing.assert_allclose(uniform_attention_copy(model)(x)["attention"], 1 / 32, atol=1e-7)
 
 
+@pytest.mark.parametrize("attention_l2", [0.0, 0.01])
+def test_feature_attention_penalises_its_attention_kernel_as_configured(attention_l2):
+    model = _model("dense_attention", (32,), f"model.attention_l2={attention_l2}")
+    kernel = np.asarray(model.get_layer("attention").kernel)
+    penalty = sum(float(loss) for loss in model.losses)
+    np.testing.assert_allclose(penalty, attention_l2 * np.square(kernel).sum(), rtol=1e-5)
+
+
 def test_attention_over_inputs_sums_each_step_s_own_values():
     """values=inputs: the head sees Σ_t a_t Dense(x_t), so a step with no weight cannot reach it,
     however much the LSTM carries it forward."""

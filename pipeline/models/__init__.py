@@ -70,11 +70,16 @@ class TaskSpec:
 def feature_attention(cfg: FeatureAttentionModel, task: TaskSpec) -> keras.Model:
     """probs = Dense(n, softmax)(v); Dense(hidden_units)(v * probs); Dense(1, sigmoid).
 
-    x [batch, n] -> prediction [batch, 1], attention [batch, n].
+    x [batch, n] -> prediction [batch, 1], attention [batch, n]. `attention_l2` penalises the
+    attention's kernel, so its weights depend on the input only where that pays: a feature whose
+    value is 0 in one class adds nothing to v * probs there, and without the penalty the noise of
+    the other features decides where such a sample's attention points.
     """
     (n_features,) = task.input_shape
     x = keras.Input(shape=(n_features,), name=INPUT_NAME)
-    attention = keras.layers.Dense(n_features, activation="softmax", name="attention")(x)
+    regularizer = keras.regularizers.L2(cfg.attention_l2) if cfg.attention_l2 > 0 else None
+    attention = keras.layers.Dense(n_features, activation="softmax", kernel_regularizer=regularizer,
+                                   name="attention")(x)
     weighted = keras.layers.Multiply(name="attended_features")([x, attention])
     hidden = keras.layers.Dense(cfg.hidden_units, name="hidden")(weighted)
     return keras.Model(x, {"prediction": _head(hidden, task), "attention": attention}, name=cfg.name)
