@@ -21,27 +21,24 @@ section (the HTTP service under load) is written by pipeline.loadbench, the seco
 from __future__ import annotations
 
 import json
-import os
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import onnx
+import onnxruntime as ort
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from pipeline import stage  # noqa: E402
-from pipeline.config import RecurrentAttentionModel, load_config  # noqa: E402
-from pipeline.contract import INPUT_NAME, OUTPUT_NAMES  # noqa: E402
-from pipeline.errors import run_command  # noqa: E402
-from pipeline.export import to_onnx  # noqa: E402
-from pipeline.inference import Predictor, usable_cpus  # noqa: E402
-from pipeline.models import TaskSpec, build_model, load_model  # noqa: E402
-from pipeline.prepare import load_split  # noqa: E402
-from pipeline.tracking import DEFAULT_STORE, cpu_model, cpuinfo_field, repository_root  # noqa: E402
-from pipeline.variants import convert, gate_failures, gate_report  # noqa: E402
+from pipeline import stage
+from pipeline.config import RecurrentAttentionModel, load_config
+from pipeline.contract import INPUT_NAME, OUTPUT_NAMES
+from pipeline.errors import run_command
+from pipeline.export import to_onnx
+from pipeline.inference import Predictor, usable_cpus
+from pipeline.models import TaskSpec, build_model, load_model
+from pipeline.prepare import load_split
+from pipeline.tracking import DEFAULT_STORE, cpu_model, cpuinfo_field, repository_root
+from pipeline.variants import convert, gate_failures, gate_report
 
 BENCH_FILE = stage.REPORTS / "bench.json"
 TARGETS = {  # figure: (bound, "min" or "max")

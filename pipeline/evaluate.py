@@ -28,6 +28,9 @@ from pipeline.metrics import TASK_METRICS, attention_metrics, predicted_classes
 from pipeline.prepare import load_split
 
 HEATMAP_ROWS = 40
+# The figures the stage's summary line shows, where the task has them (all are in metrics.json)
+HEADLINE_METRICS = ("test/accuracy", "test/mae", "attention/argmax_hit", "faithfulness/deletion_aopc_gain",
+                    "faithfulness/uniform_drop")
 
 
 def write_attention_csv(attention: np.ndarray, targets: list[int], path=stage.ATTENTION_CSV) -> None:
@@ -233,13 +236,11 @@ def main() -> None:
         )
         # export passed every variant's gate, or it would have failed: register the model
         version = tracking.register_candidate(run_id, cfg.mlflow.registered_model)
-    print("evaluated: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if not k.startswith("faithfulness/")))
-    print("faithfulness: " + ", ".join(f"{k.removeprefix('faithfulness/')}={v:.4f}" for k, v in metrics.items()
-                                       if k.startswith("faithfulness/")))
-    if version is not None:
-        print(f"registered {cfg.mlflow.registered_model} version {version} as @{tracking.CANDIDATE}")
-    else:
-        print(f"{cfg.mlflow.registered_model}: registered by `python -m pipeline.sync` (run recorded offline)")
+    headline = ", ".join(f"{k} {metrics[k]:.4f}" for k in HEADLINE_METRICS if k in metrics)
+    registered = (f"registered {cfg.mlflow.registered_model} version {version} as @{tracking.CANDIDATE}"
+                  if version is not None else
+                  f"{cfg.mlflow.registered_model} to be registered by `python -m pipeline.sync` (run recorded offline)")
+    print(f"evaluated: {headline} ({len(metrics)} metrics in {stage.METRICS_FILE}); {registered}")
 
 
 if __name__ == "__main__":

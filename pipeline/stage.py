@@ -25,6 +25,7 @@ TRAIN_BACKUP_DIR = Path(".checkpoints/train")  # BackupAndRestore of an unfinish
 ONNX_MODEL = Path("models/model.onnx")
 UNIFORM_ONNX = Path("models/uniform_attention.onnx")  # the uniform-attention ablation (evaluate reads it)
 VARIANTS_DIR = Path("models/variants")  # model_fp16.onnx, model_int8.onnx: the configured variants
+VARIANTS_MANIFEST = VARIANTS_DIR / "variants.json"  # {variant: its file}, fp32 included
 REPORTS = Path("reports")
 TRAIN_REPORT = REPORTS / "train.json"
 HISTORY_CSV = REPORTS / "history.csv"

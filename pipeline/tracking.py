@@ -458,7 +458,9 @@ def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
 
 
 def log_onnx_model(onnx_model, input_example, outputs: dict) -> None:
-    """The ONNX model as an MLflow model (flavor onnx), with its signature and an input example."""
+    """The ONNX model as an MLflow model (flavor onnx), with its signature and an input example.
+    Its execution providers are the CUDA and CPU ones this onnxruntime has, so that MLflow's check
+    of the input example asks for no provider the machine lacks."""
     import mlflow.onnx
     import onnx
     import onnxruntime
@@ -477,6 +479,8 @@ def log_onnx_model(onnx_model, input_example, outputs: dict) -> None:
             signature=infer_signature(input_example, outputs),
             input_example=input_example,
             pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
+            onnx_execution_providers=[p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                                      if p in onnxruntime.get_available_providers()],
         )
 
     _record(log)

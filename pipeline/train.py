@@ -27,17 +27,15 @@ import os
 import shutil
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from pipeline import stage, tracking  # noqa: E402
-from pipeline.config import Config, MiniRocketModel, TrainConfig, flatten, load_config  # noqa: E402
-from pipeline.errors import run_command  # noqa: E402
-from pipeline.models import TaskSpec, build_model  # noqa: E402
-from pipeline.prepare import load_split  # noqa: E402
+from pipeline import stage, tracking
+from pipeline.config import Config, MiniRocketModel, TrainConfig, flatten, load_config
+from pipeline.errors import run_command
+from pipeline.models import TaskSpec, build_model
+from pipeline.prepare import load_split
 
 OPTIMIZERS = {
     "adam": keras.optimizers.Adam,
@@ -358,7 +356,12 @@ def main() -> None:
         tracking.log_artifacts([stage.KERAS_MODEL], artifact_path="keras_model")
         tracking.log_artifacts([stage.HISTORY_CSV], artifact_path="reports")
     backup.finish()
-    print(f"trained {cfg.model.name} in {report['train/seconds']:.1f}s: {report}")
+    finals = ", ".join(f"{k.removeprefix('train/final_')} {v:.4g}" for k, v in report.items()
+                       if k.startswith("train/final_") and k != "train/final_learning_rate")
+    epochs = (f", {report['train/epochs']} of {report['train/epoch_limit']} epochs"
+              if "train/epoch_limit" in report else "")  # MiniRocket trains no epochs
+    print(f"trained {cfg.model.name} in {report['train/seconds']:.1f}s{epochs}: {finals} "
+          f"({stage.TRAIN_REPORT} has the rest)")
 
 
 if __name__ == "__main__":

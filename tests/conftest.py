@@ -94,10 +94,11 @@ def copy_repository(destination: Path) -> Path:
 
 
 def subprocess_env() -> dict[str, str]:
-    """This interpreter's environment, with its bin/ first on PATH so `python` and `dvc` are ours."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    """This interpreter's environment, with its bin/ first on PATH so `python` and `dvc` are ours,
+    less the log levels that importing `pipeline` set here: a command sets its own, as for a user."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "DVC_", "TF_CPP_", "PIPELINE_VERBOSE"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     return env
 
 

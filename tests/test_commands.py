@@ -66,3 +66,13 @@ def test_commands_refuse_bad_input_with_one_error_line_and_exit_2(tmp_path, args
     assert "Traceback" not in result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert fragment in line
+
+
+@pytest.mark.parametrize("verbose", ["", "1"])
+def test_third_party_notices_stay_silent_unless_pipeline_verbose_is_set(tmp_path, verbose):
+    """A new MLflow store logs INFO lines as MLflow creates its tables: shown with PIPELINE_VERBOSE=1 only."""
+    script = ("import pipeline, mlflow; "
+              f"mlflow.set_tracking_uri('sqlite:///{tmp_path / 'mlflow.db'}'); mlflow.search_experiments()")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                            env={**subprocess_env(), "PIPELINE_VERBOSE": verbose}, check=True)
+    assert ("INFO mlflow" in result.stderr) == bool(verbose), result.stderr

@@ -35,13 +35,36 @@ def _write_params(repo: Path, params: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A git clone of the project with a tiny params.yaml, after one full `dvc repro`."""
+def first_repro(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A git clone of the project with a tiny params.yaml, and its first full `dvc repro`."""
     path = _git_copy(tmp_path_factory.mktemp("clone"))
     _write_params(path, tiny_params())
     first = _dvc(path, "repro")
     assert _ran(first) == list(STAGES)
-    return path
+    return path, first
+
+
+@pytest.fixture(scope="module")
+def repo(first_repro) -> Path:
+    """The clone of `first_repro`, after its first full `dvc repro`."""
+    return first_repro[0]
+
+
+DVC_LINES = ("Running stage ", "> python -m pipeline.", "Updating lock file ")
+
+
+def test_repro_prints_one_summary_per_stage_and_no_third_party_notice(first_repro):
+    _, result = first_repro
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    ours = [line for line in lines if not line.startswith(DVC_LINES) and "/step - " not in line
+            and not line.startswith("Epoch ")]  # Keras's progress
+    summaries = [line.split(maxsplit=1)[0] for line in ours if line.startswith(
+        ("prepared ", "trained ", "exported ", "evaluated: ", "wrote deploy/"))]
+    assert summaries == ["prepared", "trained", "exported", "evaluated:", "wrote"], ours
+    noise = [line for line in ours if any(word in line for word in ("WARNING", " INFO ", "oneDNN", "absl"))]
+    assert noise == [], noise
+    repeated = [line for line in set(ours) if ours.count(line) > 1]
+    assert repeated == [], repeated
 
 
 def test_repro_writes_the_model_metrics_and_one_mlflow_run(repo):
