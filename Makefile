@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Stage commands (`python -m pipeline.<stage>`) must find the venv's python, also under `dvc repro`.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install repro test test-fast test-portable bench study ui team-server golden params clean
+.PHONY: install repro lint test test-fast test-portable bench study ui team-server golden params clean
 
 install: $(STAMP)
 
@@ -21,7 +21,12 @@ $(STAMP): requirements.lock pyproject.toml
 repro: $(STAMP)
 	$(BIN)/dvc repro
 
-test: $(STAMP)
+# ruff's linter and formatter (settings in pyproject.toml); `make test` runs this first.
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline tests
+	$(BIN)/ruff format --check pipeline tests
+
+test: lint
 	$(BIN)/python -m pytest
 
 # Everything but the end-to-end runs of the real pipeline.

@@ -61,8 +61,10 @@ REAL_TARGETS = {  # figure on the deployed model: (bound, "min" or "max")
     "flop_share_batch1024": (0.7, "min"),
 }
 # The deployed model's figures printed, with what each says beside its target.
-REAL_PRINTED = {**{key: "" for key in REAL_TARGETS},
-                "ort_vs_tf_function_batch1_ceiling": "tf.function's batch-1 time over one series' FLOPs at the peak"}
+REAL_PRINTED = {
+    **dict.fromkeys(REAL_TARGETS, ""),
+    "ort_vs_tf_function_batch1_ceiling": "tf.function's batch-1 time over one series' FLOPs at the peak",
+}
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
 
 
@@ -97,8 +99,9 @@ def throughput(call, batch: int, seconds: float = 3.0) -> float:
     return calls * batch / (time.perf_counter() - started)
 
 
-def ort_session(model, threads: int | None = None,
-                level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.InferenceSession:
+def ort_session(
+    model, threads: int | None = None, level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+) -> ort.InferenceSession:
     """A CPU session of an ONNX model (proto or path): `threads` intra-op threads (default: every
     usable CPU) and graph optimization `level`."""
     options = ort.SessionOptions()
@@ -119,8 +122,7 @@ def count_flops(onnx_model: onnx.ModelProto, input_shape: list[int]) -> int:
     model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     shapes = {i.name: list(i.dims) for i in model.graph.initializer}
     for info in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
-        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None
-                             for d in info.type.tensor_type.shape.dim]
+        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
     total = 0
     for node in model.graph.node:
         known = [shapes.get(name) for name in (*node.input[:3], node.output[0])]
@@ -147,10 +149,12 @@ def peak_flops(size: int = 2048, seconds: float = 3.0) -> float:
     Runtime's convolutions outran NumPy's matmul)."""
     a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+        [onnx.helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "matmul",
         [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [size, size])],
         [onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [size, size])],
-        [onnx.numpy_helper.from_array(a, "b")])
+        [onnx.numpy_helper.from_array(a, "b")],
+    )
     session = ort_session(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]))
     rate = max(throughput(lambda: a @ a, 1, seconds), throughput(lambda: session.run(["c"], {"a": a}), 1, seconds))
     return rate * 2 * size**3
@@ -178,10 +182,20 @@ def pipeline_model_figures() -> dict:
     def tf_run(x):
         return {k: v.numpy() for k, v in graph_function(tf.constant(x)).items()}
 
-    results = interleaved_speeds({"onnxruntime": ort_run, "tf_function": tf_run, "predictor": predictor.predict},
-                                 x1, {1024: x1024}, repeats=3000, seconds=3.0)
-    results |= interleaved_speeds({"keras_predict": lambda x: model.predict(x, batch_size=1024, verbose=0)},
-                                  x1, {1024: x1024}, repeats=100, seconds=3.0)  # one call costs ms
+    results = interleaved_speeds(
+        {"onnxruntime": ort_run, "tf_function": tf_run, "predictor": predictor.predict},
+        x1,
+        {1024: x1024},
+        repeats=3000,
+        seconds=3.0,
+    )
+    results |= interleaved_speeds(
+        {"keras_predict": lambda x: model.predict(x, batch_size=1024, verbose=0)},
+        x1,
+        {1024: x1024},
+        repeats=100,
+        seconds=3.0,
+    )  # one call costs ms
     flops = count_flops(onnx.load(stage.ONNX_MODEL), list(x1024.shape))
     peak = peak_flops()
     achieved = flops * results["onnxruntime"]["batch1024_samples_per_s"] / 1024
@@ -200,8 +214,15 @@ def large_model_figures(export_cfg) -> dict:
     x[np.arange(n), steps, y] += 3.0  # class c: a spike on feature c at a random step
     keras.utils.set_random_seed(0)
     model_cfg = RecurrentAttentionModel(
-        name="bahdanau", cell="lstm", bidirectional=False, units=LARGE["units"], score="additive",
-        query="learned", recurrent_l2=0.0, position_bias=False)
+        name="bahdanau",
+        cell="lstm",
+        bidirectional=False,
+        units=LARGE["units"],
+        score="additive",
+        query="learned",
+        recurrent_l2=0.0,
+        position_bias=False,
+    )
     model = build_model(model_cfg, TaskSpec(shape, "multiclass", n_classes=LARGE["classes"]))
     trainer = keras.Model(model.input, model.output["prediction"])
     trainer.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -210,15 +231,24 @@ def large_model_figures(export_cfg) -> dict:
     fp32 = to_onnx(model, 17, {"task_type": "multiclass"})
     int8 = convert(fp32, "int8")
     keras_out = model.predict(held_out, batch_size=512, verbose=0)
-    gate = gate_report("int8", "multiclass", keras_out,
-                       dict(zip(OUTPUT_NAMES, ort_session(int8).run(list(OUTPUT_NAMES), {INPUT_NAME: held_out}))))
+    gate = gate_report(
+        "int8",
+        "multiclass",
+        keras_out,
+        dict(zip(OUTPUT_NAMES, ort_session(int8).run(list(OUTPUT_NAMES), {INPUT_NAME: held_out}))),
+    )
     batch = held_out[:256]
     sessions = {"fp32": ort_session(fp32), "int8": ort_session(int8)}
-    rates = {name: throughput(lambda s=s: s.run(list(OUTPUT_NAMES), {INPUT_NAME: batch}), 256, 5.0)
-             for name, s in sessions.items()}
+    rates = {
+        name: throughput(lambda s=s: s.run(list(OUTPUT_NAMES), {INPUT_NAME: batch}), 256, 5.0)
+        for name, s in sessions.items()
+    }
     return {
-        "model": {**LARGE, "train_accuracy": float(history.history["accuracy"][-1]),
-                  "flops_per_batch256": count_flops(fp32, [256, *shape])},
+        "model": {
+            **LARGE,
+            "train_accuracy": float(history.history["accuracy"][-1]),
+            "flops_per_batch256": count_flops(fp32, [256, *shape]),
+        },
         "batch256_samples_per_s": rates,
         "int8_gate": {**gate, "failures": gate_failures("int8", gate, export_cfg)},
     }
@@ -230,8 +260,9 @@ def cpu_flags() -> dict[str, bool]:
     return {flag: flag in present for flag in CPU_FLAGS}
 
 
-def interleaved_speeds(runs: dict, x1: np.ndarray, batches: dict[int, np.ndarray], repeats: int, seconds: float,
-                       rounds: int = 3) -> dict:
+def interleaved_speeds(
+    runs: dict, x1: np.ndarray, batches: dict[int, np.ndarray], repeats: int, seconds: float, rounds: int = 3
+) -> dict:
     """Per run(x) of `runs`: batch-1 latency (p50, p99 ms over every round's calls) and samples per
     second at each batch size (the best round's: a busy spell only slows a call down). The runs take
     turns in `rounds` rounds, so that a spell of other load on the machine hits them alike."""
@@ -242,8 +273,13 @@ def interleaved_speeds(runs: dict, x1: np.ndarray, batches: dict[int, np.ndarray
             times[name].append(call_seconds(lambda r=run: r(x1), max(repeats // rounds, 1)))
             for n, x in batches.items():
                 rates[name][n].append(throughput(lambda r=run, x=x: r(x), n, seconds / rounds))
-    return {name: {"batch1": _percentiles_ms(np.concatenate(times[name])),
-                   **{f"batch{n}_samples_per_s": max(rates[name][n]) for n in batches}} for name in runs}
+    return {
+        name: {
+            "batch1": _percentiles_ms(np.concatenate(times[name])),
+            **{f"batch{n}_samples_per_s": max(rates[name][n]) for n in batches},
+        }
+        for name in runs
+    }
 
 
 def _openvino_run(onnx_model: onnx.ModelProto):
@@ -252,8 +288,9 @@ def _openvino_run(onnx_model: onnx.ModelProto):
     import openvino
 
     core = openvino.Core()
-    compiled = core.compile_model(core.read_model(onnx_model.SerializeToString()), "CPU",
-                                  {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = core.compile_model(
+        core.read_model(onnx_model.SerializeToString()), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
     request = compiled.create_infer_request()
     outputs = {o.get_any_name(): o for o in compiled.outputs}
     return lambda x: {name: request.infer({0: x})[port] for name, port in outputs.items()}
@@ -264,16 +301,20 @@ def int8_settings(quantization) -> dict:
     the other activation type (U8S8 kernels can saturate on CPUs without VNNI, S8S8 ones are slower
     on some that have it), and MatMul quantized too (the attention pooling's products)."""
     other = "int8" if quantization.activation_type == "uint8" else "uint8"
-    settings = {"int8_qdq": quantization,
-                f"int8_qdq_{other}_activations": quantization.model_copy(update={"activation_type": other})}
+    settings = {
+        "int8_qdq": quantization,
+        f"int8_qdq_{other}_activations": quantization.model_copy(update={"activation_type": other}),
+    }
     if "MatMul" not in quantization.quantized_ops:
         settings["int8_qdq_with_matmul"] = quantization.model_copy(
-            update={"quantized_ops": [*quantization.quantized_ops, "MatMul"]})
+            update={"quantized_ops": [*quantization.quantized_ops, "MatMul"]}
+        )
     return settings
 
 
-def real_data_model_figures(model: keras.Model, fp32: onnx.ModelProto, splits: dict, export_cfg,
-                            repeats: int = 1000, seconds: float = 3.0) -> dict:
+def real_data_model_figures(
+    model: keras.Model, fp32: onnx.ModelProto, splits: dict, export_cfg, repeats: int = 1000, seconds: float = 3.0
+) -> dict:
     """A deployed model on its own test series, all runtimes in this process on the same inputs:
     ONNX Runtime fp32 (and fp32_unfused: without the export's fused convolution blocks), int8_qdq
     (static QDQ, calibrated on the training split, with its gate) and
@@ -287,20 +328,29 @@ def real_data_model_figures(model: keras.Model, fp32: onnx.ModelProto, splits: d
     keras_out = model.predict(test.x, batch_size=256, verbose=0)
     quantized, gates = {}, {}
     for setting, quantization in int8_settings(export_cfg.quantization).items():
-        quantized[setting] = convert(fp32, "int8_qdq", calibration=train.x[: quantization.calibration_series],
-                                     quantization=quantization)
-        gate = gate_report("int8_qdq", "multiclass", keras_out,
-                           dict(zip(names, ort_session(quantized[setting]).run(names, {INPUT_NAME: test.x}))),
-                           test.y)
+        quantized[setting] = convert(
+            fp32, "int8_qdq", calibration=train.x[: quantization.calibration_series], quantization=quantization
+        )
+        gate = gate_report(
+            "int8_qdq",
+            "multiclass",
+            keras_out,
+            dict(zip(names, ort_session(quantized[setting]).run(names, {INPUT_NAME: test.x}))),
+            test.y,
+        )
         gates[setting] = {**gate, "failures": gate_failures("int8_qdq", gate, export_cfg)}
     qdq = quantized["int8_qdq"]
     runs = {}
     unfused = to_onnx(model, export_cfg.opset, fuse_blocks=False)  # tf2onnx's graph as it writes it
-    for variant, onnx_model in (("fp32", fp32), ("fp32_unfused", unfused), *quantized.items(),
-                                ("fp16", convert(fp32, "fp16"))):
+    for variant, onnx_model in (
+        ("fp32", fp32),
+        ("fp32_unfused", unfused),
+        *quantized.items(),
+        ("fp16", convert(fp32, "fp16")),
+    ):
         try:
             session = ort_session(onnx_model)
-        except Exception as error:  # noqa: BLE001 - ORT reports a missing CPU kernel in several ways
+        except Exception as error:
             runs[f"onnxruntime_{variant}"] = f"no session: {str(error).splitlines()[0][:200]}"
             continue
         runs[f"onnxruntime_{variant}"] = lambda x, s=session: s.run(names, {INPUT_NAME: x})
@@ -310,23 +360,27 @@ def real_data_model_figures(model: keras.Model, fp32: onnx.ModelProto, splits: d
     for name, jit in (("tf_function", False), ("tf_function_xla", True)):
         function = tf.function(lambda x: model(x, training=False), input_signature=signature, jit_compile=jit)
         runs[name] = lambda x, f=function: {k: v.numpy() for k, v in f(tf.constant(x)).items()}
-    measured = interleaved_speeds({name: run for name, run in runs.items() if not isinstance(run, str)},
-                                  x1, batches, repeats, seconds)
+    measured = interleaved_speeds(
+        {name: run for name, run in runs.items() if not isinstance(run, str)}, x1, batches, repeats, seconds
+    )
     speeds = {name: measured.get(name, run) for name, run in runs.items()}  # a string: why there is no session
     ort_out = dict(zip(names, ort_session(fp32).run(names, {INPUT_NAME: test.x})))
     openvino_out = openvino_fp32(test.x)
     setting_runs = {}
-    for level_name, level in (("disabled", ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
-                              ("basic", ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
-                              ("extended", ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED),
-                              ("all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL)):
+    for level_name, level in (
+        ("disabled", ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+        ("basic", ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
+        ("extended", ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED),
+        ("all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+    ):
         for threads in sorted({1, usable_cpus()}):
             session = ort_session(fp32, threads, level)
             setting_runs[f"{level_name}_threads{threads}"] = lambda x, s=session: s.run(names, {INPUT_NAME: x})
     setting_speeds = interleaved_speeds(setting_runs, x1, {256: batches[256]}, repeats // 4, seconds / 2)
-    settings = {name: {"batch1_p50_ms": speed["batch1"]["p50_ms"],
-                       "batch256_samples_per_s": speed["batch256_samples_per_s"]}
-                for name, speed in setting_speeds.items()}
+    settings = {
+        name: {"batch1_p50_ms": speed["batch1"]["p50_ms"], "batch256_samples_per_s": speed["batch256_samples_per_s"]}
+        for name, speed in setting_speeds.items()
+    }
     flops = count_flops(fp32, [1024, *test.x.shape[1:]])
     peak = peak_flops()
     ort_fp32 = speeds["onnxruntime_fp32"]
@@ -336,8 +390,11 @@ def real_data_model_figures(model: keras.Model, fp32: onnx.ModelProto, splits: d
         "onnxruntime_settings": settings,
         "int8_qdq_gates": gates,
         "openvino_vs_onnxruntime_max_abs": {n: float(np.max(np.abs(openvino_out[n] - ort_out[n]))) for n in names},
-        "flops": {"per_batch1024": flops, "achieved_per_s": flops * ort_fp32["batch1024_samples_per_s"] / 1024,
-                  "peak_matmul_per_s": peak},
+        "flops": {
+            "per_batch1024": flops,
+            "achieved_per_s": flops * ort_fp32["batch1024_samples_per_s"] / 1024,
+            "peak_matmul_per_s": peak,
+        },
         "figures": {
             "int8_qdq_vs_fp32_batch256": speeds["onnxruntime_int8_qdq"]["batch256_samples_per_s"]
             / ort_fp32["batch256_samples_per_s"],
@@ -347,7 +404,8 @@ def real_data_model_figures(model: keras.Model, fp32: onnx.ModelProto, splits: d
             "ort_vs_openvino_batch1": speeds["openvino_fp32"]["batch1"]["p50_ms"] / ort_fp32["batch1"]["p50_ms"],
             "ort_vs_tf_function_batch1": speeds["tf_function"]["batch1"]["p50_ms"] / ort_fp32["batch1"]["p50_ms"],
             # the most any runtime could gain on tf.function at batch 1: one series' FLOPs at the peak
-            "ort_vs_tf_function_batch1_ceiling": speeds["tf_function"]["batch1"]["p50_ms"] / 1e3
+            "ort_vs_tf_function_batch1_ceiling": speeds["tf_function"]["batch1"]["p50_ms"]
+            / 1e3
             / (flops / 1024 / peak),
             "flop_share_batch1024": flops * ort_fp32["batch1024_samples_per_s"] / 1024 / peak,
         },
@@ -367,8 +425,9 @@ def deployed_model_figures(tracking_uri: str, dataset: str, export_cfg) -> dict 
     record = study.matching_runs(study.evaluated_runs(tracking_uri), [combination]).get(combination)
     if record is None:
         return f"no run in {tracking_uri}: `{combination.command}` makes it"
-    folder = mlflow.artifacts.download_artifacts(run_id=record.run_id, artifact_path="keras_model",
-                                                 tracking_uri=tracking_uri)
+    folder = mlflow.artifacts.download_artifacts(
+        run_id=record.run_id, artifact_path="keras_model", tracking_uri=tracking_uri
+    )
     _, splits, _ = prepared_for(combination.overrides)
     model = load_model(f"{folder}/model.keras")
     figures = real_data_model_figures(model, to_onnx(model, export_cfg.opset), splits, export_cfg)
@@ -390,16 +449,19 @@ def main() -> None:
         "predictor_vs_raw_ort_batch1": default["predictor"]["batch1"]["p50_ms"] / ort1,
         "flop_share_batch1024": default["flops"]["achieved_per_s"] / default["flops"]["peak_matmul_per_s"],
     }
-    met = {k: (figures[k] >= bound if kind == "min" else figures[k] <= bound)
-           for k, (bound, kind) in TARGETS.items()}
+    met = {k: (figures[k] >= bound if kind == "min" else figures[k] <= bound) for k, (bound, kind) in TARGETS.items()}
     met["int8_vs_fp32_batch256_large"] &= not large["int8_gate"]["failures"]
     report = {
         **{k: round(v, 4) for k, v in figures.items()},
         "targets": {k: f"{'>=' if kind == 'min' else '<='} {bound:g}" for k, (bound, kind) in TARGETS.items()},
         "met": met,
         "model": cfg.model.name,
-        "machine": {"cpus_usable": usable_cpus(), "processor": cpu_model(),
-                    "onnxruntime": ort.__version__, "tensorflow": tf.__version__},
+        "machine": {
+            "cpus_usable": usable_cpus(),
+            "processor": cpu_model(),
+            "onnxruntime": ort.__version__,
+            "tensorflow": tf.__version__,
+        },
         "default_model": default,
         "large_model": large,
         "cpu_flags": cpu_flags(),

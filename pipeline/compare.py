@@ -97,10 +97,16 @@ def with_earlier_rows(rows: list[dict], earlier_csv: Path) -> list[dict]:
         return rows
     held = {(r["task"], r["model"]) for r in rows}
     with open(earlier_csv, newline="") as handle:
-        earlier = [r for r in csv.DictReader(handle)
-                   if r["table"] == "synthetic" and (r["task"], r["model"]) not in held]
-    kept = [{column: _number(row.get(column) or "") if source.startswith("metrics.") else row.get(column)
-             for column, source in COLUMNS} for row in earlier]  # a column added since is empty
+        earlier = [
+            r for r in csv.DictReader(handle) if r["table"] == "synthetic" and (r["task"], r["model"]) not in held
+        ]
+    kept = [
+        {
+            column: _number(row.get(column) or "") if source.startswith("metrics.") else row.get(column)
+            for column, source in COLUMNS
+        }
+        for row in earlier
+    ]  # a column added since is empty
     return sorted(rows + kept, key=lambda r: (r["task"] or "", -(r["attention/argmax_hit"] or 0)))
 
 
@@ -136,9 +142,21 @@ def write_csv(rows: list[dict], real_rows: list[dict], path: Path, selection_row
         writer.writerows({"table": "selection", "task": row["data set"], **row} for row in selection_rows)
 
 
-REAL_COLUMNS = ("data set", "model", "seeds", "accuracy mean", "accuracy std", "train seconds mean",
-                "train seconds max", "train cpus", *(f"{c} mean" for c in study.FAITHFULNESS_COLUMNS.values()),
-                "FCN", "goal", "command", "runs")
+REAL_COLUMNS = (
+    "data set",
+    "model",
+    "seeds",
+    "accuracy mean",
+    "accuracy std",
+    "train seconds mean",
+    "train seconds max",
+    "train cpus",
+    *(f"{c} mean" for c in study.FAITHFULNESS_COLUMNS.values()),
+    "FCN",
+    "goal",
+    "command",
+    "runs",
+)
 
 
 def _mean_std(row: dict | None) -> str:
@@ -169,42 +187,72 @@ def real_data_markdown(real_rows: list[dict], statistics: dict | None, diagram: 
         goal = reference.get("goal")
         met = "" if goal is None or attention is None else ("yes" if attention["accuracy mean"] >= goal else "no")
         fcn = reference.get("FCN")
-        lines.append(f"| {name} | " + " | ".join(_mean_std(by_cell.get((name, m))) for m in models)
-                     + f" | {'' if fcn is None else fcn} | {'' if goal is None else f'≥ {goal:g}'} | {met} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_mean_std(by_cell.get((name, m))) for m in models)
+            + f" | {'' if fcn is None else fcn} | {'' if goal is None else f'≥ {goal:g}'} | {met} |"
+        )
     cpus = list(dict.fromkeys(r["train cpus"] for r in real_rows))  # [n]: the CPUs of a cell's runs
-    lines += ["", "Training seconds per run (mean / max over seeds; 2 CPU cores; [n]: the CPU, below):", "",
-              "| data set | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    lines += [
+        "",
+        "Training seconds per run (mean / max over seeds; 2 CPU cores; [n]: the CPU, below):",
+        "",
+        "| data set | " + " | ".join(models) + " |",
+        "|---|" + "---|" * len(models),
+    ]
     for name in datasets:
         cells = [by_cell.get((name, m)) for m in models]
-        times = ["–" if c is None else f"{c['train seconds mean']:.0f} / {c['train seconds max']:.0f} "
-                 f"[{cpus.index(c['train cpus']) + 1}]" for c in cells]
+        times = [
+            "–"
+            if c is None
+            else f"{c['train seconds mean']:.0f} / {c['train seconds max']:.0f} [{cpus.index(c['train cpus']) + 1}]"
+            for c in cells
+        ]
         lines.append(f"| {name} | " + " | ".join(times) + " |")
     unrecorded = any(study.UNRECORDED_CPU in c for c in cpus)
-    lines += ["", "; ".join(f"[{i}] {cpu}" for i, cpu in enumerate(cpus, 1))
-              + (f" ({study.UNRECORDED_CPU}: runs logged before the CPU was)" if unrecorded else "")
-              + ". Times compare within one CPU."]
+    lines += [
+        "",
+        "; ".join(f"[{i}] {cpu}" for i, cpu in enumerate(cpus, 1))
+        + (f" ({study.UNRECORDED_CPU}: runs logged before the CPU was)" if unrecorded else "")
+        + ". Times compare within one CPU.",
+    ]
     lines += faithfulness_lines(real_rows, models, datasets)
     if statistics:
-        lines += ["", f"Across the {statistics['data sets']} data sets where every model has its seeds: mean rank "
-                  "(1 = best), Friedman test p = " + (f"{statistics['friedman p']:.3g}" if statistics["friedman p"]
-                                                       is not None else "–")
-                  + "; two-sided Wilcoxon signed-rank tests with Holm's correction, p per pair.", "",
-                  "| model | mean rank | " + " | ".join(f"p vs {m}" for m in statistics["mean rank"]) + " |",
-                  "|---|---|" + "---|" * len(statistics["mean rank"])]
+        lines += [
+            "",
+            f"Across the {statistics['data sets']} data sets where every model has its seeds: mean rank "
+            "(1 = best), Friedman test p = "
+            + (f"{statistics['friedman p']:.3g}" if statistics["friedman p"] is not None else "–")
+            + "; two-sided Wilcoxon signed-rank tests with Holm's correction, p per pair.",
+            "",
+            "| model | mean rank | " + " | ".join(f"p vs {m}" for m in statistics["mean rank"]) + " |",
+            "|---|---|" + "---|" * len(statistics["mean rank"]),
+        ]
         for model, rank in statistics["mean rank"].items():
             pairs = statistics["wilcoxon holm p"][model]
-            lines.append(f"| {model} | {rank:.2f} | " + " | ".join(
-                "" if other == model else f"{pairs[other]:.3g}" for other in statistics["mean rank"]) + " |")
+            lines.append(
+                f"| {model} | {rank:.2f} | "
+                + " | ".join("" if other == model else f"{pairs[other]:.3g}" for other in statistics["mean rank"])
+                + " |"
+            )
     if diagram:
-        lines += ["", f"![critical-difference diagram]({diagram})", "",
-                  "Critical-difference diagram (autorank, Nemenyi test, alpha 0.05): models joined by "
-                  "a bar do not differ significantly."]
+        lines += [
+            "",
+            f"![critical-difference diagram]({diagram})",
+            "",
+            "Critical-difference diagram (autorank, Nemenyi test, alpha 0.05): models joined by "
+            "a bar do not differ significantly.",
+        ]
     return "\n".join(lines) + "\n"
 
 
 # The faithfulness table's figures: summary column, scale, decimals.
-FAITHFULNESS_CELL = (("aopc gain mean", 1, 3), ("uniform drop mean", 100, 1), ("occlusion rho mean", 1, 2),
-                     ("seed rho mean", 1, 2))
+FAITHFULNESS_CELL = (
+    ("aopc gain mean", 1, 3),
+    ("uniform drop mean", 100, 1),
+    ("occlusion rho mean", 1, 2),
+    ("seed rho mean", 1, 2),
+)
 
 
 def _figure(value: float, scale: float, digits: int) -> str:
@@ -241,18 +289,26 @@ def faithfulness_lines(real_rows: list[dict], models: list[str], datasets: list[
     rows = [r for r in real_rows if any(not np.isnan(r.get(c, float("nan"))) for c in columns)]
     if not rows:
         return []
-    lines = ["", "Faithfulness of the attention (the `faithfulness/*` metrics, README \"Is the attention "
-             "faithful?\"), mean over the seeds that have them: deletion AOPC gain over random positions / "
-             "accuracy lost with uniform attention (points) / occlusion rank correlation / rank correlation "
-             "between seeds (– where undefined: constant attention, or runs that predate the metric).", "",
-             "| data set | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    lines = [
+        "",
+        'Faithfulness of the attention (the `faithfulness/*` metrics, README "Is the attention '
+        'faithful?"), mean over the seeds that have them: deletion AOPC gain over random positions / '
+        "accuracy lost with uniform attention (points) / occlusion rank correlation / rank correlation "
+        "between seeds (– where undefined: constant attention, or runs that predate the metric).",
+        "",
+        "| data set | " + " | ".join(models) + " |",
+        "|---|" + "---|" * len(models),
+    ]
     by_cell = {(r["data set"], r["model"]): r for r in rows}
     for name in datasets:
         cells = []
         for model in models:
             row = by_cell.get((name, model))
-            cells.append("–" if row is None else " / ".join(
-                _figure(row[column], scale, digits) for column, scale, digits in FAITHFULNESS_CELL))
+            cells.append(
+                "–"
+                if row is None
+                else " / ".join(_figure(row[column], scale, digits) for column, scale, digits in FAITHFULNESS_CELL)
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -267,7 +323,9 @@ def selection_markdown(rows: list[dict]) -> str:
         "Accuracy (%) on held-out inner folds of the TRAIN files (`-S data.inner_fold=K`, K = 0, 1, 2; "
         "the TEST files are not read), mean ± std over the folds, seed 1; "
         "`python -m pipeline.study queue --selection` runs what is missing.",
-        "", "| data set | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels),
+        "",
+        "| data set | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
     ]
     for name in datasets:
         lines.append(f"| {name} | " + " | ".join(_mean_std(by_cell.get((name, label))) for label in labels) + " |")
@@ -287,8 +345,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = comparison_rows(args.tracking_uri, args.experiment)
     if args.out is not None:
         rows = with_earlier_rows(rows, args.out.with_suffix(".csv"))
-    ledger = (args.out.with_name(args.out.name + "_runs.csv") if args.out is not None
-              else repository_root() / study.LEDGER)
+    ledger = (
+        args.out.with_name(args.out.name + "_runs.csv") if args.out is not None else repository_root() / study.LEDGER
+    )
     done = study.done_runs(args.tracking_uri, study.combinations() + study.selection_combinations(), ledger)
     add_seed_agreement(args.tracking_uri, done)
     real_rows = study.summary({c: r for c, r in done.items() if c.inner_fold is None})
@@ -310,8 +369,10 @@ def main(argv: list[str] | None = None) -> None:
     selection_rows = study.summary({c: r for c, r in done.items() if c.inner_fold is not None})
     table = to_markdown(rows)
     if real_rows:
-        table = (f"## Synthetic tasks\n\n{table}\n## Time-series classification: UCR/UEA data sets\n\n"
-                 + real_data_markdown(real_rows, statistics, diagram))
+        table = (
+            f"## Synthetic tasks\n\n{table}\n## Time-series classification: UCR/UEA data sets\n\n"
+            + real_data_markdown(real_rows, statistics, diagram)
+        )
     if selection_rows:
         table += "\n### Settings compared on training data only\n\n" + selection_markdown(selection_rows)
     if args.out is None:
@@ -322,8 +383,10 @@ def main(argv: list[str] | None = None) -> None:
     args.out.with_suffix(".md").write_text(f"<!-- made by: {command} -->\n\n{table}")
     write_csv(rows, real_rows, args.out.with_suffix(".csv"), selection_rows)
     study.write_ledger(ledger, done)
-    print(f"wrote {args.out.with_suffix('.md')}, .csv and {ledger.name} ({len(rows)} synthetic runs, "
-          f"{len(real_rows)} real-data rows, {len(done)} real-data runs{', the diagram' if diagram else ''})")
+    print(
+        f"wrote {args.out.with_suffix('.md')}, .csv and {ledger.name} ({len(rows)} synthetic runs, "
+        f"{len(real_rows)} real-data rows, {len(done)} real-data runs{', the diagram' if diagram else ''})"
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.contract import OPSET_MAX
+from pipeline.contract import OPSET_MAX, TEMPORAL_SCORES, VARIANTS
 from pipeline.errors import ConfigError, run_command
 
 PARAMS_FILE = Path("params.yaml")
@@ -48,8 +48,7 @@ class _Splits(_Strict):
     def _splits_fit(self):
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(
-                f"val_fraction + test_fraction must be < 1 "
-                f"(got {self.val_fraction} + {self.test_fraction})"
+                f"val_fraction + test_fraction must be < 1 (got {self.val_fraction} + {self.test_fraction})"
             )
         for split, fraction in (("val", self.val_fraction), ("test", self.test_fraction)):
             if int(self.n_samples * fraction) < 1:
@@ -68,9 +67,7 @@ class PlantedStepData(_Splits):
     @model_validator(mode="after")
     def _step_in_range(self):
         if self.planted_step >= self.time_steps:
-            raise ValueError(
-                f"planted_step must be < time_steps={self.time_steps} (got {self.planted_step})"
-            )
+            raise ValueError(f"planted_step must be < time_steps={self.time_steps} (got {self.planted_step})")
         return self
 
 
@@ -89,9 +86,7 @@ class PlantedRegionData(_Splits):
     @model_validator(mode="after")
     def _region_fits(self):
         if self.region_length > self.time_steps:
-            raise ValueError(
-                f"region_length must be <= time_steps={self.time_steps} (got {self.region_length})"
-            )
+            raise ValueError(f"region_length must be <= time_steps={self.time_steps} (got {self.region_length})")
         return self
 
 
@@ -105,9 +100,7 @@ class PlantedFeatureData(_Splits):
     @model_validator(mode="after")
     def _index_in_range(self):
         if self.planted_index >= self.n_features:
-            raise ValueError(
-                f"planted_index must be < n_features={self.n_features} (got {self.planted_index})"
-            )
+            raise ValueError(f"planted_index must be < n_features={self.n_features} (got {self.planted_index})")
         return self
 
 
@@ -118,9 +111,7 @@ class _VariableLength(_Splits):
     @model_validator(mode="after")
     def _length_in_range(self):
         if self.min_length > self.time_steps:
-            raise ValueError(
-                f"min_length must be <= time_steps={self.time_steps} (got {self.min_length})"
-            )
+            raise ValueError(f"min_length must be <= time_steps={self.time_steps} (got {self.min_length})")
         return self
 
 
@@ -174,8 +165,14 @@ class TsFileData(_FileData):
 
 
 RECURRENT_VARIANTS = (
-    "lstm_attention", "gru_attention", "bilstm_attention",
-    "luong_dot", "luong_general", "scaled_dot", "bahdanau", "lstm_baseline",
+    "lstm_attention",
+    "gru_attention",
+    "bilstm_attention",
+    "luong_dot",
+    "luong_general",
+    "scaled_dot",
+    "bahdanau",
+    "lstm_baseline",
 )
 
 
@@ -186,7 +183,7 @@ class RecurrentAttentionModel(_Strict):
     cell: Literal["lstm", "gru"]
     bidirectional: StrictBool
     units: int = Field(gt=0)
-    score: Literal["location", "dot", "general", "additive", "scaled_dot", "last_state"]
+    score: Literal[tuple(s for s in TEMPORAL_SCORES if s != "mean")]
     query: Literal["last", "learned"]
     recurrent_l2: float = Field(ge=0)
     position_bias: StrictBool
@@ -230,7 +227,7 @@ class ConvAttentionModel(_Strict):
     name: Literal["conv_attention", "conv_gap"]
     filters: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
     kernel_sizes: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
-    score: Literal["gated", "class", "location", "dot", "general", "additive", "scaled_dot", "mean"]
+    score: Literal[("gated", "class", *(s for s in TEMPORAL_SCORES if s != "last_state"))]
     query: Literal["last", "learned"]
     position_bias: StrictBool
 
@@ -269,7 +266,11 @@ class MiniRocketModel(_Strict):
 
 
 SEQUENCE_MODELS = (  # trained by gradient descent on sequences (minirocket: series from files only)
-    *RECURRENT_VARIANTS, "attention_before_lstm", "multihead_pooling", "conv_attention", "conv_gap",
+    *RECURRENT_VARIANTS,
+    "attention_before_lstm",
+    "multihead_pooling",
+    "conv_attention",
+    "conv_gap",
 )
 
 
@@ -314,8 +315,7 @@ class TrainConfig(_Strict):
     def _schedule_is_consistent(self):
         if self.min_learning_rate > self.learning_rate:
             raise ValueError(
-                f"min_learning_rate must be <= learning_rate={self.learning_rate} "
-                f"(got {self.min_learning_rate})"
+                f"min_learning_rate must be <= learning_rate={self.learning_rate} (got {self.min_learning_rate})"
             )
         if self.lr_schedule == "cosine" and self.lr_decay_patience:
             raise ValueError(
@@ -345,8 +345,8 @@ class ExportConfig(_Strict):
     opset: int = Field(ge=13, le=OPSET_MAX)
     parity_tolerance: float = Field(gt=0)
     parity_samples: int = Field(gt=0)
-    variants: list[Literal["fp32", "fp16", "int8", "int8_qdq"]] = Field(min_length=1)
-    variant_tolerance: dict[Literal["fp16", "int8", "int8_qdq"], Annotated[float, Field(gt=0)]]
+    variants: list[Literal[VARIANTS]] = Field(min_length=1)
+    variant_tolerance: dict[Literal[tuple(v for v in VARIANTS if v != "fp32")], Annotated[float, Field(gt=0)]]
     attention_sum_tolerance: float = Field(gt=0)
     min_class_agreement: float = Field(ge=0, le=1)
     max_accuracy_drop: float = Field(default=0.005, ge=0, le=1)
@@ -390,26 +390,22 @@ def _data_tag(raw: Any) -> str | None:
 
 
 DataConfig = Annotated[
-    Union[
-        Annotated[PlantedStepData, Tag("planted_step")],
-        Annotated[PlantedRegionData, Tag("planted_region")],
-        Annotated[PlantedFeatureData, Tag("planted_feature")],
-        Annotated[FindMaxData, Tag("find_max")],
-        Annotated[AddTwoNumbersData, Tag("add_two_numbers")],
-        Annotated[UcrData, Tag("ucr")],
-        Annotated[TsFileData, Tag("ts_file")],
-    ],
+    Annotated[PlantedStepData, Tag("planted_step")]
+    | Annotated[PlantedRegionData, Tag("planted_region")]
+    | Annotated[PlantedFeatureData, Tag("planted_feature")]
+    | Annotated[FindMaxData, Tag("find_max")]
+    | Annotated[AddTwoNumbersData, Tag("add_two_numbers")]
+    | Annotated[UcrData, Tag("ucr")]
+    | Annotated[TsFileData, Tag("ts_file")],
     Discriminator(_data_tag),
 ]
 ModelConfig = Annotated[
-    Union[
-        RecurrentAttentionModel,
-        InputAttentionModel,
-        MultiHeadPoolingModel,
-        ConvAttentionModel,
-        MiniRocketModel,
-        FeatureAttentionModel,
-    ],
+    RecurrentAttentionModel
+    | InputAttentionModel
+    | MultiHeadPoolingModel
+    | ConvAttentionModel
+    | MiniRocketModel
+    | FeatureAttentionModel,
     Field(discriminator="name"),
 ]
 
@@ -427,8 +423,7 @@ class Config(_Strict):
     def _model_fits_data(self):
         if self.model.name == "feature_attention" and self.data.name not in VECTOR_TASKS:
             raise ValueError(
-                f"model feature_attention needs vector data {list(VECTOR_TASKS)}, "
-                f"got data.name={self.data.name!r}"
+                f"model feature_attention needs vector data {list(VECTOR_TASKS)}, got data.name={self.data.name!r}"
             )
         if self.model.name == "attention_before_lstm" and self.padded:
             raise ValueError(
@@ -463,7 +458,7 @@ class Config(_Strict):
 
     @property
     def task_type(self) -> str:
-        """"regression" (MAE, mean squared error), "binary" (accuracy, cross-entropy on one
+        """ "regression" (MAE, mean squared error), "binary" (accuracy, cross-entropy on one
         sigmoid) or "multiclass" (accuracy, cross-entropy on a softmax over the classes)."""
         if self.from_files:
             return "multiclass"

@@ -6,3 +6,8 @@ BATCH_DIM = "batch"
 TIME_DIM = "time"
 OPSET_MAX = 18  # tf2onnx 1.17 rejects opset 19
 PAD_VALUE = -1.0  # padded steps of variable-length sequences hold this on every feature
+# The scores of TemporalAttention (pipeline/models/layers.py). The recurrent models take any but
+# "mean"; the convolutional ones any but "last_state", and two pooling layers of their own.
+TEMPORAL_SCORES = ("location", "dot", "general", "additive", "scaled_dot", "last_state", "mean")
+# The ONNX variants the export stage can write (pipeline/variants.py); fp32 is models/model.onnx.
+VARIANTS = ("fp32", "fp16", "int8", "int8_qdq")

@@ -48,18 +48,25 @@ def triton_config(name: str, onnx_model: onnx.ModelProto, gpu: bool) -> str:
     outputs = {o.name: o for o in onnx_model.graph.output}
 
     def tensor(value_info) -> str:
-        return (f'  {{\n    name: "{value_info.name}"\n    data_type: TYPE_FP32\n'
-                f"    dims: [ {', '.join(str(d) for d in _dims(value_info))} ]\n  }}")
+        return (
+            f'  {{\n    name: "{value_info.name}"\n    data_type: TYPE_FP32\n'
+            f"    dims: [ {', '.join(str(d) for d in _dims(value_info))} ]\n  }}"
+        )
 
-    return "\n".join([
-        f'name: "{name}"',
-        'platform: "onnxruntime_onnx"',
-        f"max_batch_size: {TRITON_MAX_BATCH}",
-        "input [\n" + tensor(inputs[INPUT_NAME]) + "\n]",
-        "output [\n" + ",\n".join(tensor(outputs[n]) for n in OUTPUT_NAMES) + "\n]",
-        f"dynamic_batching {{\n  max_queue_delay_microseconds: {TRITON_QUEUE_DELAY_US}\n}}",
-        f"instance_group [\n  {{\n    kind: {'KIND_GPU' if gpu else 'KIND_CPU'}\n    count: 1\n  }}\n]",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                f'name: "{name}"',
+                'platform: "onnxruntime_onnx"',
+                f"max_batch_size: {TRITON_MAX_BATCH}",
+                "input [\n" + tensor(inputs[INPUT_NAME]) + "\n]",
+                "output [\n" + ",\n".join(tensor(outputs[n]) for n in OUTPUT_NAMES) + "\n]",
+                f"dynamic_batching {{\n  max_queue_delay_microseconds: {TRITON_QUEUE_DELAY_US}\n}}",
+                f"instance_group [\n  {{\n    kind: {'KIND_GPU' if gpu else 'KIND_CPU'}\n    count: 1\n  }}\n]",
+            ]
+        )
+        + "\n"
+    )
 
 
 def model_card(metadata: dict, variants: list[str], export_report: dict, metrics: dict) -> str:
@@ -94,7 +101,8 @@ def model_card(metadata: dict, variants: list[str], export_report: dict, metrics
             f" | {export_report[f'export/{variant}/attention_max_abs']:.2e}"
             f" | {export_report[f'export/{variant}/attention_sum_error']:.2e} | "
             f"{'' if agreement is None else f'{agreement:.2%}'} | "
-            f"{'' if drop is None else f'{100 * drop:.2f} points'} |")
+            f"{'' if drop is None else f'{100 * drop:.2f} points'} |"
+        )
     lines += [
         "",
         "fp32 runs anywhere; fp16 is for GPUs (CUDA or TensorRT); int8_qdq (static quantization) is for",
@@ -150,13 +158,16 @@ def main() -> None:
             (triton_model / "1").mkdir(parents=True)
             shutil.copyfile(stage.variant_file(variant), triton_model / "1" / "model.onnx")
             (triton_model / "config.pbtxt").write_text(
-                triton_config(f"attention_{variant}", models[variant], gpu=variant == "fp16"))
+                triton_config(f"attention_{variant}", models[variant], gpu=variant == "fp16")
+            )
         document = {
             "metadata": metadata,
             "input": {"name": INPUT_NAME, "dims": ["batch", *_dims(models["fp32"].graph.input[0])]},
             "outputs": {o.name: ["batch", *_dims(o)] for o in models["fp32"].graph.output},
-            "variants": {v: {k.split("/")[-1]: value for k, value in export_report.items()
-                             if k.startswith(f"export/{v}/")} for v in models},
+            "variants": {
+                v: {k.split("/")[-1]: value for k, value in export_report.items() if k.startswith(f"export/{v}/")}
+                for v in models
+            },
             "metrics": metrics,
         }
         (folder / "metadata.json").write_text(json.dumps(document, indent=2) + "\n")

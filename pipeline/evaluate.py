@@ -29,8 +29,13 @@ from pipeline.prepare import load_split
 
 HEATMAP_ROWS = 40
 # The figures the stage's summary line shows, where the task has them (all are in metrics.json)
-HEADLINE_METRICS = ("test/accuracy", "test/mae", "attention/argmax_hit", "faithfulness/deletion_aopc_gain",
-                    "faithfulness/uniform_drop")
+HEADLINE_METRICS = (
+    "test/accuracy",
+    "test/mae",
+    "attention/argmax_hit",
+    "faithfulness/deletion_aopc_gain",
+    "faithfulness/uniform_drop",
+)
 
 
 def write_attention_csv(attention: np.ndarray, targets: list[int], path=stage.ATTENTION_CSV) -> None:
@@ -44,7 +49,10 @@ def write_attention_csv(attention: np.ndarray, targets: list[int], path=stage.AT
 
 
 def write_predictions_csv(
-    task_type: str, prediction: np.ndarray, y: np.ndarray, labels: list[str] | None,
+    task_type: str,
+    prediction: np.ndarray,
+    y: np.ndarray,
+    labels: list[str] | None,
     path=stage.PREDICTIONS_CSV,
 ) -> None:
     """One row per test sample: actual and predicted class label (value, for regression)."""
@@ -69,9 +77,7 @@ def plot_attention(
     import matplotlib.pyplot as plt
 
     rows = attention[:HEATMAP_ROWS]
-    fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(8, 7), gridspec_kw={"height_ratios": [3, 1]}, sharex=True
-    )
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     image = top.imshow(rows, aspect="auto", cmap="viridis", interpolation="nearest")
     fig.colorbar(image, ax=[top, bottom], label="attention weight")
     top.set_ylabel("test sample")
@@ -107,8 +113,11 @@ def plot_curves(rows: list[dict], score_name: str, title: str, path=stage.DELETI
 
     sizes = [row["size"] for row in rows]
     fig, axis = plt.subplots(figsize=(7, 4))
-    for key, label in (("attended", "delete top-k attended"), ("random", "delete k random"),
-                       ("kept", "keep only top-k attended")):
+    for key, label in (
+        ("attended", "delete top-k attended"),
+        ("random", "delete k random"),
+        ("kept", "keep only top-k attended"),
+    ):
         axis.plot(sizes, [row[key] for row in rows], marker="o", label=label)
     axis.set_xlabel("k (positions; pct: of each sample's valid positions)")
     axis.set_ylabel(f"test {score_name}")
@@ -119,28 +128,50 @@ def plot_curves(rows: list[dict], score_name: str, title: str, path=stage.DELETI
     plt.close(fig)
 
 
-def measure_faithfulness(cfg, meta: dict, onnx_model: OnnxModel, test, train_x: np.ndarray,
-                         ) -> tuple[dict[str, float], list[dict]]:
+def measure_faithfulness(
+    cfg,
+    meta: dict,
+    onnx_model: OnnxModel,
+    test,
+    train_x: np.ndarray,
+) -> tuple[dict[str, float], list[dict]]:
     """faithfulness/* metrics and curve rows on the first evaluate.samples test samples, deleting
     positions with the evaluate.baseline value (its mean: over train_x [n, ...])."""
     settings = cfg.evaluate
     if settings.baseline == "pad" and not meta["padded"]:
-        raise StageFailed(f"evaluate.baseline=pad: the data of {cfg.data.name!r} is fixed-length, so the "
-                          "model has no padding mask to delete a position with; use mean or zero")
+        raise StageFailed(
+            f"evaluate.baseline=pad: the data of {cfg.data.name!r} is fixed-length, so the "
+            "model has no padding mask to delete a position with; use mean or zero"
+        )
     values = baseline_values(settings.baseline, train_x)
     x, y = test.x[: settings.samples], test.y[: settings.samples]
     metrics, rows = faithfulness_metrics(
-        onnx_model.run, meta["task_type"], x, y, values, fractions=settings.fractions,
-        random_draws=settings.random_draws, segments=settings.occlusion_segments,
-        occlusion_samples=settings.occlusion_samples, seed=cfg.seed)
+        onnx_model.run,
+        meta["task_type"],
+        x,
+        y,
+        values,
+        fractions=settings.fractions,
+        random_draws=settings.random_draws,
+        segments=settings.occlusion_segments,
+        occlusion_samples=settings.occlusion_samples,
+        seed=cfg.seed,
+    )
     return metrics, rows
 
 
 SERIES_GROUPS, SERIES_EXAMPLES = 6, 3
 
 
-def plot_attention_on_series(x: np.ndarray, y: np.ndarray, attention: np.ndarray, task_type: str,
-                             labels: list[str] | None, title: str, path=stage.ATTENTION_SERIES_PNG) -> None:
+def plot_attention_on_series(
+    x: np.ndarray,
+    y: np.ndarray,
+    attention: np.ndarray,
+    task_type: str,
+    labels: list[str] | None,
+    title: str,
+    path=stage.ATTENTION_SERIES_PNG,
+) -> None:
     """The attention drawn on the inputs, one row per class (the first SERIES_GROUPS; one row
     for regression): left, the class-mean series (every channel) over the class-mean attention
     as a red band; right, the first SERIES_EXAMPLES test samples of the class, each point
@@ -159,8 +190,9 @@ def plot_attention_on_series(x: np.ndarray, y: np.ndarray, attention: np.ndarray
         names = labels or ["0", "1"]
         groups = [(f"class {names[c]}", np.flatnonzero(y[:, 0] == c)) for c in np.unique(y[:, 0]).astype(int)]
     groups = [(name, rows) for name, rows in groups if len(rows)][:SERIES_GROUPS]
-    fig, axes = plt.subplots(len(groups), 1 + SERIES_EXAMPLES, figsize=(4 * (1 + SERIES_EXAMPLES), 2.4 * len(groups)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(groups), 1 + SERIES_EXAMPLES, figsize=(4 * (1 + SERIES_EXAMPLES), 2.4 * len(groups)), squeeze=False
+    )
     steps = np.arange(series.shape[1])
     for (name, rows), row_axes in zip(groups, axes):
         mean_axis = row_axes[0]
@@ -172,10 +204,17 @@ def plot_attention_on_series(x: np.ndarray, y: np.ndarray, attention: np.ndarray
         for axis, sample in zip(row_axes[1:], rows[:SERIES_EXAMPLES]):
             for channel in range(series.shape[2]):
                 axis.plot(steps, series[sample, :, channel], color="0.75", linewidth=0.8)
-                axis.scatter(steps, series[sample, :, channel], c=attention[sample], cmap="viridis", s=6,
-                             vmin=0, vmax=attention[sample].max() or 1)
+                axis.scatter(
+                    steps,
+                    series[sample, :, channel],
+                    c=attention[sample],
+                    cmap="viridis",
+                    s=6,
+                    vmin=0,
+                    vmax=attention[sample].max() or 1,
+                )
             axis.set_title(f"test sample {sample}", fontsize=9)
-        for axis in row_axes[1 + len(rows[:SERIES_EXAMPLES]):]:
+        for axis in row_axes[1 + len(rows[:SERIES_EXAMPLES]) :]:
             axis.axis("off")
     fig.suptitle(f"{title} (red band: mean attention; points: colour = weight)")
     fig.tight_layout()
@@ -189,10 +228,14 @@ def uniform_ablation(metrics: dict[str, float], uniform: dict[str, float]) -> di
     uniform-attention ablation; faithfulness/uniform_drop: how much worse it is than the model
     (accuracy lost, or MAE gained)."""
     if "test/accuracy" in metrics:
-        return {"faithfulness/uniform_score": uniform["test/accuracy"],
-                "faithfulness/uniform_drop": metrics["test/accuracy"] - uniform["test/accuracy"]}
-    return {"faithfulness/uniform_score": uniform["test/mae"],
-            "faithfulness/uniform_drop": uniform["test/mae"] - metrics["test/mae"]}
+        return {
+            "faithfulness/uniform_score": uniform["test/accuracy"],
+            "faithfulness/uniform_drop": metrics["test/accuracy"] - uniform["test/accuracy"],
+        }
+    return {
+        "faithfulness/uniform_score": uniform["test/mae"],
+        "faithfulness/uniform_drop": uniform["test/mae"] - metrics["test/mae"],
+    }
 
 
 def main() -> None:
@@ -213,8 +256,11 @@ def main() -> None:
     metrics.update(faithfulness)
     metrics.update(uniform_ablation(metrics, uniform))
     write_curves_csv(curves)
-    plot_curves(curves, Task(meta["task_type"], test.y).score_name,
-                f"{cfg.model.name} on {cfg.data.name}: deletion by attention")
+    plot_curves(
+        curves,
+        Task(meta["task_type"], test.y).score_name,
+        f"{cfg.model.name} on {cfg.data.name}: deletion by attention",
+    )
     targets = meta["target_positions"]
     write_attention_csv(outputs["attention"], targets)
     write_predictions_csv(meta["task_type"], outputs["prediction"], test.y, meta.get("labels"))
@@ -224,22 +270,37 @@ def main() -> None:
         meta["attention_axis"],
         f"{cfg.model.name} on {cfg.data.name}: attention on the test set",
     )
-    plot_attention_on_series(test.x, test.y, outputs["attention"], meta["task_type"], meta.get("labels"),
-                             f"{cfg.model.name} on {cfg.data.name}")
+    plot_attention_on_series(
+        test.x,
+        test.y,
+        outputs["attention"],
+        meta["task_type"],
+        meta.get("labels"),
+        f"{cfg.model.name} on {cfg.data.name}",
+    )
     stage.write_json(stage.METRICS_FILE, metrics)
     with tracking.resume_pipeline_run(cfg) as run_id:
         tracking.log_metrics(metrics)
         tracking.log_artifacts(
-            [stage.METRICS_FILE, stage.ATTENTION_CSV, stage.ATTENTION_PNG, stage.PREDICTIONS_CSV,
-             stage.DELETION_CSV, stage.DELETION_PNG, stage.ATTENTION_SERIES_PNG],
+            [
+                stage.METRICS_FILE,
+                stage.ATTENTION_CSV,
+                stage.ATTENTION_PNG,
+                stage.PREDICTIONS_CSV,
+                stage.DELETION_CSV,
+                stage.DELETION_PNG,
+                stage.ATTENTION_SERIES_PNG,
+            ],
             artifact_path="reports",
         )
         # export passed every variant's gate, or it would have failed: register the model
         version = tracking.register_candidate(run_id, cfg.mlflow.registered_model)
     headline = ", ".join(f"{k} {metrics[k]:.4f}" for k in HEADLINE_METRICS if k in metrics)
-    registered = (f"registered {cfg.mlflow.registered_model} version {version} as @{tracking.CANDIDATE}"
-                  if version is not None else
-                  f"{cfg.mlflow.registered_model} to be registered by `python -m pipeline.sync` (run recorded offline)")
+    registered = (
+        f"registered {cfg.mlflow.registered_model} version {version} as @{tracking.CANDIDATE}"
+        if version is not None
+        else f"{cfg.mlflow.registered_model} to be registered by `python -m pipeline.sync` (run recorded offline)"
+    )
     print(f"evaluated: {headline} ({len(metrics)} metrics in {stage.METRICS_FILE}); {registered}")
 
 

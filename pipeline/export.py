@@ -4,11 +4,12 @@
 
 Outputs: models/model.onnx (fp32; input `x`, outputs `prediction` and `attention`, dynamic `batch`
 and, for sequence models, `time`), models/variants/model_<fp16|int8|int8_qdq>.onnx (the other
-`export.variants`) with variants.json naming each variant's file, models/uniform_attention.onnx (the uniform-attention ablation of the same
-weights, which evaluate scores; never deployed) and reports/export.json. Every variant carries
-the same metadata (task, model, MLflow run id, config digest, labels, preprocessing, input
-layout, opset, package versions) and must pass its gate against Keras on held-out inputs
-(pipeline/variants.py); if one misses, the stage fails and writes nothing.
+`export.variants`) with variants.json naming each variant's file, models/uniform_attention.onnx
+(the uniform-attention ablation of the same weights, which evaluate scores; never deployed) and
+reports/export.json. Every variant carries the same metadata (task, model, MLflow run id, config
+digest, labels, preprocessing, input layout, opset, package versions) and must pass its gate
+against Keras on held-out inputs (pipeline/variants.py); if one misses, the stage fails and writes
+nothing.
 """
 
 from __future__ import annotations
@@ -92,8 +93,11 @@ def _drop_zero_initial_states(onnx_model: onnx.ModelProto) -> None:
             source = producers.get(node.input[index])
             while source is not None and source.op_type in ("Unsqueeze", "Identity", "Cast"):
                 source = producers.get(source.input[0])
-            if source is not None and source.op_type == "Expand" and \
-                    _is_zero_constant(source.input[0], producers, initializers):
+            if (
+                source is not None
+                and source.op_type == "Expand"
+                and _is_zero_constant(source.input[0], producers, initializers)
+            ):
                 node.input[index] = ""
     _prune_unused(graph)
 
@@ -126,8 +130,10 @@ def _relu_before_squeeze(onnx_model: onnx.ModelProto) -> None:
         return
     initializers = {i.name: i for i in graph.initializer}
     graph_outputs = {o.name for o in graph.output}
-    ranks = {info.name: len(info.type.tensor_type.shape.dim)
-             for info in onnx.shape_inference.infer_shapes(onnx_model).graph.value_info}
+    ranks = {
+        info.name: len(info.type.tensor_type.shape.dim)
+        for info in onnx.shape_inference.infer_shapes(onnx_model).graph.value_info
+    }
     readers = _readers(graph)
 
     axes = functools.partial(_constant_axes, initializers=initializers)
@@ -172,11 +178,14 @@ def _relu_before_squeeze(onnx_model: onnx.ModelProto) -> None:
             elif reader.op_type == "Add" and (constant := constant_before_squeeze(reader, squeeze)) is not None:
                 squeeze = swap(squeeze, reader, [squeeze.input[0], constant])
             else:
-                if reader.op_type == "Unsqueeze" and reader.output[0] not in graph_outputs \
-                        and axes(squeeze) is not None and axes(squeeze) == axes(reader):
+                if (
+                    reader.op_type == "Unsqueeze"
+                    and reader.output[0] not in graph_outputs
+                    and axes(squeeze) is not None
+                    and axes(squeeze) == axes(reader)
+                ):
                     for node in readers.pop(reader.output[0], []):  # both left to _prune_unused
-                        node.input[:] = [squeeze.input[0] if name == reader.output[0] else name
-                                         for name in node.input]
+                        node.input[:] = [squeeze.input[0] if name == reader.output[0] else name for name in node.input]
                     _drop_value_info(graph, {squeeze.output[0], reader.output[0]})
                 break
     _prune_unused(graph)
@@ -192,8 +201,10 @@ def _padding_mask_in_conv_layout(onnx_model: onnx.ModelProto) -> None:
     graph = onnx_model.graph
     initializers = {i.name: i for i in graph.initializer}
     graph_outputs = {o.name for o in graph.output}
-    shapes = {info.name: [d.dim_value or d.dim_param for d in info.type.tensor_type.shape.dim]
-              for info in onnx.shape_inference.infer_shapes(onnx_model).graph.value_info}
+    shapes = {
+        info.name: [d.dim_value or d.dim_param for d in info.type.tensor_type.shape.dim]
+        for info in onnx.shape_inference.infer_shapes(onnx_model).graph.value_info
+    }
     producers = {name: node for node in graph.node for name in node.output}
     readers = _readers(graph)
 
@@ -217,7 +228,7 @@ def _padding_mask_in_conv_layout(onnx_model: onnx.ModelProto) -> None:
         out = [(name, sole_producer(name, "Transpose")) for name in mul.input]
         out = [(name, node) for name, node in out if node is not None and attribute(node, "perm") == (0, 2, 1)]
         squeeze = len(out) == 1 and sole_producer(out[0][1].input[0], "Squeeze")
-        mask = [name for name in mul.input if name != out[0][0]][0] if out else None
+        mask = next(name for name in mul.input if name != out[0][0]) if out else None
         if not squeeze or axes(squeeze) != (2,) or len(shapes.get(mask, [])) != 3 or shapes[mask][2] != 1:
             continue
         if mask not in masks_in_conv_layout:
@@ -225,12 +236,18 @@ def _padding_mask_in_conv_layout(onnx_model: onnx.ModelProto) -> None:
             axes_name = f"{mask}/conv_layout_axes"
             graph.initializer.append(onnx.numpy_helper.from_array(np.array([2], np.int64), axes_name))
             position = list(graph.node).index(producers[mask]) + 1 if mask in producers else 0
-            graph.node.insert(position, onnx.helper.make_node(
-                "Unsqueeze", [f"{mask}/time_last", axes_name], [masks_in_conv_layout[mask]]))
-            graph.node.insert(position, onnx.helper.make_node(
-                "Transpose", [mask], [f"{mask}/time_last"], perm=[0, 2, 1]))
-        back.CopyFrom(onnx.helper.make_node("Mul", [squeeze.input[0], masks_in_conv_layout[mask]], list(back.output),
-                                            name=f"{mul.name}/conv_layout"))
+            graph.node.insert(
+                position,
+                onnx.helper.make_node("Unsqueeze", [f"{mask}/time_last", axes_name], [masks_in_conv_layout[mask]]),
+            )
+            graph.node.insert(
+                position, onnx.helper.make_node("Transpose", [mask], [f"{mask}/time_last"], perm=[0, 2, 1])
+            )
+        back.CopyFrom(
+            onnx.helper.make_node(
+                "Mul", [squeeze.input[0], masks_in_conv_layout[mask]], list(back.output), name=f"{mul.name}/conv_layout"
+            )
+        )
         _drop_value_info(graph, {squeeze.output[0], out[0][0], mul.output[0], unsqueeze.output[0]})
     _prune_unused(graph)
 
@@ -259,8 +276,7 @@ def _prune_unused(graph: onnx.GraphProto) -> None:
         graph.initializer.remove(initializer)
 
 
-def to_onnx(model, opset: int, metadata: dict[str, str] | None = None,
-            fuse_blocks: bool = True) -> onnx.ModelProto:
+def to_onnx(model, opset: int, metadata: dict[str, str] | None = None, fuse_blocks: bool = True) -> onnx.ModelProto:
     """Convert a two-output Keras model to a checked ONNX model that follows the contract. With
     `fuse_blocks` (always, but for the benchmark's comparison) a convolutional encoder's
     BatchNormalization is folded into its convolutions, bias and ReLU moved next to them, and the
@@ -313,10 +329,15 @@ def model_metadata(cfg, meta: dict, run_id: str) -> dict[str, str]:
         "pad_value": PAD_VALUE if meta["padded"] else "none",
         "opset": cfg.export.opset,
         "precision": "fp32",
-        "versions": json.dumps({
-            "tensorflow": tf.__version__, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__,
-            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-        }),
+        "versions": json.dumps(
+            {
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "tf2onnx": tf2onnx.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__,
+            }
+        ),
     }
 
 
@@ -328,32 +349,40 @@ def main() -> None:
     run_id = stage.read_json(stage.MLFLOW_RUN_FILE)["run_id"]
     metadata = model_metadata(cfg, meta, run_id)
     fp32_model = to_onnx(model, cfg.export.opset, metadata)
-    uniform_model = to_onnx(uniform_attention_copy(model), cfg.export.opset,
-                            {**metadata, "ablation": "uniform attention"})
+    uniform_model = to_onnx(
+        uniform_attention_copy(model), cfg.export.opset, {**metadata, "ablation": "uniform attention"}
+    )
     x_check, y_check = test.x[: cfg.export.parity_samples], test.y[: cfg.export.parity_samples]
     labels = None if meta["task_type"] == "regression" else y_check
     keras_out = model.predict(x_check, batch_size=1024, verbose=0)
-    calibration = (load_split("train").x[: cfg.export.quantization.calibration_series]
-                   if "int8_qdq" in cfg.export.variants else None)
+    calibration = (
+        load_split("train").x[: cfg.export.quantization.calibration_series]
+        if "int8_qdq" in cfg.export.variants
+        else None
+    )
     variants, runtimes, report, failures = {}, {}, {}, []
     own_tolerance = getattr(cfg.model, "parity_tolerance", None)
     own_tolerance = own_tolerance and ("model.parity_tolerance", own_tolerance)
     for variant in cfg.export.variants:
+
         def check(candidate, variant=variant) -> list[str]:
             runtimes[variant] = OnnxModel(candidate.SerializeToString())
             figures = gate_report(variant, meta["task_type"], keras_out, runtimes[variant].run(x_check), labels)
             report.update(figures)
             return gate_failures(variant, figures, cfg.export, own_tolerance)
 
-        variants[variant], problems = gated_variant(fp32_model, variant, check, calibration=calibration,
-                                                    quantization=cfg.export.quantization)
+        variants[variant], problems = gated_variant(
+            fp32_model, variant, check, calibration=calibration, quantization=cfg.export.quantization
+        )
         if variant == "fp16":  # 1: the recurrent layers stayed float32 to pass the gate
             report["export/fp16/recurrent_float32"] = int(
-                any(p.key == "float32_ops" for p in variants[variant].metadata_props))
+                any(p.key == "float32_ops" for p in variants[variant].metadata_props)
+            )
         failures += [f"{variant}: {problem}" for problem in problems]
     if failures:
         raise stage.StageFailed(
-            "ONNX parity failed:\n  - " + "\n  - ".join(failures)
+            "ONNX parity failed:\n  - "
+            + "\n  - ".join(failures)
             + f"\n{stage.ONNX_MODEL} and {stage.VARIANTS_DIR} left unchanged"
         )
     worst = max(report["export/fp32/prediction_max_abs"], report["export/fp32/attention_max_abs"])
@@ -372,22 +401,29 @@ def main() -> None:
         for variant, onnx_model in variants.items():
             if variant != "fp32":
                 onnx.save(onnx_model, folder / stage.variant_file(variant).name)
-        stage.write_json(folder / stage.VARIANTS_MANIFEST.name,
-                         {v: str(stage.variant_file(v)) for v in variants})
+        stage.write_json(folder / stage.VARIANTS_MANIFEST.name, {v: str(stage.variant_file(v)) for v in variants})
     stage.write_json(stage.EXPORT_REPORT, report)
     with tracking.resume_pipeline_run(cfg):
         tracking.log_params(flatten({"export": cfg.section("export")}))
-        tracking.log_metrics({k: v for k, v in report.items() if k.startswith("export/") and
-                              not k.endswith(("/bytes", "parity_samples", "opset"))})
+        tracking.log_metrics(
+            {
+                k: v
+                for k, v in report.items()
+                if k.startswith("export/") and not k.endswith(("/bytes", "parity_samples", "opset"))
+            }
+        )
         example = x_check[:2]
         tracking.log_onnx_model(fp32_model, example, runtimes["fp32"].run(example))
-        tracking.log_artifacts(
-            [stage.variant_file(v) for v in variants if v != "fp32"], artifact_path="onnx_variants"
-        )
+        tracking.log_artifacts([stage.variant_file(v) for v in variants if v != "fp32"], artifact_path="onnx_variants")
         tracking.log_artifacts([stage.UNIFORM_ONNX], artifact_path="ablations")
-    print(f"exported {', '.join(variants)}; largest difference from Keras on {len(x_check)} test samples: "
-          + "; ".join(f"{v} prediction {report[f'export/{v}/prediction_max_abs']:.2e}, "
-                      f"attention {report[f'export/{v}/attention_max_abs']:.2e}" for v in variants))
+    print(
+        f"exported {', '.join(variants)}; largest difference from Keras on {len(x_check)} test samples: "
+        + "; ".join(
+            f"{v} prediction {report[f'export/{v}/prediction_max_abs']:.2e}, "
+            f"attention {report[f'export/{v}/attention_max_abs']:.2e}"
+            for v in variants
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ Attention weights are compared to WEIGHT_DECIMALS: ties (a uniform attention) br
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -129,8 +129,9 @@ def curve_sizes(lengths: np.ndarray, fractions: list[float]) -> dict[str, np.nda
     return sizes
 
 
-def occlusion_spearman(model: Model, task: Task, x: np.ndarray, attention: np.ndarray, values: np.ndarray,
-                       segments: int) -> float:
+def occlusion_spearman(
+    model: Model, task: Task, x: np.ndarray, attention: np.ndarray, values: np.ndarray, segments: int
+) -> float:
     """Mean over samples of Spearman's rho between attention and occlusion drop per position (or
     per window, for inputs of more than `segments` valid positions); samples whose attention or
     drop is constant over their positions are left out (rho undefined). nan if none is left."""
@@ -159,8 +160,17 @@ def occlusion_spearman(model: Model, task: Task, x: np.ndarray, attention: np.nd
 
 
 def faithfulness_metrics(
-    model: Model, task_type: str, x: np.ndarray, y: np.ndarray, values: np.ndarray, *,
-    fractions: list[float], random_draws: int, segments: int, occlusion_samples: int, seed: int,
+    model: Model,
+    task_type: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    values: np.ndarray,
+    *,
+    fractions: list[float],
+    random_draws: int,
+    segments: int,
+    occlusion_samples: int,
+    seed: int,
 ) -> tuple[dict[str, float], list[dict]]:
     """(metrics, curve rows) of the module docstring for x [n, ...] with targets y [n, 1]; the
     occlusion correlation is measured on the first `occlusion_samples` samples.
@@ -187,9 +197,16 @@ def faithfulness_metrics(
         attended, attended_drop = scored(attended_rank < k[:, None])
         random = [scored(rank < k[:, None]) for rank in random_ranks]
         kept, _ = scored(valid & (attended_rank >= k[:, None]))
-        rows.append({"size": size, "attended": attended, "random": float(np.mean([r[0] for r in random])),
-                     "kept": kept, "attended_drop": attended_drop,
-                     "random_drop": float(np.mean([r[1] for r in random]))})
+        rows.append(
+            {
+                "size": size,
+                "attended": attended,
+                "random": float(np.mean([r[0] for r in random])),
+                "kept": kept,
+                "attended_drop": attended_drop,
+                "random_drop": float(np.mean([r[1] for r in random])),
+            }
+        )
     aopc = float(np.mean([r["attended_drop"] for r in rows]))
     aopc_random = float(np.mean([r["random_drop"] for r in rows]))
     metrics = {
@@ -200,7 +217,12 @@ def faithfulness_metrics(
         "faithfulness/deletion_aopc_gain": aopc - aopc_random,
         **{f"faithfulness/sufficiency_top{r['size']}": r["kept"] for r in rows},
         "faithfulness/occlusion_spearman": occlusion_spearman(
-            model, Task(task_type, y[:occlusion_samples]), x[:occlusion_samples], attention[:occlusion_samples],
-            values, segments),
+            model,
+            Task(task_type, y[:occlusion_samples]),
+            x[:occlusion_samples],
+            attention[:occlusion_samples],
+            values,
+            segments,
+        ),
     }
     return {k: v for k, v in metrics.items() if np.isfinite(v)}, rows

@@ -1,10 +1,10 @@
 """Run an exported ONNX model with ONNX Runtime (no TensorFlow import).
 
-    model = OnnxModel("models/model.onnx")
-    outputs = model.run(x)            # {"prediction": [batch, 1], "attention": [batch, positions]}
+model = OnnxModel("models/model.onnx")
+outputs = model.run(x)            # {"prediction": [batch, 1], "attention": [batch, positions]}
 
-    predictor = Predictor("models/model.onnx")     # checked inputs, labels, chosen providers
-    result = predictor.predict(x)
+predictor = Predictor("models/model.onnx")     # checked inputs, labels, chosen providers
+result = predictor.predict(x)
 """
 
 from __future__ import annotations
@@ -57,8 +57,11 @@ def check_operator_domains(model: str | Path | bytes) -> None:
 
     label = "ONNX model" if isinstance(model, bytes) else str(model)
     try:
-        proto = (onnx.load_model_from_string(model) if isinstance(model, bytes)
-                 else onnx.load_model(str(model), load_external_data=False))
+        proto = (
+            onnx.load_model_from_string(model)
+            if isinstance(model, bytes)
+            else onnx.load_model(str(model), load_external_data=False)
+        )
     except Exception as err:  # not a protobuf ONNX model at all
         raise UnsafeModel(f"{label}: not a readable ONNX model ({err})") from None
     local_functions = {(f.domain, f.name) for f in proto.functions}
@@ -75,22 +78,30 @@ def check_operator_domains(model: str | Path | bytes) -> None:
     nodes = [n for g in graphs(proto.graph) for n in g.node] + [n for f in proto.functions for n in f.node]
     for node in nodes:
         if node.domain not in ALLOWED_DOMAINS and (node.domain, node.op_type) not in local_functions:
-            raise UnsafeModel(f"{label}: refused: operator {node.op_type!r} of domain {node.domain!r} "
-                              f"is outside the standard ONNX domains (ai.onnx, ai.onnx.ml) and ONNX Runtime's "
-                              "built-in com.microsoft")
+            raise UnsafeModel(
+                f"{label}: refused: operator {node.op_type!r} of domain {node.domain!r} "
+                f"is outside the standard ONNX domains (ai.onnx, ai.onnx.ml) and ONNX Runtime's "
+                "built-in com.microsoft"
+            )
     for opset in proto.opset_import:
         if opset.domain not in ALLOWED_DOMAINS and opset.domain not in {d for d, _ in local_functions}:
-            raise UnsafeModel(f"{label}: refused: it imports the operator set {opset.domain!r}, "
-                              "outside the standard ONNX domains (ai.onnx, ai.onnx.ml) and ONNX Runtime's built-in "
-                              "com.microsoft")
+            raise UnsafeModel(
+                f"{label}: refused: it imports the operator set {opset.domain!r}, "
+                "outside the standard ONNX domains (ai.onnx, ai.onnx.ml) and ONNX Runtime's built-in "
+                "com.microsoft"
+            )
 
 
 class OnnxModel:
     """An ONNX Runtime session bound to the pipeline's contract: input `x`, named outputs. Models
     with operators outside the standard domains are refused (UnsafeModel)."""
 
-    def __init__(self, model: str | Path | bytes, providers: tuple[str, ...] = ("CPUExecutionProvider",),
-                 options: ort.SessionOptions | None = None):
+    def __init__(
+        self,
+        model: str | Path | bytes,
+        providers: tuple[str, ...] = ("CPUExecutionProvider",),
+        options: ort.SessionOptions | None = None,
+    ):
         check_operator_domains(model)
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, options, providers=list(providers))
@@ -132,8 +143,11 @@ GRAPH_OPTIMIZATION = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                    "tensorrt": "TensorrtExecutionProvider"}
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
 
 
 def usable_cpus() -> int:
@@ -173,8 +187,14 @@ class Predictor:
         graph_optimization: "disabled", "basic", "extended" or "all".
     """
 
-    def __init__(self, model, providers=("cpu",), allow_cpu_fallback: bool = False,
-                 intra_op_threads: int | None = None, graph_optimization: str = "all"):
+    def __init__(
+        self,
+        model,
+        providers=("cpu",),
+        allow_cpu_fallback: bool = False,
+        intra_op_threads: int | None = None,
+        graph_optimization: str = "all",
+    ):
         requested = [PROVIDER_ALIASES.get(p.lower(), p) for p in providers]
         available = ort.get_available_providers()
         missing = [p for p in requested if p not in available]

@@ -47,9 +47,14 @@ def start_service(model: Path, port: int, *options: str, cwd=None, env=None) -> 
     once /health answers; StageFailed with the service's output if it exits or stays silent."""
     import urllib.request
 
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.serve", "--model", str(model), "--port", str(port),
-                                *options], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.serve", "--model", str(model), "--port", str(port), *options],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -69,9 +74,14 @@ def infer_body(x: np.ndarray, binary: bool) -> tuple[bytes, dict[str, str]]:
     tensor = {"name": INPUT_NAME, "shape": list(x.shape), "datatype": "FP32"}
     if not binary:
         return orjson.dumps({"inputs": [{**tensor, "data": x.ravel()}]}, option=orjson.OPT_SERIALIZE_NUMPY), {
-            "Content-Type": "application/json"}
-    header = orjson.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": x.nbytes}}],
-                           "parameters": {"binary_data_output": True}})
+            "Content-Type": "application/json"
+        }
+    header = orjson.dumps(
+        {
+            "inputs": [{**tensor, "parameters": {"binary_data_size": x.nbytes}}],
+            "parameters": {"binary_data_output": True},
+        }
+    )
     return header + x.tobytes(), {"Content-Type": oip.BINARY_CONTENT_TYPE, oip.BINARY_HEADER: str(len(header))}
 
 
@@ -97,12 +107,21 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
     if not seconds:
         return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
     values = 1000 * np.asarray(seconds)
-    return {"p50_ms": float(np.percentile(values, 50)), "p99_ms": float(np.percentile(values, 99)),
-            "max_ms": float(values.max())}
+    return {
+        "p50_ms": float(np.percentile(values, 50)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "max_ms": float(values.max()),
+    }
 
 
-async def load(base_url: str, requests: list[tuple[str, bytes, dict]], connections: int, seconds: float | None = None,
-               total: int | None = None, batch: int = 1) -> dict:
+async def load(
+    base_url: str,
+    requests: list[tuple[str, bytes, dict]],
+    connections: int,
+    seconds: float | None = None,
+    total: int | None = None,
+    batch: int = 1,
+) -> dict:
     """`connections` clients send `requests` (path, body, headers) round robin, for `seconds` or
     until `total` are sent: answered requests/s and samples/s (status 200, `batch` samples
     each), latencies of the 200s, and every status."""
@@ -117,8 +136,10 @@ async def load(base_url: str, requests: list[tuple[str, bytes, dict]], connectio
     def more() -> bool:
         return loop.time() < deadline and (total is None or sent < total)
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections + 1),
-                                     timeout=aiohttp.ClientTimeout(total=120)) as session:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=connections + 1), timeout=aiohttp.ClientTimeout(total=120)
+    ) as session:
+
         async def client():
             nonlocal sent
             while more():
@@ -141,10 +162,16 @@ async def load(base_url: str, requests: list[tuple[str, bytes, dict]], connectio
         await asyncio.gather(*[client() for _ in range(connections)])
         elapsed = loop.time() - started
     answered = statuses[200]
-    return {"connections": connections, "batch": batch, "seconds": round(elapsed, 2),
-            "requests_per_s": answered / elapsed, "samples_per_s": answered * batch / elapsed,
-            "latency": _percentiles(latencies), "statuses": {str(k): v for k, v in sorted(statuses.items())},
-            "client_errors": dict(errors)}
+    return {
+        "connections": connections,
+        "batch": batch,
+        "seconds": round(elapsed, 2),
+        "requests_per_s": answered / elapsed,
+        "samples_per_s": answered * batch / elapsed,
+        "latency": _percentiles(latencies),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "client_errors": dict(errors),
+    }
 
 
 def _probe_health(url: str, stop, results) -> None:
@@ -199,12 +226,21 @@ def soak_requests(x: np.ndarray, path: str) -> list[tuple[str, bytes, dict]]:
     """A mix of 10 requests, 7 good and 3 bad: JSON and binary at batch 1 and 16; /predict; not
     JSON; a wrong shape; an unknown model."""
     one, sixteen = x[:1], np.resize(x, (16, *x.shape[1:])).astype(np.float32)
-    good = [(path, *infer_body(one, False)), (path, *infer_body(one, True)), (path, *infer_body(sixteen, True)),
-            (path, *infer_body(sixteen, False)), ("/predict", orjson.dumps({"inputs": one.tolist()}), {}),
-            (path, *infer_body(one, True)), (path, *infer_body(one, False))]
+    good = [
+        (path, *infer_body(one, False)),
+        (path, *infer_body(one, True)),
+        (path, *infer_body(sixteen, True)),
+        (path, *infer_body(sixteen, False)),
+        ("/predict", orjson.dumps({"inputs": one.tolist()}), {}),
+        (path, *infer_body(one, True)),
+        (path, *infer_body(one, False)),
+    ]
     wrong_shape = orjson.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]})
-    bad = [(path, b"{not json", {}), (path, wrong_shape, {}),
-           ("/v2/models/nobody/infer", infer_body(one, False)[0], {})]
+    bad = [
+        (path, b"{not json", {}),
+        (path, wrong_shape, {}),
+        ("/v2/models/nobody/infer", infer_body(one, False)[0], {}),
+    ]
     return good[:4] + bad[:1] + good[4:6] + bad[1:] + good[6:]
 
 
@@ -230,17 +266,26 @@ def serving_figures(model: Path, connections: int, seconds: float, soak_total: i
                 body, headers = infer_body(inputs, encoding == "binary")
                 key = f"http_{encoding}_batch{batch}"
                 results[key], results[key]["health_latency_under_load"] = with_health_probe(
-                    base_url + "/health", lambda: asyncio.run(load(base_url, [(path, body, headers)], connections,
-                                                                   seconds, batch=batch)))
+                    base_url + "/health",
+                    lambda body=body, headers=headers, batch=batch: asyncio.run(
+                        load(base_url, [(path, body, headers)], connections, seconds, batch=batch)
+                    ),
+                )
         mix = soak_requests(x, path)
         asyncio.run(load(base_url, mix, connections, total=2000))  # warm-up
         rss_warm = server.memory_info().rss
         soak = asyncio.run(load(base_url, mix, connections, total=soak_total))
         rss_end = server.memory_info().rss
-        results["soak"] = {"requests": soak_total, "statuses": soak["statuses"], "client_errors": soak["client_errors"],
-                           "seconds": soak["seconds"], "rss_start_mb": rss_start / 2**20,
-                           "rss_after_warmup_mb": rss_warm / 2**20, "rss_end_mb": rss_end / 2**20,
-                           "rss_growth_after_warmup": rss_end / rss_warm - 1}
+        results["soak"] = {
+            "requests": soak_total,
+            "statuses": soak["statuses"],
+            "client_errors": soak["client_errors"],
+            "seconds": soak["seconds"],
+            "rss_start_mb": rss_start / 2**20,
+            "rss_after_warmup_mb": rss_warm / 2**20,
+            "rss_end_mb": rss_end / 2**20,
+            "rss_growth_after_warmup": rss_end / rss_warm - 1,
+        }
         return results
     finally:
         process.terminate()
@@ -257,8 +302,10 @@ async def _check_outputs(base_url: str, path: str, x: np.ndarray, predictor: Pre
             body, headers = infer_body(x, binary)
             async with session.post(base_url + path, data=body, headers=headers) as response:
                 outputs = response_outputs(await response.read(), response.headers)
-            if not (np.array_equal(outputs["prediction"], expected.prediction)
-                    and np.array_equal(outputs["attention"], expected.attention)):
+            if not (
+                np.array_equal(outputs["prediction"], expected.prediction)
+                and np.array_equal(outputs["attention"], expected.attention)
+            ):
                 return False
     return True
 
@@ -276,12 +323,16 @@ def main(argv: list[str] | None = None) -> None:
     binary = figures["http_binary_batch1024"]
     figures["summary"] = {
         "binary_vs_in_process_batch1024": binary["samples_per_s"] / in_process,
-        "health_p99_ms_under_load": max(f["health_latency_under_load"]["p99_ms"] for key, f in figures.items()
-                                        if key.startswith("http_")),
+        "health_p99_ms_under_load": max(
+            f["health_latency_under_load"]["p99_ms"] for key, f in figures.items() if key.startswith("http_")
+        ),
         "soak_rss_growth_after_warmup": figures["soak"]["rss_growth_after_warmup"],
-        "failed_requests": sum(sum(n for status, n in f["statuses"].items() if status not in ("200", "503"))
-                               + sum(f["client_errors"].values())
-                               for key, f in figures.items() if key.startswith("http_")),
+        "failed_requests": sum(
+            sum(n for status, n in f["statuses"].items() if status not in ("200", "503"))
+            + sum(f["client_errors"].values())
+            for key, f in figures.items()
+            if key.startswith("http_")
+        ),
     }
     report = json.loads(args.out.read_text()) if args.out.exists() else {}
     report["serving"] = figures
@@ -290,8 +341,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{key:40s} {figures[key]:12.0f}")
     for key, value in figures.items():
         if key.startswith("http_"):
-            print(f"{key:40s} {value['samples_per_s']:12.0f} samples/s  p50 {value['latency']['p50_ms']:.2f} ms  "
-                  f"p99 {value['latency']['p99_ms']:.2f} ms  statuses {value['statuses']}")
+            print(
+                f"{key:40s} {value['samples_per_s']:12.0f} samples/s  p50 {value['latency']['p50_ms']:.2f} ms  "
+                f"p99 {value['latency']['p99_ms']:.2f} ms  statuses {value['statuses']}"
+            )
     for key, value in figures["summary"].items():
         print(f"{key:40s} {value:12.4g}")
     print(f"soak: {figures['soak']}")

@@ -26,10 +26,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 BINARY_HEADER = "Inference-Header-Content-Length"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 DATATYPES = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
 }
 LABEL_OUTPUT = "label"  # BYTES [batch]: the predicted class label of each sample
 
@@ -83,8 +91,11 @@ def describe(error: ValidationError, limit: int = 3) -> str:
     """A pydantic error as 'field.path: problem; ...', field names and indices only."""
     parts = []
     for item in error.errors()[:limit]:
-        path = ".".join(str(p) for p in item["loc"] if isinstance(p, int) or ("[" not in p and p not in
-                                                                                 {"float", "int", "list", "str"}))
+        path = ".".join(
+            str(p)
+            for p in item["loc"]
+            if isinstance(p, int) or ("[" not in p and p not in {"float", "int", "list", "str"})
+        )
         parts.append(f"{path or 'body'}: {item['msg']}")
     more = len(error.errors()) - limit
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
@@ -102,13 +113,15 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
     if not header_length.isdigit() or int(header_length) > len(body):
-        raise ProtocolError(400, f"{BINARY_HEADER}: {header_length!r} is not a length within the body "
-                                 f"of {len(body)} bytes")
-    return body[: int(header_length)], body[int(header_length):]
+        raise ProtocolError(
+            400, f"{BINARY_HEADER}: {header_length!r} is not a length within the body of {len(body)} bytes"
+        )
+    return body[: int(header_length)], body[int(header_length) :]
 
 
-def decode_request(body: bytes, header_length: str | None, input_name: str, output_names: tuple[str, ...],
-                   max_batch: int) -> DecodedRequest:
+def decode_request(
+    body: bytes, header_length: str | None, input_name: str, output_names: tuple[str, ...], max_batch: int
+) -> DecodedRequest:
     """Check a request against the protocol and the model (one input named `input_name`, the
     outputs `output_names`, at most `max_batch` samples); ProtocolError names what is wrong."""
     header, binary = split_body(body, header_length)
@@ -117,14 +130,16 @@ def decode_request(body: bytes, header_length: str | None, input_name: str, outp
     except ValidationError as err:
         raise ProtocolError(400, describe(err)) from None
     if [i.name for i in request.inputs] != [input_name]:
-        raise ProtocolError(400, f"inputs: the model takes one input named {input_name!r}, "
-                                 f"got {[i.name for i in request.inputs]}")
+        raise ProtocolError(
+            400, f"inputs: the model takes one input named {input_name!r}, got {[i.name for i in request.inputs]}"
+        )
     tensor_spec = request.inputs[0]
     if any(d < 0 for d in tensor_spec.shape) or not tensor_spec.shape:
         raise ProtocolError(400, f"inputs.0.shape: {tensor_spec.shape} is not a shape of sizes >= 0")
     if tensor_spec.shape[0] > max_batch:
-        raise ProtocolError(413, f"inputs.0.shape: {tensor_spec.shape[0]} samples exceed the limit of {max_batch} "
-                                 "per request")
+        raise ProtocolError(
+            413, f"inputs.0.shape: {tensor_spec.shape[0]} samples exceed the limit of {max_batch} per request"
+        )
     dtype = DATATYPES.get(tensor_spec.datatype)
     if dtype is None:
         raise ProtocolError(400, f"inputs.0.datatype: {tensor_spec.datatype!r} is not one of {sorted(DATATYPES)}")
@@ -134,23 +149,30 @@ def decode_request(body: bytes, header_length: str | None, input_name: str, outp
         if tensor_spec.data is not None:
             raise ProtocolError(400, "inputs.0: both data and parameters.binary_data_size are given")
         if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size != len(binary):
-            raise ProtocolError(400, f"inputs.0.parameters.binary_data_size: {binary_size!r}, but "
-                                     f"{len(binary)} bytes follow the JSON part")
+            raise ProtocolError(
+                400,
+                f"inputs.0.parameters.binary_data_size: {binary_size!r}, but {len(binary)} bytes follow the JSON part",
+            )
         if binary_size != count * dtype.itemsize:
-            raise ProtocolError(400, f"inputs.0: {binary_size} bytes of binary data, shape {tensor_spec.shape} "
-                                     f"of {tensor_spec.datatype} needs {count * dtype.itemsize}")
+            raise ProtocolError(
+                400,
+                f"inputs.0: {binary_size} bytes of binary data, shape {tensor_spec.shape} "
+                f"of {tensor_spec.datatype} needs {count * dtype.itemsize}",
+            )
         tensor = np.frombuffer(binary, dtype=dtype.newbyteorder("<")).reshape(tensor_spec.shape)
     else:
         if binary:
-            raise ProtocolError(400, f"{len(binary)} bytes follow the JSON part, but no input has "
-                                     "parameters.binary_data_size")
+            raise ProtocolError(
+                400, f"{len(binary)} bytes follow the JSON part, but no input has parameters.binary_data_size"
+            )
         if tensor_spec.data is None:
             raise ProtocolError(400, "inputs.0: neither data nor parameters.binary_data_size is given")
         try:
             values = np.asarray(tensor_spec.data, dtype=dtype)
         except (ValueError, TypeError, OverflowError) as err:
-            raise ProtocolError(400, f"inputs.0.data: not a rectangular array of {tensor_spec.datatype} "
-                                     f"values ({err})") from None
+            raise ProtocolError(
+                400, f"inputs.0.data: not a rectangular array of {tensor_spec.datatype} values ({err})"
+            ) from None
         if values.size != count:
             raise ProtocolError(400, f"inputs.0.data: {values.size} values, shape {tensor_spec.shape} needs {count}")
         tensor = values.reshape(tensor_spec.shape)
@@ -163,8 +185,11 @@ def decode_request(body: bytes, header_length: str | None, input_name: str, outp
         unknown = [n for n in names if n not in output_names]
         if unknown or len(set(names)) != len(names):
             raise ProtocolError(400, f"outputs: {list(names)} must name distinct outputs of {list(output_names)}")
-        binary_outputs = frozenset(o.name for i, o in enumerate(request.outputs)
-                                   if binary_all or _flag(o.parameters, "binary_data", f"outputs.{i}"))
+        binary_outputs = frozenset(
+            o.name
+            for i, o in enumerate(request.outputs)
+            if binary_all or _flag(o.parameters, "binary_data", f"outputs.{i}")
+        )
     return DecodedRequest(request.id, tensor, names, binary_outputs)
 
 
@@ -191,8 +216,11 @@ def encode_response(model_name: str, decoded: DecodedRequest, outputs: dict[str,
         array = outputs[name]
         entry = {"name": name, "datatype": _datatype(array), "shape": list(array.shape)}
         if name in decoded.binary_outputs:
-            data = (_bytes_elements(array) if entry["datatype"] == "BYTES"
-                    else np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
+            data = (
+                _bytes_elements(array)
+                if entry["datatype"] == "BYTES"
+                else np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            )
             entry["parameters"] = {"binary_data_size": len(data)}
             binary_parts.append(data)
         else:

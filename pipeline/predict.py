@@ -38,8 +38,9 @@ def read_inputs(path: Path, predictor: Predictor) -> np.ndarray:
                 return rows
             per_step = predictor.n_features or 1
             if rows.shape[1] % per_step:
-                raise InputError(f"{rows.shape[1]} values per line is not a multiple of the "
-                                 f"model's {per_step} features per step")
+                raise InputError(
+                    f"{rows.shape[1]} values per line is not a multiple of the model's {per_step} features per step"
+                )
             return rows.reshape(len(rows), -1, per_step)
     except FileNotFoundError:
         raise InputError(f"{path}: not found") from None
@@ -62,12 +63,17 @@ def to_records(result, n_decimals: int = 6) -> list[dict]:
     return records
 
 
-def load_predictor(model: str, providers: str, allow_cpu_fallback: bool,
-                   intra_op_threads: int | None = None) -> Predictor:
+def load_predictor(
+    model: str, providers: str, allow_cpu_fallback: bool, intra_op_threads: int | None = None
+) -> Predictor:
     """The Predictor of a command line's --model and --providers (comma-separated)."""
     try:
-        return Predictor(model, providers=tuple(providers.split(",")), allow_cpu_fallback=allow_cpu_fallback,
-                         intra_op_threads=intra_op_threads)
+        return Predictor(
+            model,
+            providers=tuple(providers.split(",")),
+            allow_cpu_fallback=allow_cpu_fallback,
+            intra_op_threads=intra_op_threads,
+        )
     except PipelineError:
         raise
     except Exception as err:  # not a readable ONNX model of the contract
@@ -89,8 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         if str(err).startswith(str(args.inputs)):
             raise
         raise InputError(f"{args.inputs}: {err}") from None
-    document = json.dumps({"model": str(args.model), "provider": predictor.provider,
-                           "predictions": to_records(result)})
+    document = json.dumps({"model": str(args.model), "provider": predictor.provider, "predictions": to_records(result)})
     if args.out:
         args.out.write_text(document + "\n", encoding="utf-8")
     else:

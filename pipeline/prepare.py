@@ -45,9 +45,8 @@ def describe(cfg, splits: dict[str, data.Dataset], file_info: dict | None = None
 
 def save_splits(splits: dict[str, data.Dataset]) -> None:
     for name, part in splits.items():
-        with stage.atomic_path(stage.split_file(name)) as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, x=part.x, y=part.y, target_positions=part.target_positions)
+        with stage.atomic_path(stage.split_file(name)) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, x=part.x, y=part.y, target_positions=part.target_positions)
 
 
 def load_split(name: str) -> data.Dataset:

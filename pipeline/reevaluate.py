@@ -25,14 +25,20 @@ from pipeline.tracking import DEFAULT_STORE, logged_onnx_file, repository_root
 MARKER = "faithfulness/deletion_aopc_gain"  # a run without it predates the faithfulness metrics
 
 
-def lacking(tracking_uri: str, plan: list[study.Combination], everything: bool = False,
-            ) -> list[tuple[study.Combination, object]]:
+def lacking(
+    tracking_uri: str,
+    plan: list[study.Combination],
+    everything: bool = False,
+) -> list[tuple[study.Combination, object]]:
     """(combination, MLflow run) of each finished run of `plan` without the faithfulness metrics
     (`everything`: each finished run of `plan`)."""
     runs = {run.info.run_id: run for run in study.evaluated_runs(tracking_uri)}
     matched = study.matching_runs(list(runs.values()), plan)
-    return [(combination, runs[record.run_id]) for combination, record in matched.items()
-            if everything or MARKER not in runs[record.run_id].data.metrics]
+    return [
+        (combination, runs[record.run_id])
+        for combination, record in matched.items()
+        if everything or MARKER not in runs[record.run_id].data.metrics
+    ]
 
 
 def uniform_prediction(tracking_uri: str, run, x, opset: int):
@@ -41,9 +47,10 @@ def uniform_prediction(tracking_uri: str, run, x, opset: int):
     import mlflow
 
     try:
-        folder = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="keras_model",
-                                                     tracking_uri=tracking_uri)
-    except Exception:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
+        folder = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="keras_model", tracking_uri=tracking_uri
+        )
+    except Exception:
         return None
     from pipeline.export import to_onnx  # TensorFlow: only where there is a Keras model
     from pipeline.inference import OnnxModel
@@ -83,8 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tracking-uri", default=f"sqlite:///{repository_root() / DEFAULT_STORE}")
     parser.add_argument("--datasets", nargs="+", default=study.DATASETS)
     parser.add_argument("--models", nargs="+", default=study.MODELS)
-    parser.add_argument("--all", action="store_true",
-                        help="the runs that have the metrics too (after a change to how they are measured)")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="the runs that have the metrics too (after a change to how they are measured)",
+    )
     args = parser.parse_args(argv)
     todo = lacking(args.tracking_uri, study.combinations(args.datasets, args.models), args.all)
     print(f"{len(todo)} runs to evaluate again")
@@ -95,14 +105,19 @@ def main(argv: list[str] | None = None) -> None:
             print(f"left alone: {combination.label} seed {combination.seed} ({run.info.run_id}): {result}")
             continue
         # a metric measured before but undefined now (constant attention) must not keep its old value
-        stale = {k: float("nan") for k in run.data.metrics
-                 if k.startswith("faithfulness/") and k not in result and k != SEED_METRIC}
+        stale = {
+            k: float("nan")
+            for k in run.data.metrics
+            if k.startswith("faithfulness/") and k not in result and k != SEED_METRIC
+        }
         for name, value in {**stale, **result}.items():
             client.log_metric(run.info.run_id, name, value)
         uniform = result.get("faithfulness/uniform_drop")
-        print(f"{combination.dataset} {combination.label} seed {combination.seed}: "
-              f"aopc_gain={result['faithfulness/deletion_aopc_gain']:.3f}"
-              + ("" if uniform is None else f", uniform_drop={uniform:.3f}"))
+        print(
+            f"{combination.dataset} {combination.label} seed {combination.seed}: "
+            f"aopc_gain={result['faithfulness/deletion_aopc_gain']:.3f}"
+            + ("" if uniform is None else f", uniform_drop={uniform:.3f}")
+        )
 
 
 if __name__ == "__main__":

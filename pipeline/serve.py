@@ -68,7 +68,8 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     inputs: list[list[list[float]] | list[float]] = Field(
-        description="[batch, time, features] (or [batch, features] for feature attention) numbers")
+        description="[batch, time, features] (or [batch, features] for feature attention) numbers"
+    )
 
 
 def _lower_priority(niceness: int) -> None:
@@ -83,8 +84,9 @@ class InferenceWorkers:
     (running or waiting); `refused` counts the 503s. Used from the event loop only."""
 
     def __init__(self, workers: int, max_in_flight: int, niceness: int = 0):
-        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="inference", initializer=_lower_priority,
-                                           initargs=(niceness,))
+        self.executor = ThreadPoolExecutor(
+            workers, thread_name_prefix="inference", initializer=_lower_priority, initargs=(niceness,)
+        )
         self.workers, self.max_in_flight = workers, max_in_flight
         self.in_flight = 0
         self.refused = 0
@@ -92,8 +94,11 @@ class InferenceWorkers:
     async def run(self, function, *args):
         if self.in_flight >= self.max_in_flight:
             self.refused += 1
-            raise RequestRefused(503, f"{self.in_flight} requests in flight, the limit of this service; "
-                                      "retry shortly", {"Retry-After": "1"})
+            raise RequestRefused(
+                503,
+                f"{self.in_flight} requests in flight, the limit of this service; retry shortly",
+                {"Retry-After": "1"},
+            )
         self.in_flight += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
@@ -144,10 +149,15 @@ def _openapi_body(schema: dict, binary: bool = False) -> dict:
     return {"requestBody": {"required": True, "content": content}}
 
 
-def create_app(predictor: Predictor, model_name: str = "attention_fp32",
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_batch: int = DEFAULT_MAX_BATCH,
-               workers: int | None = None, max_in_flight: int | None = None,
-               worker_niceness: int = DEFAULT_WORKER_NICENESS) -> FastAPI:
+def create_app(
+    predictor: Predictor,
+    model_name: str = "attention_fp32",
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    workers: int | None = None,
+    max_in_flight: int | None = None,
+    worker_niceness: int = DEFAULT_WORKER_NICENESS,
+) -> FastAPI:
     app = FastAPI(title="attention model", version=MODEL_VERSION, docs_url=None, redoc_url=None)
     workers = workers or usable_cpus()
     pool = InferenceWorkers(workers, max_in_flight or ADMITTED_PER_WORKER * workers, worker_niceness)
@@ -184,8 +194,12 @@ def create_app(predictor: Predictor, model_name: str = "attention_fp32",
 
     def known_model(name: str, version: str | None = None) -> None:
         if name != model_name or version not in (None, MODEL_VERSION):
-            raise RequestRefused(404, f"no model {name!r}" + (f" version {version!r}" if version else "")
-                                 + f"; this service serves {model_name!r} version {MODEL_VERSION}")
+            raise RequestRefused(
+                404,
+                f"no model {name!r}"
+                + (f" version {version!r}" if version else "")
+                + f"; this service serves {model_name!r} version {MODEL_VERSION}",
+            )
 
     @app.get("/health")
     async def health():
@@ -193,11 +207,17 @@ def create_app(predictor: Predictor, model_name: str = "attention_fp32",
 
     @app.get("/metadata")
     async def metadata():
-        return {"metadata": predictor.metadata, "provider": predictor.provider,
-                "input": {"rank": predictor.rank, "time_steps": predictor.time_steps,
-                          "features": predictor.n_features},
-                "load": {"workers": pool.workers, "max_in_flight": pool.max_in_flight,
-                         "in_flight": pool.in_flight, "refused": pool.refused}}
+        return {
+            "metadata": predictor.metadata,
+            "provider": predictor.provider,
+            "input": {"rank": predictor.rank, "time_steps": predictor.time_steps, "features": predictor.n_features},
+            "load": {
+                "workers": pool.workers,
+                "max_in_flight": pool.max_in_flight,
+                "in_flight": pool.in_flight,
+                "refused": pool.refused,
+            },
+        }
 
     def predict_work(body: bytes) -> list[dict]:
         return to_records(predictor.predict(_predict_inputs(body, max_batch)))
@@ -221,13 +241,19 @@ def create_app(predictor: Predictor, model_name: str = "attention_fp32",
 
     def model_metadata_body() -> dict:
         sample = [d if isinstance(d, int) else -1 for d in predictor.onnx.session.get_inputs()[0].shape[1:]]
-        outputs = [{"name": o.name, "datatype": "FP32", "shape": [-1, *[d if isinstance(d, int) else -1
-                                                                         for d in o.shape[1:]]]}
-                   for o in predictor.onnx.session.get_outputs()]
+        outputs = [
+            {"name": o.name, "datatype": "FP32", "shape": [-1, *[d if isinstance(d, int) else -1 for d in o.shape[1:]]]}
+            for o in predictor.onnx.session.get_outputs()
+        ]
         if has_labels:
             outputs.append({"name": oip.LABEL_OUTPUT, "datatype": "BYTES", "shape": [-1]})
-        return {"name": model_name, "versions": [MODEL_VERSION], "platform": "onnxruntime_onnx",
-                "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *sample]}], "outputs": outputs}
+        return {
+            "name": model_name,
+            "versions": [MODEL_VERSION],
+            "platform": "onnxruntime_onnx",
+            "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *sample]}],
+            "outputs": outputs,
+        }
 
     @app.get("/v2/models/{name}")
     async def model_metadata(name: str):
@@ -283,12 +309,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH)
     parser.add_argument("--workers", type=int, help="threads that decode and run requests (default: the usable CPUs)")
-    parser.add_argument("--threads-per-worker", type=int, default=1,
-                        help="ONNX Runtime's threads within one request (default 1: the workers share the CPUs)")
-    parser.add_argument("--worker-niceness", type=int, default=DEFAULT_WORKER_NICENESS,
-                        help="nice value of the worker threads above the event loop's (0: the same)")
-    parser.add_argument("--max-in-flight", type=int,
-                        help=f"requests admitted at once, beyond them 503 (default: {ADMITTED_PER_WORKER} per worker)")
+    parser.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=1,
+        help="ONNX Runtime's threads within one request (default 1: the workers share the CPUs)",
+    )
+    parser.add_argument(
+        "--worker-niceness",
+        type=int,
+        default=DEFAULT_WORKER_NICENESS,
+        help="nice value of the worker threads above the event loop's (0: the same)",
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        help=f"requests admitted at once, beyond them 503 (default: {ADMITTED_PER_WORKER} per worker)",
+    )
     return parser
 
 
@@ -299,8 +336,9 @@ def main(argv: list[str] | None = None) -> None:
     predictor = load_predictor(args.model, args.providers, args.allow_cpu_fallback, args.threads_per_worker)
     name = args.model_name or default_model_name(args.model)
     print(f"serving {args.model} as {name} on {predictor.provider} at http://{args.host}:{args.port}", flush=True)
-    app = create_app(predictor, name, args.max_body_bytes, args.max_batch, args.workers, args.max_in_flight,
-                     args.worker_niceness)
+    app = create_app(
+        predictor, name, args.max_body_bytes, args.max_batch, args.workers, args.max_in_flight, args.worker_niceness
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

@@ -38,8 +38,11 @@ def seed_agreement(attention_by_run: dict[str, np.ndarray], valid: np.ndarray) -
         rho = rank_agreement(attention_by_run[first], attention_by_run[second], valid)
         pairs[first].append(rho)
         pairs[second].append(rho)
-    return {run: float(np.nanmean(rhos)) if not np.isnan(rhos).all() else float("nan")
-            for run, rhos in pairs.items() if rhos}
+    return {
+        run: float(np.nanmean(rhos)) if not np.isnan(rhos).all() else float("nan")
+        for run, rhos in pairs.items()
+        if rhos
+    }
 
 
 def logged_onnx_attention(tracking_uri: str, run, x: np.ndarray) -> np.ndarray | None:

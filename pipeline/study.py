@@ -37,8 +37,16 @@ import numpy as np
 from pipeline.config import CONF_DIR, INNER_FOLDS, compose_defaults, flatten
 from pipeline.errors import StageFailed, run_command
 
-DATASETS = ("GunPoint", "ItalyPowerDemand", "ArrowHead", "OSULeaf", "ACSF1", "BasicMotions",
-            "JapaneseVowels", "UnitTest")
+DATASETS = (
+    "GunPoint",
+    "ItalyPowerDemand",
+    "ArrowHead",
+    "OSULeaf",
+    "ACSF1",
+    "BasicMotions",
+    "JapaneseVowels",
+    "UnitTest",
+)
 MODELS = ("conv_attention", "conv_gap", "minirocket")
 SEEDS = (1, 2, 3)
 PRESET = "ucr"  # conf/experiment/ucr.yaml: data=ucr, model=conv_attention, train=ucr
@@ -79,11 +87,25 @@ UNTRAINED_BY_GRADIENT = ("minirocket",)  # fitted in closed form: the train sect
 # a fresh clone, or a machine whose MLflow store is gone, trains only what it lacks.
 LEDGER = Path("docs/results_runs.csv")
 # Evaluate's faithfulness/* metrics the study keeps per run, with their ledger column.
-FAITHFULNESS_COLUMNS = {"faithfulness/deletion_aopc_gain": "aopc gain", "faithfulness/uniform_drop": "uniform drop",
-                        "faithfulness/occlusion_spearman": "occlusion rho",
-                        "faithfulness/seed_spearman": "seed rho"}  # the last: by compare, across seeds
-LEDGER_COLUMNS = ("data set", "model", "seed", "inner fold", "test accuracy", "train seconds", "cpu", "run id",
-                  "started ms", "config digest", *FAITHFULNESS_COLUMNS.values())
+FAITHFULNESS_COLUMNS = {
+    "faithfulness/deletion_aopc_gain": "aopc gain",
+    "faithfulness/uniform_drop": "uniform drop",
+    "faithfulness/occlusion_spearman": "occlusion rho",
+    "faithfulness/seed_spearman": "seed rho",
+}  # the last: by compare, across seeds
+LEDGER_COLUMNS = (
+    "data set",
+    "model",
+    "seed",
+    "inner fold",
+    "test accuracy",
+    "train seconds",
+    "cpu",
+    "run id",
+    "started ms",
+    "config digest",
+    *FAITHFULNESS_COLUMNS.values(),
+)
 UNRECORDED_CPU = "unrecorded"  # runs logged before the CPU was
 
 
@@ -112,8 +134,14 @@ class Combination:
     @property
     def overrides(self) -> list[str]:
         fold = [] if self.inner_fold is None else [f"data.inner_fold={self.inner_fold}"]
-        return [f"experiment={PRESET}", f"data.name={self.dataset}", f"model={self.model}", *self.extra,
-                f"seed={self.seed}", *fold]
+        return [
+            f"experiment={PRESET}",
+            f"data.name={self.dataset}",
+            f"model={self.model}",
+            *self.extra,
+            f"seed={self.seed}",
+            *fold,
+        ]
 
     @property
     def command(self) -> str:
@@ -130,11 +158,15 @@ def combinations(datasets=DATASETS, models=MODELS, seeds=SEEDS) -> list[Combinat
 
 def selection_combinations(datasets=DATASETS, settings=tuple(SELECTION)) -> list[Combination]:
     """Every setting of SELECTION on every inner fold of each data set's training file."""
-    return [Combination(d, SELECTION[label][0], SELECTION_SEED, fold, (*SELECTION[label][1], *SELECTION_PROTOCOL))
-            for d in datasets for label in settings for fold in range(INNER_FOLDS)]
+    return [
+        Combination(d, SELECTION[label][0], SELECTION_SEED, fold, (*SELECTION[label][1], *SELECTION_PROTOCOL))
+        for d in datasets
+        for label in settings
+        for fold in range(INNER_FOLDS)
+    ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _composed_params(combination: Combination, conf_dir: Path) -> tuple[tuple[str, str], ...]:
     composed = compose_defaults(conf_dir, combination.overrides)
     sections = [k for k in COMPARED_SECTIONS if k != "train" or composed["model"]["name"] not in UNTRAINED_BY_GRADIENT]
@@ -153,8 +185,9 @@ def expected_params(combination: Combination, conf_dir: Path = CONF_DIR) -> dict
 def config_digest(combination: Combination, conf_dir: Path = CONF_DIR) -> str:
     """A short hash of the composed config of `combination`: a ledger row counts only while the
     recipe it was trained with is unchanged."""
-    params = {k: v for k, v in expected_params(combination, conf_dir).items()
-              if VALUES_BEFORE_OPTIONS_EXISTED.get(k) != v}  # the digest such a row was written with
+    params = {
+        k: v for k, v in expected_params(combination, conf_dir).items() if VALUES_BEFORE_OPTIONS_EXISTED.get(k) != v
+    }  # the digest such a row was written with
     text = json.dumps(params, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -178,8 +211,11 @@ def evaluated_runs(tracking_uri: str) -> list:
     """Finished runs of real data (data.source logged) that reached the evaluate stage."""
     from pipeline import tracking
 
-    return [r for r in tracking.evaluated_runs(tracking_uri)
-            if r.data.params.get("data.source") and "test/accuracy" in r.data.metrics]
+    return [
+        r
+        for r in tracking.evaluated_runs(tracking_uri)
+        if r.data.params.get("data.source") and "test/accuracy" in r.data.metrics
+    ]
 
 
 def matching_runs(runs: list, plan: list[Combination], conf_dir: Path = CONF_DIR) -> dict[Combination, RunRecord]:
@@ -192,14 +228,17 @@ def matching_runs(runs: list, plan: list[Combination], conf_dir: Path = CONF_DIR
     for combination in plan:
         expected = expected_params(combination, conf_dir)
         for run in runs:
-            if all(run.data.params.get(k, VALUES_BEFORE_OPTIONS_EXISTED.get(k, "None")) == v
-                   for k, v in expected.items()):
-                if combination not in found or run.info.start_time > found[combination].started_ms:
-                    found[combination] = RunRecord(
-                        run.data.metrics["test/accuracy"], run.data.metrics.get("train/seconds", float("nan")),
-                        run.info.run_id, run.info.start_time,
-                        {k: run.data.metrics[k] for k in FAITHFULNESS_COLUMNS if k in run.data.metrics},
-                        run.data.tags.get(CPU_TAG, UNRECORDED_CPU))
+            if all(
+                run.data.params.get(k, VALUES_BEFORE_OPTIONS_EXISTED.get(k, "None")) == v for k, v in expected.items()
+            ) and (combination not in found or run.info.start_time > found[combination].started_ms):
+                found[combination] = RunRecord(
+                    run.data.metrics["test/accuracy"],
+                    run.data.metrics.get("train/seconds", float("nan")),
+                    run.info.run_id,
+                    run.info.start_time,
+                    {k: run.data.metrics[k] for k in FAITHFULNESS_COLUMNS if k in run.data.metrics},
+                    run.data.tags.get(CPU_TAG, UNRECORDED_CPU),
+                )
     return found
 
 
@@ -220,14 +259,19 @@ def recorded_runs(ledger: Path, plan: list[Combination], conf_dir: Path = CONF_D
         row = rows.get(_ledger_key(combination.dataset, combination.label, str(combination.seed), fold))
         if row is not None and row["config digest"] == config_digest(combination, conf_dir):
             found[combination] = RunRecord(
-                float(row["test accuracy"]), float(row["train seconds"] or "nan"), row["run id"],
-                int(row["started ms"]), {k: float(row[c]) for k, c in FAITHFULNESS_COLUMNS.items() if row.get(c)},
-                row.get("cpu") or UNRECORDED_CPU)
+                float(row["test accuracy"]),
+                float(row["train seconds"] or "nan"),
+                row["run id"],
+                int(row["started ms"]),
+                {k: float(row[c]) for k, c in FAITHFULNESS_COLUMNS.items() if row.get(c)},
+                row.get("cpu") or UNRECORDED_CPU,
+            )
     return found
 
 
-def done_runs(tracking_uri: str, plan: list[Combination], ledger: Path | None = None,
-              conf_dir: Path = CONF_DIR) -> dict[Combination, RunRecord]:
+def done_runs(
+    tracking_uri: str, plan: list[Combination], ledger: Path | None = None, conf_dir: Path = CONF_DIR
+) -> dict[Combination, RunRecord]:
     """Each combination of `plan` that the MLflow store or the ledger holds, the later run where
     both do."""
     recorded = recorded_runs(ledger, plan, conf_dir) if ledger is not None else {}
@@ -251,19 +295,30 @@ def write_ledger(path: Path, done: dict[Combination, RunRecord], conf_dir: Path 
         writer = csv.DictWriter(handle, fieldnames=LEDGER_COLUMNS)
         writer.writeheader()
         for combination, record in done.items():
-            writer.writerow({
-                "data set": combination.dataset, "model": combination.label, "seed": combination.seed,
-                "inner fold": "" if combination.inner_fold is None else combination.inner_fold,
-                "test accuracy": f"{record.accuracy:.6f}", "train seconds": f"{record.train_seconds:.1f}",
-                "cpu": record.cpu, "run id": record.run_id, "started ms": record.started_ms,
-                "config digest": config_digest(combination, conf_dir),
-                **{c: f"{record.faithfulness[k]:.6f}" for k, c in FAITHFULNESS_COLUMNS.items()
-                   if k in record.faithfulness},
-            })
+            writer.writerow(
+                {
+                    "data set": combination.dataset,
+                    "model": combination.label,
+                    "seed": combination.seed,
+                    "inner fold": "" if combination.inner_fold is None else combination.inner_fold,
+                    "test accuracy": f"{record.accuracy:.6f}",
+                    "train seconds": f"{record.train_seconds:.1f}",
+                    "cpu": record.cpu,
+                    "run id": record.run_id,
+                    "started ms": record.started_ms,
+                    "config digest": config_digest(combination, conf_dir),
+                    **{
+                        c: f"{record.faithfulness[k]:.6f}"
+                        for k, c in FAITHFULNESS_COLUMNS.items()
+                        if k in record.faithfulness
+                    },
+                }
+            )
 
 
-def missing(tracking_uri: str, plan: list[Combination], ledger: Path | None = None,
-            conf_dir: Path = CONF_DIR) -> list[Combination]:
+def missing(
+    tracking_uri: str, plan: list[Combination], ledger: Path | None = None, conf_dir: Path = CONF_DIR
+) -> list[Combination]:
     """The combinations of `plan` that neither the MLflow store nor the ledger holds."""
     done = done_runs(tracking_uri, plan, ledger, conf_dir)
     return [c for c in plan if c not in done]
@@ -279,25 +334,30 @@ def summary(runs_by_combination: dict[Combination, RunRecord]) -> list[dict]:
         cells.setdefault((combination.dataset, combination.label), []).append((replicate, combination, record))
     rows = []
     order = {name: i for i, name in enumerate((*DATASETS, *MODELS))}
-    for (dataset, model), seeded in sorted(cells.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][0],
-                                                                        order.get(kv[0][1], 99), kv[0][1])):
+    for (dataset, model), seeded in sorted(
+        cells.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][0], order.get(kv[0][1], 99), kv[0][1])
+    ):
         seeded.sort(key=lambda triple: triple[0])
         accuracy = np.array([100 * record.accuracy for _, _, record in seeded])
         seconds = np.array([record.train_seconds for _, _, record in seeded])
-        rows.append({
-            "data set": dataset,
-            "model": model,
-            "seeds": ",".join(str(replicate) for replicate, _, _ in seeded),
-            "accuracy mean": float(accuracy.mean()),
-            "accuracy std": float(accuracy.std(ddof=1)) if len(accuracy) > 1 else float("nan"),
-            "train seconds mean": float(np.nanmean(seconds)),
-            "train seconds max": float(np.nanmax(seconds)),
-            "train cpus": " + ".join(sorted({record.cpu for _, _, record in seeded})),
-            **{f"{column} mean": _mean_of_present([record.faithfulness.get(metric) for _, _, record in seeded])
-               for metric, column in FAITHFULNESS_COLUMNS.items()},
-            "command": _cell_command(seeded[0][1]),
-            "runs": ",".join(record.run_id for _, _, record in seeded),
-        })
+        rows.append(
+            {
+                "data set": dataset,
+                "model": model,
+                "seeds": ",".join(str(replicate) for replicate, _, _ in seeded),
+                "accuracy mean": float(accuracy.mean()),
+                "accuracy std": float(accuracy.std(ddof=1)) if len(accuracy) > 1 else float("nan"),
+                "train seconds mean": float(np.nanmean(seconds)),
+                "train seconds max": float(np.nanmax(seconds)),
+                "train cpus": " + ".join(sorted({record.cpu for _, _, record in seeded})),
+                **{
+                    f"{column} mean": _mean_of_present([record.faithfulness.get(metric) for _, _, record in seeded])
+                    for metric, column in FAITHFULNESS_COLUMNS.items()
+                },
+                "command": _cell_command(seeded[0][1]),
+                "runs": ",".join(record.run_id for _, _, record in seeded),
+            }
+        )
     return rows
 
 
@@ -309,10 +369,12 @@ def _mean_of_present(values: list[float | None]) -> float:
 
 def _cell_command(combination: Combination) -> str:
     """The command of a cell, the seed (and fold) as placeholders."""
-    cell = Combination(combination.dataset, combination.model, 0,
-                       None if combination.inner_fold is None else 0, combination.extra)
-    return (cell.command.replace("seed=0", "seed=N").replace("inner_fold=0", "inner_fold=K")
-            + (" (N: each seed)" if combination.inner_fold is None else f" (N: {SELECTION_SEED}, K: each fold)"))
+    cell = Combination(
+        combination.dataset, combination.model, 0, None if combination.inner_fold is None else 0, combination.extra
+    )
+    return cell.command.replace("seed=0", "seed=N").replace("inner_fold=0", "inner_fold=K") + (
+        " (N: each seed)" if combination.inner_fold is None else f" (N: {SELECTION_SEED}, K: each fold)"
+    )
 
 
 def accuracy_table(rows: list[dict], min_seeds: int = 3):
@@ -336,17 +398,21 @@ def rank_statistics(table) -> dict:
 
     ranks = table.rank(axis=1, ascending=False, method="average")
     friedman = friedmanchisquare(*[table[c] for c in table.columns]) if table.shape[1] > 2 else None
-    melted = table.rename_axis("data set").reset_index().melt(id_vars="data set", var_name="model",
-                                                              value_name="accuracy")
+    melted = (
+        table.rename_axis("data set").reset_index().melt(id_vars="data set", var_name="model", value_name="accuracy")
+    )
     wilcoxon = scikit_posthocs.posthoc_wilcoxon(
-        melted, val_col="accuracy", group_col="model", p_adjust="holm", zero_method="zsplit",
+        melted,
+        val_col="accuracy",
+        group_col="model",
+        p_adjust="holm",
+        zero_method="zsplit",
     )
     return {
         "mean rank": ranks.mean().sort_values().to_dict(),
         "data sets": int(table.shape[0]),
         "friedman p": None if friedman is None else float(friedman.pvalue),
-        "wilcoxon holm p": {a: {b: float(wilcoxon.loc[a, b]) for b in table.columns if b != a}
-                            for a in table.columns},
+        "wilcoxon holm p": {a: {b: float(wilcoxon.loc[a, b]) for b in table.columns if b != a} for a in table.columns},
     }
 
 
@@ -412,25 +478,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=DATASETS)
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
-    parser.add_argument("--ledger", type=Path, default=repository_root() / LEDGER,
-                        help="the committed record of finished runs (runs in it are not trained again)")
-    parser.add_argument("--selection", action="store_true",
-                        help="the selection study instead: SELECTION's settings on the inner folds of the "
-                             "training files")
-    parser.add_argument("--settings", nargs="+", choices=tuple(SELECTION), default=tuple(SELECTION),
-                        help="with --selection: the SELECTION settings to compare (default: all)")
+    parser.add_argument(
+        "--ledger",
+        type=Path,
+        default=repository_root() / LEDGER,
+        help="the committed record of finished runs (runs in it are not trained again)",
+    )
+    parser.add_argument(
+        "--selection",
+        action="store_true",
+        help="the selection study instead: SELECTION's settings on the inner folds of the training files",
+    )
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        choices=tuple(SELECTION),
+        default=tuple(SELECTION),
+        help="with --selection: the SELECTION settings to compare (default: all)",
+    )
     args = parser.parse_args(argv)
     if args.action == "wait":
         print(wait_for_queue())
         return
-    plan = (selection_combinations(args.datasets, args.settings) if args.selection
-            else combinations(args.datasets, args.models, args.seeds))
+    plan = (
+        selection_combinations(args.datasets, args.settings)
+        if args.selection
+        else combinations(args.datasets, args.models, args.seeds)
+    )
     model_order = list(args.models)  # queued in the order --models names them, quick data sets first
-    todo = sorted(missing(args.tracking_uri, plan, args.ledger),
-                  key=lambda c: (model_order.index(c.model) if c.model in model_order else len(model_order),
-                                 training_size(c.dataset)))
-    print(f"{len(plan) - len(todo)} of {len(plan)} runs are in {args.tracking_uri} or {args.ledger}; "
-          f"{len(todo)} missing")
+    todo = sorted(
+        missing(args.tracking_uri, plan, args.ledger),
+        key=lambda c: (
+            model_order.index(c.model) if c.model in model_order else len(model_order),
+            training_size(c.dataset),
+        ),
+    )
+    print(
+        f"{len(plan) - len(todo)} of {len(plan)} runs are in {args.tracking_uri} or {args.ledger}; {len(todo)} missing"
+    )
     if args.action == "queue":
         _dvc("queue", "remove", "--queued")  # what an interrupted study left queued is queued afresh
     for combination in todo:

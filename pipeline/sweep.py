@@ -39,8 +39,21 @@ TASKS = {
 }
 ACCURACY_GOAL = 0.99
 ARGMAX_GOAL = {"add_two_numbers": 0.9}  # the others: 0.95
-COLUMNS = ("task", "model", "size", "position", "seeds", "score", "score mean", "score std",
-           "argmax_hit mean", "argmax_hit std", "goal met", "command", "runs")
+COLUMNS = (
+    "task",
+    "model",
+    "size",
+    "position",
+    "seeds",
+    "score",
+    "score mean",
+    "score std",
+    "argmax_hit mean",
+    "argmax_hit std",
+    "goal met",
+    "command",
+    "runs",
+)
 LEDGER = Path("docs/sweep_runs.csv")  # under the repository root: one row per finished run
 LEDGER_CELL_COLUMNS = ("task", "size", "position", "seed")
 
@@ -77,8 +90,13 @@ class Cell:
 def plan(tasks=tuple(TASKS), sizes: tuple[int, ...] | None = None, seeds=SEEDS) -> list[Cell]:
     """Every task x size (its own, or `sizes`) x position (one, None, for the tasks that place
     targets at random) x seed."""
-    return [Cell(task, size, position, seed) for task in tasks for size in (sizes or TASKS[task][2])
-            for position in (POSITIONS if TASKS[task][3] else (None,)) for seed in seeds]
+    return [
+        Cell(task, size, position, seed)
+        for task in tasks
+        for size in (sizes or TASKS[task][2])
+        for position in (POSITIONS if TASKS[task][3] else (None,))
+        for seed in seeds
+    ]
 
 
 @dataclass(frozen=True)
@@ -104,12 +122,14 @@ def matching_runs(runs: list, cells: list[Cell]) -> dict[Cell, SweepRecord]:
     for cell in cells:
         expected = study.expected_params(cell)
         for run in runs:
-            if all(run.data.params.get(k, "None") == v for k, v in expected.items()):
-                if cell not in found or run.info.start_time > found[cell].started_ms:
-                    metrics = run.data.metrics
-                    score = "test/accuracy" if "test/accuracy" in metrics else "test/mae"
-                    found[cell] = SweepRecord(score, metrics[score], metrics["attention/argmax_hit"],
-                                              run.info.run_id, run.info.start_time)
+            if all(run.data.params.get(k, "None") == v for k, v in expected.items()) and (
+                cell not in found or run.info.start_time > found[cell].started_ms
+            ):
+                metrics = run.data.metrics
+                score = "test/accuracy" if "test/accuracy" in metrics else "test/mae"
+                found[cell] = SweepRecord(
+                    score, metrics[score], metrics["attention/argmax_hit"], run.info.run_id, run.info.start_time
+                )
     return found
 
 
@@ -132,8 +152,9 @@ def recorded_runs(ledger: Path, cells: list[Cell]) -> dict[Cell, SweepRecord]:
     for cell in cells:
         row = rows.get(_ledger_key(cell))
         if row is not None and row["config digest"] == study.config_digest(cell):
-            found[cell] = SweepRecord(row["score_name"], float(row["score"]), float(row["argmax_hit"]),
-                                      row["run_id"], int(row["started_ms"]))
+            found[cell] = SweepRecord(
+                row["score_name"], float(row["score"]), float(row["argmax_hit"]), row["run_id"], int(row["started_ms"])
+            )
     return found
 
 
@@ -148,9 +169,13 @@ def write_ledger(path: Path, done: dict[Cell, SweepRecord]) -> None:
     rows = _ledger_rows(path)
     for cell, record in done.items():
         rows[_ledger_key(cell)] = {
-            "task": cell.task, "size": cell.size, "position": cell.position or "", "seed": cell.seed,
+            "task": cell.task,
+            "size": cell.size,
+            "position": cell.position or "",
+            "seed": cell.seed,
             **{f.name: getattr(record, f.name) for f in fields(SweepRecord)},
-            "config digest": study.config_digest(cell)}
+            "config digest": study.config_digest(cell),
+        }
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=LEDGER_COLUMNS)
@@ -177,33 +202,54 @@ def table_rows(done: dict[Cell, SweepRecord]) -> list[dict]:
         scores = np.array([record.score for _, record in members])
         hits = np.array([record.argmax_hit for _, record in members])
         met = hits.mean() >= ARGMAX_GOAL.get(task, 0.95) and (
-            score != "test/accuracy" or scores.mean() >= ACCURACY_GOAL)
+            score != "test/accuracy" or scores.mean() >= ACCURACY_GOAL
+        )
         template = Cell(task, size, position, 0)
-        rows.append({
-            "task": task, "model": template.model, "size": size, "position": position or "random",
-            "seeds": ",".join(str(cell.seed) for cell, _ in members), "score": score.removeprefix("test/"),
-            "score mean": float(scores.mean()), "score std": _sample_std(scores),
-            "argmax_hit mean": float(hits.mean()), "argmax_hit std": _sample_std(hits),
-            "goal met": "yes" if met and len(members) >= 3 else ("no" if len(members) >= 3 else ""),
-            "command": template.command.replace("seed=0", "seed=N"),
-            "runs": ",".join(record.run_id for _, record in members),
-        })
+        rows.append(
+            {
+                "task": task,
+                "model": template.model,
+                "size": size,
+                "position": position or "random",
+                "seeds": ",".join(str(cell.seed) for cell, _ in members),
+                "score": score.removeprefix("test/"),
+                "score mean": float(scores.mean()),
+                "score std": _sample_std(scores),
+                "argmax_hit mean": float(hits.mean()),
+                "argmax_hit std": _sample_std(hits),
+                "goal met": "yes" if met and len(members) >= 3 else ("no" if len(members) >= 3 else ""),
+                "command": template.command.replace("seed=0", "seed=N"),
+                "runs": ",".join(record.run_id for _, record in members),
+            }
+        )
     order = {task: i for i, task in enumerate(TASKS)}
-    return sorted(rows, key=lambda r: (order[r["task"]], r["size"], POSITIONS.index(r["position"])
-                                       if r["position"] in POSITIONS else 0))
+    return sorted(
+        rows,
+        key=lambda r: (
+            order[r["task"]],
+            r["size"],
+            POSITIONS.index(r["position"]) if r["position"] in POSITIONS else 0,
+        ),
+    )
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["Each planted task's default model at sizes (time steps; features for planted_feature) and planted "
-             "positions, mean ± sample std over seeds (their number in brackets). Goal: accuracy ≥ 0.99 and "
-             "argmax_hit ≥ 0.95 (add_two_numbers ≥ 0.9) on the means over ≥ 3 seeds. Made by "
-             "`python -m pipeline.sweep table --out docs/sweep`; each row's command is in the CSV.", "",
-             "| task | model | size | position | score | argmax_hit | goal met |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "Each planted task's default model at sizes (time steps; features for planted_feature) and planted "
+        "positions, mean ± sample std over seeds (their number in brackets). Goal: accuracy ≥ 0.99 and "
+        "argmax_hit ≥ 0.95 (add_two_numbers ≥ 0.9) on the means over ≥ 3 seeds. Made by "
+        "`python -m pipeline.sweep table --out docs/sweep`; each row's command is in the CSV.",
+        "",
+        "| task | model | size | position | score | argmax_hit | goal met |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         seeds = len(r["seeds"].split(","))
-        lines.append(f"| {r['task']} | {r['model']} | {r['size']} | {r['position']} | {r['score']} "
-                     f"{r['score mean']:.4f} ± {r['score std']:.4f} ({seeds}) | {r['argmax_hit mean']:.3f} ± "
-                     f"{r['argmax_hit std']:.3f} | {r['goal met']} |")
+        lines.append(
+            f"| {r['task']} | {r['model']} | {r['size']} | {r['position']} | {r['score']} "
+            f"{r['score mean']:.4f} ± {r['score std']:.4f} ({seeds}) | {r['argmax_hit mean']:.3f} ± "
+            f"{r['argmax_hit std']:.3f} | {r['goal met']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -214,10 +260,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--sizes", nargs="+", type=int, help="in place of each task's own sizes")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    parser.add_argument("--out", type=Path,
-                        help="table: write OUT.md, OUT.csv and the ledger OUT_runs.csv instead of printing")
-    parser.add_argument("--ledger", type=Path, default=repository_root() / LEDGER,
-                        help="the committed record of finished runs (runs in it are not trained again)")
+    parser.add_argument(
+        "--out", type=Path, help="table: write OUT.md, OUT.csv and the ledger OUT_runs.csv instead of printing"
+    )
+    parser.add_argument(
+        "--ledger",
+        type=Path,
+        default=repository_root() / LEDGER,
+        help="the committed record of finished runs (runs in it are not trained again)",
+    )
     args = parser.parse_args(argv)
     cells = plan(args.tasks, tuple(args.sizes or ()), args.seeds)
     done = done_runs(args.tracking_uri, cells, args.ledger)
@@ -239,8 +290,10 @@ def main(argv: list[str] | None = None) -> None:
     # one seed of every cell before the next seed, small sizes first: an interrupted sweep has
     # already seen every cell
     todo = sorted((cell for cell in cells if cell not in done), key=lambda cell: (cell.seed, cell.size))
-    print(f"{len(cells) - len(todo)} of {len(cells)} runs are in {args.tracking_uri} or {args.ledger}; "
-          f"{len(todo)} missing")
+    print(
+        f"{len(cells) - len(todo)} of {len(cells)} runs are in {args.tracking_uri} or {args.ledger}; "
+        f"{len(todo)} missing"
+    )
     for cell in todo:  # queued beside whatever is queued already: run `queue` once, then start the queue
         if args.action == "queue":
             study._dvc("exp", "run", "--queue", *[a for o in cell.overrides for a in ("-S", o)])

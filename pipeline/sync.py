@@ -36,8 +36,12 @@ def pending_runs(offline: MlflowClient) -> list[Run]:
     experiments = [e.experiment_id for e in offline.search_experiments()]
     if not experiments:
         return []
-    runs = offline.search_runs(experiments, f"tags.`{tracking.SYNC_STATUS}` = 'pending'",
-                               order_by=["attributes.start_time ASC"], max_results=50000)
+    runs = offline.search_runs(
+        experiments,
+        f"tags.`{tracking.SYNC_STATUS}` = 'pending'",
+        order_by=["attributes.start_time ASC"],
+        max_results=50000,
+    )
     return list(runs)
 
 
@@ -45,7 +49,7 @@ def copy_metrics(offline: MlflowClient, server: MlflowClient, run: Run, remote_r
     """Every metric's whole history (values, steps, timestamps)."""
     history = [m for key in run.data.metrics for m in offline.get_metric_history(run.info.run_id, key)]
     for start in range(0, len(history), METRICS_PER_BATCH):
-        batch = [Metric(m.key, m.value, m.timestamp, m.step) for m in history[start:start + METRICS_PER_BATCH]]
+        batch = [Metric(m.key, m.value, m.timestamp, m.step) for m in history[start : start + METRICS_PER_BATCH]]
         server.log_batch(remote_run_id, metrics=batch)
 
 
@@ -60,12 +64,16 @@ def copy_artifacts(offline: MlflowClient, server: MlflowClient, run: Run, remote
 def copy_logged_models(offline: MlflowClient, server: MlflowClient, run: Run, remote_run_id: str) -> None:
     """Each model the run logged (the ONNX model), as a logged model of the server's run."""
     remote = server.get_run(remote_run_id)
-    models = offline.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                          filter_string=f"source_run_id = '{run.info.run_id}'")
+    models = offline.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+    )
     for model in sorted(models, key=lambda m: m.creation_timestamp):
         copy = server.create_logged_model(
-            remote.info.experiment_id, name=model.name, source_run_id=remote_run_id,
-            params=model.params, tags={k: v for k, v in model.tags.items() if not k.startswith("mlflow.")},
+            remote.info.experiment_id,
+            name=model.name,
+            source_run_id=remote_run_id,
+            params=model.params,
+            tags={k: v for k, v in model.tags.items() if not k.startswith("mlflow.")},
             model_type=model.model_type,
         )
         server.log_outputs(remote_run_id, [LoggedModelOutput(copy.model_id, step=0)])
@@ -92,7 +100,8 @@ def sync_run(offline: MlflowClient, run: Run, target: str) -> str:
     else:
         experiment_name = offline.get_experiment(run.info.experiment_id).name
         remote_run_id = server.create_run(
-            tracking.experiment_id(target, experiment_name), start_time=run.info.start_time,
+            tracking.experiment_id(target, experiment_name),
+            start_time=run.info.start_time,
             run_name=run.info.run_name,
         ).info.run_id
     tracking.merge_params(server, remote_run_id, run.data.params)

@@ -47,8 +47,13 @@ def ensure_database(uri: str) -> bool:
     database = parts.path.lstrip("/")
     if not database:
         raise TeamServerError(f"--db {redacted(uri)}: no database name after the host")
-    server = dict(host=parts.hostname or "127.0.0.1", port=parts.port or 5432,
-                  user=parts.username, password=parts.password, connect_timeout=5)
+    server = {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 5432,
+        "user": parts.username,
+        "password": parts.password,
+        "connect_timeout": 5,
+    }
     try:
         psycopg.connect(dbname=database, **server).close()
         return False
@@ -66,28 +71,43 @@ def ensure_database(uri: str) -> bool:
     return True
 
 
-def server_command(db: str, artifacts: Path, host: str, port: int, workers: int,
-                   extra: list[str]) -> list[str]:
+def server_command(db: str, artifacts: Path, host: str, port: int, workers: int, extra: list[str]) -> list[str]:
     """The `mlflow server` command line of a team server."""
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     return [
-        mlflow, "server",
-        "--backend-store-uri", db,
-        "--serve-artifacts", "--artifacts-destination", str(artifacts.resolve()),
-        "--host", host, "--port", str(port), "--workers", str(workers),
+        mlflow,
+        "server",
+        "--backend-store-uri",
+        db,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(artifacts.resolve()),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
         *extra,
     ]
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--db", default=os.environ.get("MLFLOW_TEAM_DB"),
-                        help="postgresql://USER:PASSWORD@HOST:PORT/DATABASE (default: $MLFLOW_TEAM_DB)")
-    parser.add_argument("--artifacts", type=Path, default=Path("mlartifacts-team"),
-                        help="the artifact root folder (default: ./mlartifacts-team)")
+    parser.add_argument(
+        "--db",
+        default=os.environ.get("MLFLOW_TEAM_DB"),
+        help="postgresql://USER:PASSWORD@HOST:PORT/DATABASE (default: $MLFLOW_TEAM_DB)",
+    )
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("mlartifacts-team"),
+        help="the artifact root folder (default: ./mlartifacts-team)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="default: loopback only")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=2)
@@ -98,8 +118,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"created database {urlsplit(args.db).path.lstrip('/')}", flush=True)
     args.artifacts.mkdir(parents=True, exist_ok=True)
     command = server_command(args.db, args.artifacts, args.host, args.port, args.workers, extra)
-    print(f"MLflow team server on http://{args.host}:{args.port}: runs in {redacted(args.db)}, "
-          f"artifacts in {args.artifacts.resolve()}", flush=True)
+    print(
+        f"MLflow team server on http://{args.host}:{args.port}: runs in {redacted(args.db)}, "
+        f"artifacts in {args.artifacts.resolve()}",
+        flush=True,
+    )
     os.execv(command[0], command)  # the server is this process: signals reach it directly
 
 

@@ -16,6 +16,7 @@ uploads the offline records to their server later.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -65,9 +66,11 @@ def _store_lock(uri: str):
 SERVER_PROBE_SECONDS = 5
 # MLflow's client retries a failed request for minutes by default; a stage should notice an
 # outage in seconds and keep its records locally (see `_Recorder`). Users may still override.
-for _variable, _value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
-                          ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
-                          ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")):
+for _variable, _value in (
+    ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
+    ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+    ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"),
+):
     os.environ.setdefault(_variable, _value)
 
 
@@ -114,11 +117,10 @@ def experiment_id(uri: str, name: str) -> str:
             if uri.startswith("sqlite:///"):
                 store = Path(uri.removeprefix("sqlite:///"))
                 artifact_location = (store.parent / ARTIFACT_FOLDERS.get(store.name, DEFAULT_ARTIFACTS)).as_uri()
-            try:
-                client.create_experiment(name, artifact_location=artifact_location,
-                                         tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
-            except MlflowException:  # another client created it first
-                pass
+            with contextlib.suppress(MlflowException):  # another client created it first
+                client.create_experiment(
+                    name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND}
+                )
             experiment = client.get_experiment_by_name(name)
         if experiment.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:  # made before the tag was set
             client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
@@ -131,7 +133,11 @@ OFFLINE_ARTIFACTS = "mlartifacts-offline"
 ARTIFACT_FOLDERS = {DEFAULT_STORE: DEFAULT_ARTIFACTS, OFFLINE_STORE: OFFLINE_ARTIFACTS}
 CPU_TAG = "host.cpu"  # the CPU a run trained on (cpu_model())
 SYNC_TARGET, SYNC_REMOTE_RUN, SYNC_STATUS, SYNC_REGISTER = (
-    "sync.target", "sync.remote_run_id", "sync.status", "sync.register")
+    "sync.target",
+    "sync.remote_run_id",
+    "sync.status",
+    "sync.register",
+)
 
 
 def offline_uri() -> str:
@@ -169,24 +175,26 @@ class _Recorder:
 
     def go_offline(self, problem: str) -> None:
         server, remote_run_id = self.uri, self.run_id
-        print(f"warning: MLflow tracking server {server} is unreachable ({problem}); the records of "
-              f"run {remote_run_id} continue in {offline_uri()}: upload them with `python -m "
-              "pipeline.sync` when the server is back", file=sys.stderr, flush=True)
+        print(
+            f"warning: MLflow tracking server {server} is unreachable ({problem}); the records of "
+            f"run {remote_run_id} continue in {offline_uri()}: upload them with `python -m "
+            "pipeline.sync` when the server is back",
+            file=sys.stderr,
+            flush=True,
+        )
         self.uri, self.client = offline_uri(), MlflowClient(offline_uri())
         self.run_id = open_offline_run(self.experiment_name, server, remote_run_id)
         self.remote_run_id = remote_run_id
 
 
-def open_offline_run(experiment_name: str, server: str, remote_run_id: str | None,
-                     run_name: str | None = None) -> str:
+def open_offline_run(experiment_name: str, server: str, remote_run_id: str | None, run_name: str | None = None) -> str:
     """A run in the offline store holding records for the server `server`: a continuation of
     its run `remote_run_id`, or a new run there when None."""
     tags = {SYNC_TARGET: server, SYNC_STATUS: "pending"}
     if remote_run_id:
         tags[SYNC_REMOTE_RUN] = remote_run_id
     uri = offline_uri()
-    return MlflowClient(uri).create_run(experiment_id(uri, experiment_name), tags=tags,
-                                        run_name=run_name).info.run_id
+    return MlflowClient(uri).create_run(experiment_id(uri, experiment_name), tags=tags, run_name=run_name).info.run_id
 
 
 _recorder: _Recorder | None = None
@@ -228,22 +236,26 @@ def start_pipeline_run(cfg: Config, run_name: str, resume: dict | None = None) -
         check_reachable(uri)
     recorder = _continued(resume, uri, cfg.mlflow.experiment_name, problem) if resume else None
     if recorder is None and problem:
-        print(f"warning: MLflow tracking server {uri} is unreachable ({problem}); mlflow.required is "
-              f"false: this run is recorded in {offline_uri()}, upload it with `python -m pipeline.sync`",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: MLflow tracking server {uri} is unreachable ({problem}); mlflow.required is "
+            f"false: this run is recorded in {offline_uri()}, upload it with `python -m pipeline.sync`",
+            file=sys.stderr,
+            flush=True,
+        )
         run_id = open_offline_run(cfg.mlflow.experiment_name, uri, None, run_name)
         recorder = _Recorder(offline_uri(), run_id, cfg.mlflow.experiment_name)
     elif recorder is None:
-        run_id = MlflowClient(uri).create_run(experiment_id(uri, cfg.mlflow.experiment_name),
-                                              run_name=run_name).info.run_id
+        run_id = (
+            MlflowClient(uri).create_run(experiment_id(uri, cfg.mlflow.experiment_name), run_name=run_name).info.run_id
+        )
         recorder = _Recorder(uri, run_id, cfg.mlflow.experiment_name)
     recorder.configured_uri = uri
     with _open(recorder):
-        set_tags({"task": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed, CPU_TAG: cpu_model(),
-                  **lineage_tags()})
+        set_tags(
+            {"task": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed, CPU_TAG: cpu_model(), **lineage_tags()}
+        )
         yield recorder.remote_run_id or recorder.run_id
-    run_file = {"run_id": recorder.remote_run_id or recorder.run_id,
-                "experiment_name": cfg.mlflow.experiment_name}
+    run_file = {"run_id": recorder.remote_run_id or recorder.run_id, "experiment_name": cfg.mlflow.experiment_name}
     if recorder.offline:
         run_file["offline_run_id"] = recorder.run_id
     stage.write_json(stage.MLFLOW_RUN_FILE, run_file)
@@ -252,8 +264,13 @@ def start_pipeline_run(cfg: Config, run_name: str, resume: dict | None = None) -
 def current_run() -> dict:
     """Where the open pipeline run records, for continuing it after a crash (start_pipeline_run's
     `resume`)."""
-    return {"configured_uri": _recorder.configured_uri, "uri": _recorder.uri, "run_id": _recorder.run_id,
-            "remote_run_id": _recorder.remote_run_id, "experiment_name": _recorder.experiment_name}
+    return {
+        "configured_uri": _recorder.configured_uri,
+        "uri": _recorder.uri,
+        "run_id": _recorder.run_id,
+        "remote_run_id": _recorder.remote_run_id,
+        "experiment_name": _recorder.experiment_name,
+    }
 
 
 def _continued(resume: dict, uri: str, experiment_name: str, problem: str | None) -> _Recorder | None:
@@ -280,8 +297,7 @@ def resume_pipeline_run(cfg: Config) -> Iterator[str]:
     run_file = stage.read_json(stage.MLFLOW_RUN_FILE)
     name = run_file.get("experiment_name", cfg.mlflow.experiment_name)
     if run_file.get("offline_run_id"):
-        recorder = _Recorder(offline_uri(), run_file["offline_run_id"], name,
-                             remote_run_id=run_file["run_id"])
+        recorder = _Recorder(offline_uri(), run_file["offline_run_id"], name, remote_run_id=run_file["run_id"])
     else:
         recorder = _Recorder(tracking_uri(cfg.mlflow), run_file["run_id"], name)
         problem = server_problem(recorder.uri)
@@ -295,8 +311,7 @@ def cpuinfo_field(key: str) -> str:
     """The first value of `key` in /proc/cpuinfo ("model name", "flags"); "" where there is none."""
     try:
         with open("/proc/cpuinfo") as handle:
-            return next((line.split(":", 1)[1].strip() for line in handle if line.split(":", 1)[0].strip() == key),
-                        "")
+            return next((line.split(":", 1)[1].strip() for line in handle if line.split(":", 1)[0].strip() == key), "")
     except OSError:
         return ""
 
@@ -315,8 +330,9 @@ def lineage_tags() -> dict[str, str]:
         if os.environ.get(variable):
             tags[tag] = os.environ[variable]
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
         tags["git.commit"] = tags["mlflow.source.git.commit"] = commit
     except (OSError, subprocess.SubprocessError):
         pass  # not a git working copy
@@ -381,8 +397,9 @@ def evaluated_runs(uri: str, experiments: list[str] | None = None) -> list:
 
 def latest_onnx_model(client: MlflowClient, run):
     """The newest `onnx_model` that `run` logged (an MLflow LoggedModel), or None."""
-    logged = client.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                         filter_string=f"source_run_id = '{run.info.run_id}'")
+    logged = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+    )
     onnx_models = [m for m in logged if m.name == "onnx_model"]
     return max(onnx_models, key=lambda m: m.creation_timestamp) if onnx_models else None
 
@@ -392,8 +409,10 @@ def logged_onnx_file(uri: str, run) -> Path | None:
     latest = latest_onnx_model(MlflowClient(uri), run)
     if latest is None:
         return None
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=latest.artifact_location,
-                                                    tracking_uri=uri)) / "model.onnx"
+    return (
+        Path(mlflow.artifacts.download_artifacts(artifact_uri=latest.artifact_location, tracking_uri=uri))
+        / "model.onnx"
+    )
 
 
 def register_model_of_run(uri: str, run_id: str, name: str) -> str:
@@ -405,12 +424,11 @@ def register_model_of_run(uri: str, run_id: str, name: str) -> str:
         raise stage.StageFailed(f"MLflow run {run_id} has no logged onnx_model; rerun `dvc repro export`")
     with _store_lock(uri), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # parallel runs must not race to create the model
-        try:
+        with contextlib.suppress(MlflowException):  # it exists
             client.create_registered_model(name)
-        except MlflowException:
-            pass  # it exists
-        version = client.create_model_version(name, f"models:/{latest.model_id}", run_id=run_id,
-                                              model_id=latest.model_id).version
+        version = client.create_model_version(
+            name, f"models:/{latest.model_id}", run_id=run_id, model_id=latest.model_id
+        ).version
         client.set_registered_model_alias(name, CANDIDATE, version)
         client.set_model_version_tag(name, version, "run_id", run_id)
     return str(version)
@@ -431,7 +449,7 @@ def merge_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> N
     if fresh:
         client.log_batch(run_id, params=fresh)
     if changed:
-        warnings.warn(f"params changed since this run logged them, kept as tags: {sorted(changed)}")
+        warnings.warn(f"params changed since this run logged them, kept as tags: {sorted(changed)}", stacklevel=2)
         for key, value in changed.items():
             client.set_tag(run_id, f"param.{key}", str(value))
 
@@ -454,7 +472,7 @@ def log_labels(labels: list[str]) -> None:
 
 def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
     for path in paths:
-        _record(lambda client, run_id: client.log_artifact(run_id, str(path), artifact_path=artifact_path))
+        _record(lambda client, run_id, path=path: client.log_artifact(run_id, str(path), artifact_path=artifact_path))
 
 
 def log_onnx_model(onnx_model, input_example, outputs: dict) -> None:
@@ -479,8 +497,11 @@ def log_onnx_model(onnx_model, input_example, outputs: dict) -> None:
             signature=infer_signature(input_example, outputs),
             input_example=input_example,
             pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
-            onnx_execution_providers=[p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                                      if p in onnxruntime.get_available_providers()],
+            onnx_execution_providers=[
+                p
+                for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                if p in onnxruntime.get_available_providers()
+            ],
         )
 
     _record(log)

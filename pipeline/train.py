@@ -11,9 +11,9 @@ stops early on it, and the weights of its best epoch are kept. MiniRocket is fit
 (pipeline/models/minirocket.py).
 
 Resumable: after each epoch the weights, the optimizer state, the epoch number and the best
-epoch's weights are backed up in .checkpoints/train/ (Keras BackupAndRestore). A training process that is killed resumes from
-its last finished epoch on the next run with the same config and data, and ends with the same
-result as an uninterrupted run: the order of each epoch's batches is drawn from (seed, epoch)
+epoch's weights are backed up in .checkpoints/train/ (Keras BackupAndRestore). A training process
+that is killed resumes from its last finished epoch on the next run with the same config and data,
+and ends with the same result as an uninterrupted run: the order of each epoch's batches is drawn from (seed, epoch)
 alone. Its outputs are written only at the end, so DVC never records a partial model.
 """
 
@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from pipeline import stage, tracking
 from pipeline.config import Config, MiniRocketModel, TrainConfig, flatten, load_config
-from pipeline.errors import run_command
+from pipeline.errors import ConfigError, run_command
 from pipeline.models import TaskSpec, build_model
 from pipeline.prepare import load_split
 
@@ -66,7 +66,7 @@ OBJECTIVES = {
 
 
 def monitored_loss(val) -> str:
-    """"val_loss" where the data has a validation split, else "loss" (the training loss)."""
+    """ "val_loss" where the data has a validation split, else "loss" (the training loss)."""
     return "val_loss" if len(val) else "loss"
 
 
@@ -76,15 +76,22 @@ def stopping_callbacks(cfg: TrainConfig, monitor: str, epochs: int) -> list[kera
     `BestWeights` restores the best epoch's weights either way."""
     callbacks = []
     if cfg.lr_schedule == "cosine":
-        callbacks.append(keras.callbacks.LearningRateScheduler(
-            lambda epoch, _: cosine_learning_rate(cfg, epoch, epochs)))
+        callbacks.append(
+            keras.callbacks.LearningRateScheduler(lambda epoch, _: cosine_learning_rate(cfg, epoch, epochs))
+        )
     elif cfg.lr_decay_patience:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor, factor=0.5, patience=cfg.lr_decay_patience, min_lr=cfg.min_learning_rate,
-        ))  # a plateau: no fall of 1e-4 (Keras's min_delta)
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor,
+                factor=0.5,
+                patience=cfg.lr_decay_patience,
+                min_lr=cfg.min_learning_rate,
+            )
+        )  # a plateau: no fall of 1e-4 (Keras's min_delta)
     if cfg.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor, patience=cfg.early_stopping_patience,
-                                                       min_delta=cfg.min_delta))
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor, patience=cfg.early_stopping_patience, min_delta=cfg.min_delta)
+        )
     return callbacks
 
 
@@ -142,14 +149,21 @@ def distribution_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
     """The tf.distribute strategy of train.strategy. Call before TensorFlow runs any op: the
     logical CPU devices of `mirrored` without GPUs must be set up first."""
     if cfg.strategy == "multi_worker":
+        workers = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec().as_dict().get("worker", [])
+        if len(workers) > 1:
+            raise ConfigError(
+                f"train.strategy=multi_worker: TF_CONFIG names {len(workers)} workers, and Keras "
+                f"{keras.__version__} cannot fit over several workers (its first-batch reduce fails under "
+                "MultiWorkerMirroredStrategy: keras-team/keras#20585); train on one machine, with "
+                "train.strategy=mirrored for its GPUs"
+            )
         return tf.distribute.MultiWorkerMirroredStrategy()
     if cfg.strategy == "mirrored":
         gpus = tf.config.list_physical_devices("GPU")
         if gpus:
             return tf.distribute.MirroredStrategy()
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * cfg.cpu_replicas)
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cfg.cpu_replicas)
         return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cfg.cpu_replicas)])
     return tf.distribute.get_strategy()  # the default: no distribution
 
@@ -185,13 +199,20 @@ class EpochBatches(keras.callbacks.Callback):
     def dataset(self) -> tf.data.Dataset:
         signature = tuple(tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in (self.x, self.y))
         batches = len(self.bounds())
-        return (tf.data.Dataset.from_generator(self._batches, output_signature=signature)
-                .apply(tf.data.experimental.assert_cardinality(batches))
-                .prefetch(tf.data.AUTOTUNE))
+        return (
+            tf.data.Dataset.from_generator(self._batches, output_signature=signature)
+            .apply(tf.data.experimental.assert_cardinality(batches))
+            .prefetch(tf.data.AUTOTUNE)
+        )
 
 
 def fit(
-    cfg: Config, model: keras.Model, task: TaskSpec, train, val, callbacks=(),
+    cfg: Config,
+    model: keras.Model,
+    task: TaskSpec,
+    train,
+    val,
+    callbacks=(),
     strategy: tf.distribute.Strategy | None = None,
 ) -> keras.callbacks.History:
     """Train the model's `prediction` head (cross-entropy, or mean squared error for regression
@@ -227,9 +248,12 @@ def fit(
 def training_digest(cfg: Config) -> str:
     """sha256 of everything that decides the trained weights: seed, the data, model and train
     sections, and the prepared splits. A backup is resumed only by a run with the same digest."""
-    digest = hashlib.sha256(json.dumps(
-        {k: cfg.section(k) for k in ("data", "model", "train")} | {"seed": cfg.seed}, sort_keys=True,
-    ).encode())
+    digest = hashlib.sha256(
+        json.dumps(
+            {k: cfg.section(k) for k in ("data", "model", "train")} | {"seed": cfg.seed},
+            sort_keys=True,
+        ).encode()
+    )
     for split in stage.SPLITS:
         digest.update(stage.split_file(split).read_bytes())
     return digest.hexdigest()
@@ -251,7 +275,8 @@ class TrainingBackup(keras.callbacks.Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         owner.write_text(digest)
         self.keras_backup = keras.callbacks.BackupAndRestore(
-            str(self.folder), save_freq="epoch", delete_checkpoint=False, double_checkpoint=True)
+            str(self.folder), save_freq="epoch", delete_checkpoint=False, double_checkpoint=True
+        )
         self.history: dict[str, list[float]] = self._read("history.json") or {}
         self.mlflow_run: dict | None = self._read("mlflow_run.json")
 
@@ -291,16 +316,24 @@ def write_history(history: dict[str, list[float]], path=stage.HISTORY_CSV) -> No
             writer.writerow([epoch, *(f"{history[k][epoch]:.6f}" for k in keys)])
 
 
-def train_by_gradient(cfg: Config, task: TaskSpec, train, val, backup: TrainingBackup,
-                      strategy: tf.distribute.Strategy) -> tuple[keras.Model, dict, dict]:
+def train_by_gradient(
+    cfg: Config, task: TaskSpec, train, val, backup: TrainingBackup, strategy: tf.distribute.Strategy
+) -> tuple[keras.Model, dict, dict]:
     """Fit a Keras model of the config: (model, report, per-epoch history)."""
     with strategy.scope():
         model = build_model(cfg.model, task)
     tracking.log_params({"param_count": model.count_params()})
     best = BestWeights(monitored_loss(val), backup.folder)
     started = time.perf_counter()
-    fit(cfg, model, task, train, val, strategy=strategy,
-        callbacks=[backup, MlflowEpochLogger(), best, backup.keras_backup])
+    fit(
+        cfg,
+        model,
+        task,
+        train,
+        val,
+        strategy=strategy,
+        callbacks=[backup, MlflowEpochLogger(), best, backup.keras_backup],
+    )
     history = backup.history
     report = {
         "train/seconds": round(time.perf_counter() - started, 3),
@@ -324,8 +357,12 @@ def train_minirocket(cfg: Config, task: TaskSpec, train, val) -> tuple[keras.Mod
     x, y = np.concatenate([train.x, val.x]), np.concatenate([train.y, val.y])
     started = time.perf_counter()
     model, fitted = fit_minirocket(cfg.model, task, x, y, cfg.seed)
-    report = {"train/seconds": round(time.perf_counter() - started, 3), "train/param_count": model.get_layer("prediction").count_params(),
-              "train/epochs": 0, **fitted}
+    report = {
+        "train/seconds": round(time.perf_counter() - started, 3),
+        "train/param_count": model.get_layer("prediction").count_params(),
+        "train/epochs": 0,
+        **fitted,
+    }
     return model, report, {"accuracy": [fitted["train/final_accuracy"]]}
 
 
@@ -356,12 +393,18 @@ def main() -> None:
         tracking.log_artifacts([stage.KERAS_MODEL], artifact_path="keras_model")
         tracking.log_artifacts([stage.HISTORY_CSV], artifact_path="reports")
     backup.finish()
-    finals = ", ".join(f"{k.removeprefix('train/final_')} {v:.4g}" for k, v in report.items()
-                       if k.startswith("train/final_") and k != "train/final_learning_rate")
-    epochs = (f", {report['train/epochs']} of {report['train/epoch_limit']} epochs"
-              if "train/epoch_limit" in report else "")  # MiniRocket trains no epochs
-    print(f"trained {cfg.model.name} in {report['train/seconds']:.1f}s{epochs}: {finals} "
-          f"({stage.TRAIN_REPORT} has the rest)")
+    finals = ", ".join(
+        f"{k.removeprefix('train/final_')} {v:.4g}"
+        for k, v in report.items()
+        if k.startswith("train/final_") and k != "train/final_learning_rate"
+    )
+    epochs = (
+        f", {report['train/epochs']} of {report['train/epoch_limit']} epochs" if "train/epoch_limit" in report else ""
+    )  # MiniRocket trains no epochs
+    print(
+        f"trained {cfg.model.name} in {report['train/seconds']:.1f}s{epochs}: {finals} "
+        f"({stage.TRAIN_REPORT} has the rest)"
+    )
 
 
 if __name__ == "__main__":

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from pipeline.contract import VARIANTS
 from pipeline.metrics import predicted_classes
 
-VARIANTS = ("fp32", "fp16", "int8", "int8_qdq")
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
@@ -45,38 +45,52 @@ def _static_int8(fp32_model: onnx.ModelProto, calibration: np.ndarray, quantizat
     symbolic shapes), then quantize_static with `quantization.activation_type` activations and
     per-channel S8 weights, ranges from `calibration` [series, ...] (float32 inputs, one series per
     calibration batch); the first convolution stays float with `quantization.float_first_conv`."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     recurrent = sorted({n.op_type for n in fp32_model.graph.node if n.op_type in (*RECURRENT_OPS, "Loop")})
     if recurrent:
-        raise RefusedVariant(f"static quantization covers convolutional models; this graph has {recurrent} "
-                             "nodes (use variant int8, dynamic quantization)")
+        raise RefusedVariant(
+            f"static quantization covers convolutional models; this graph has {recurrent} "
+            "nodes (use variant int8, dynamic quantization)"
+        )
     input_name = fp32_model.graph.input[0].name
 
     class Series(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{input_name: calibration[i:i + 1]} for i in range(len(calibration))])
+            self.batches = iter([{input_name: calibration[i : i + 1]} for i in range(len(calibration))])
 
         def get_next(self):
             return next(self.batches, None)
 
     activation_types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-    methods = dict(zip(CALIBRATION_METHODS, (CalibrationMethod.MinMax, CalibrationMethod.Entropy,
-                                             CalibrationMethod.Percentile)))
+    methods = dict(
+        zip(CALIBRATION_METHODS, (CalibrationMethod.MinMax, CalibrationMethod.Entropy, CalibrationMethod.Percentile))
+    )
     with tempfile.TemporaryDirectory() as folder:
         source, prepared, target = (Path(folder) / f"{n}.onnx" for n in ("fp32", "prepared", "int8_qdq"))
         onnx.save(fp32_model, source)
         quant_pre_process(source, prepared, skip_symbolic_shape=True)
         # the prepared model's node names, not the fp32 model's: pre-processing may rename
         convs = [node.name for node in onnx.load(prepared).graph.node if node.op_type == "Conv"]  # graph order
-        quantize_static(prepared, target, Series(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        nodes_to_exclude=convs[:1] if quantization.float_first_conv else [],
-                        activation_type=activation_types[quantization.activation_type],
-                        weight_type=QuantType.QInt8,
-                        op_types_to_quantize=list(quantization.quantized_ops),
-                        calibrate_method=methods[quantization.calibration_method])
+        quantize_static(
+            prepared,
+            target,
+            Series(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            nodes_to_exclude=convs[:1] if quantization.float_first_conv else [],
+            activation_type=activation_types[quantization.activation_type],
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(quantization.quantized_ops),
+            calibrate_method=methods[quantization.calibration_method],
+        )
         quantized = onnx.load(target)
     drop_unused_opsets(quantized)
     return quantized
@@ -90,8 +104,13 @@ def drop_unused_opsets(onnx_model: onnx.ModelProto) -> None:
         onnx_model.opset_import.remove(opset)
 
 
-def convert(fp32_model: onnx.ModelProto, variant: str, keep_float32: tuple[str, ...] = (),
-            calibration: np.ndarray | None = None, quantization=None) -> onnx.ModelProto:
+def convert(
+    fp32_model: onnx.ModelProto,
+    variant: str,
+    keep_float32: tuple[str, ...] = (),
+    calibration: np.ndarray | None = None,
+    quantization=None,
+) -> onnx.ModelProto:
     """The `variant` of an fp32 model, with the same inputs, outputs (float32) and metadata; for
     fp16, the op types in `keep_float32` stay float32; int8_qdq needs `calibration` series and
     the `export.quantization` config (RefusedVariant for a recurrent graph)."""
@@ -100,8 +119,9 @@ def convert(fp32_model: onnx.ModelProto, variant: str, keep_float32: tuple[str, 
     if variant == "fp16":
         from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-        converted = convert_float_to_float16(fp32_model, keep_io_types=True,
-                                             op_block_list=[*DEFAULT_OP_BLOCK_LIST, *keep_float32])
+        converted = convert_float_to_float16(
+            fp32_model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *keep_float32]
+        )
     elif variant == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -120,13 +140,15 @@ def convert(fp32_model: onnx.ModelProto, variant: str, keep_float32: tuple[str, 
         if prop.key == "precision":
             prop.value = variant
     if keep_float32:
-        onnx.helper.set_model_props(converted, {**{p.key: p.value for p in converted.metadata_props},
-                                                "float32_ops": ",".join(keep_float32)})
+        onnx.helper.set_model_props(
+            converted, {**{p.key: p.value for p in converted.metadata_props}, "float32_ops": ",".join(keep_float32)}
+        )
     return converted
 
 
-def gated_variant(fp32_model: onnx.ModelProto, variant: str, check, **convert_args
-                  ) -> tuple[onnx.ModelProto | None, list[str]]:
+def gated_variant(
+    fp32_model: onnx.ModelProto, variant: str, check, **convert_args
+) -> tuple[onnx.ModelProto | None, list[str]]:
     """The variant and what it misses of its gate (`check(model) -> failures`). fp16 is tried in
     full first, then with the recurrent layers kept float32; the first that passes, else the
     last tried. A refused variant is (None, [why])."""
@@ -143,19 +165,21 @@ def gated_variant(fp32_model: onnx.ModelProto, variant: str, check, **convert_ar
 
 
 def gate_report(
-    variant: str, task_type: str, keras_out: dict[str, np.ndarray], onnx_out: dict[str, np.ndarray],
+    variant: str,
+    task_type: str,
+    keras_out: dict[str, np.ndarray],
+    onnx_out: dict[str, np.ndarray],
     labels: np.ndarray | None = None,
 ) -> dict[str, float]:
     """export/<variant>/... figures: prediction and attention max abs difference from Keras,
     the largest |attention row sum - 1|, the share of inputs with Keras's class and, given the
     inputs' `labels` [n, 1], the accuracy lost against Keras (points / 100)."""
     report = {
-        f"export/{variant}/prediction_max_abs":
-            float(np.max(np.abs(onnx_out["prediction"] - keras_out["prediction"]))),
-        f"export/{variant}/attention_max_abs":
-            float(np.max(np.abs(onnx_out["attention"] - keras_out["attention"]))),
-        f"export/{variant}/attention_sum_error":
-            float(np.max(np.abs(onnx_out["attention"].astype(np.float64).sum(axis=1) - 1.0))),
+        f"export/{variant}/prediction_max_abs": float(np.max(np.abs(onnx_out["prediction"] - keras_out["prediction"]))),
+        f"export/{variant}/attention_max_abs": float(np.max(np.abs(onnx_out["attention"] - keras_out["attention"]))),
+        f"export/{variant}/attention_sum_error": float(
+            np.max(np.abs(onnx_out["attention"].astype(np.float64).sum(axis=1) - 1.0))
+        ),
     }
     if task_type != "regression":
         ours, theirs = (predicted_classes(task_type, out["prediction"]) for out in (onnx_out, keras_out))
@@ -166,8 +190,9 @@ def gate_report(
     return report
 
 
-def gate_failures(variant: str, report: dict[str, float], export_cfg,
-                  fp32_tolerance: tuple[str, float] | None = None) -> list[str]:
+def gate_failures(
+    variant: str, report: dict[str, float], export_cfg, fp32_tolerance: tuple[str, float] | None = None
+) -> list[str]:
     """What the variant misses, naming each config key (empty: it passes). `fp32_tolerance`
     (key, value) replaces export.parity_tolerance for a model that sets its own."""
     if variant == "int8_qdq":
@@ -203,14 +228,20 @@ def _static_int8_failures(report: dict[str, float], export_cfg) -> list[str]:
     failures = []
     difference, tolerance = report["export/int8_qdq/attention_max_abs"], export_cfg.variant_tolerance["int8_qdq"]
     if difference > tolerance:
-        failures.append(f"attention max abs difference from Keras {difference:.3g} > "
-                        f"export.variant_tolerance.int8_qdq={tolerance:g}")
+        failures.append(
+            f"attention max abs difference from Keras {difference:.3g} > "
+            f"export.variant_tolerance.int8_qdq={tolerance:g}"
+        )
     sum_error = report["export/int8_qdq/attention_sum_error"]
     if sum_error > export_cfg.attention_sum_tolerance:
-        failures.append(f"attention rows sum to 1 ± {sum_error:.3g} > export.attention_sum_tolerance="
-                        f"{export_cfg.attention_sum_tolerance:g}")
+        failures.append(
+            f"attention rows sum to 1 ± {sum_error:.3g} > export.attention_sum_tolerance="
+            f"{export_cfg.attention_sum_tolerance:g}"
+        )
     drop = report.get("export/int8_qdq/accuracy_drop")
     if drop is not None and drop > export_cfg.max_accuracy_drop:
-        failures.append(f"test accuracy {100 * drop:.2f} points below Keras's > export.max_accuracy_drop="
-                        f"{export_cfg.max_accuracy_drop:g}")
+        failures.append(
+            f"test accuracy {100 * drop:.2f} points below Keras's > export.max_accuracy_drop="
+            f"{export_cfg.max_accuracy_drop:g}"
+        )
     return failures

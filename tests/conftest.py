@@ -80,10 +80,16 @@ def copy_repository(destination: Path) -> Path:
     """Copy the project's files (tracked and new, not ignored) to `destination`."""
     import subprocess
 
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO_ROOT, check=True, capture_output=True,
-    ).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=REPO_ROOT,
+            check=True,
+            capture_output=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         source = REPO_ROOT / name
         if source.is_file():
@@ -96,8 +102,7 @@ def copy_repository(destination: Path) -> Path:
 def subprocess_env() -> dict[str, str]:
     """This interpreter's environment, with its bin/ first on PATH so `python` and `dvc` are ours,
     less the log levels that importing `pipeline` set here: a command sets its own, as for a user."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "DVC_", "TF_CPP_", "PIPELINE_VERBOSE"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "TF_CPP_", "PIPELINE_VERBOSE"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
@@ -129,8 +134,13 @@ def pytest_terminal_summary(terminalreporter):
     """The counts of generated cases that property-based tests record (record_property
     "generated cases"), one line per test, after the run."""
     reports = [r for key in ("passed", "failed") for r in terminalreporter.stats.get(key, [])]
-    lines = [f"{r.nodeid}: {value}" for r in reports if r.when == "call"
-             for name, value in r.user_properties if name == "generated cases"]
+    lines = [
+        f"{r.nodeid}: {value}"
+        for r in reports
+        if r.when == "call"
+        for name, value in r.user_properties
+        if name == "generated cases"
+    ]
     if lines:
         terminalreporter.write_sep("=", "generated cases")
         for line in lines:

@@ -28,8 +28,10 @@ CPU_MODES: dict[str, dict[str, str]] = {
     "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},  # oneDNN limited to AVX2 kernels, as on older CPUs
     "onednn_off": {"TF_ENABLE_ONEDNN_OPTS": "0"},  # TensorFlow's own (Eigen) kernels
 }
-RUN_STAGES = ("from pipeline import prepare, train, export, evaluate\n"
-              "for stage in (prepare, train, export, evaluate): stage.main()")
+RUN_STAGES = (
+    "from pipeline import prepare, train, export, evaluate\n"
+    "for stage in (prepare, train, export, evaluate): stage.main()"
+)
 COMPARED_REPORTS = ("reports/train.json", "reports/metrics.json")
 
 
@@ -47,10 +49,19 @@ def run_pipeline(folder: Path, params: dict, mode: str) -> subprocess.Popen:
 
     folder.mkdir(parents=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**mode_environment(mode), "PYTHONPATH": str(REPO_ROOT),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
-    return subprocess.Popen([sys.executable, "-c", RUN_STAGES], cwd=folder, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **mode_environment(mode),
+        "PYTHONPATH": str(REPO_ROOT),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", RUN_STAGES],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def pipeline_metrics(folder: Path) -> dict[str, float]:
@@ -64,8 +75,7 @@ def pipeline_metrics(folder: Path) -> dict[str, float]:
 def differences(reference: dict[str, float], other: dict[str, float]) -> dict[str, dict[str, float]]:
     """Per metric: the absolute and the relative difference of `other` from `reference`."""
     return {
-        key: {"abs": abs(other[key] - value),
-              "rel": abs(other[key] - value) / abs(value) if value else abs(other[key])}
+        key: {"abs": abs(other[key] - value), "rel": abs(other[key] - value) / abs(value) if value else abs(other[key])}
         for key, value in reference.items()
     }
 
@@ -113,8 +123,9 @@ def golden_differences(workdir: Path) -> dict[str, float]:
     for mode in CPU_MODES:
         path = workdir / f"golden-{mode}.npz"
         write = f"from tests.cpu_modes import write_golden_outputs; write_golden_outputs({str(path)!r})"
-        subprocess.run([sys.executable, "-c", write], cwd=REPO_ROOT, check=True,
-                       env=mode_environment(mode), capture_output=True)
+        subprocess.run(
+            [sys.executable, "-c", write], cwd=REPO_ROOT, check=True, env=mode_environment(mode), capture_output=True
+        )
         with np.load(path, allow_pickle=False) as arrays:
             runs[mode] = dict(arrays)
     worst = {}

@@ -33,20 +33,38 @@ GOLDEN_DIR = Path(__file__).parent / "golden"
 CASES = {
     "dense_attention": ("experiment=dense_attention",),
     "lstm_attention": ("experiment=lstm_attention",),
-    **{name: (f"model={name}",) for name in SEQUENCE_MODELS if name not in ("lstm_attention", "conv_attention", "conv_gap")},
+    **{
+        name: (f"model={name}",)
+        for name in SEQUENCE_MODELS
+        if name not in ("lstm_attention", "conv_attention", "conv_gap")
+    },
     # small weight files; a high learning rate for a few epochs takes the gates (the class
     # attention's alpha) well away from their start, so that the attention path is pinned too
     # (at 0.1 the gated attention's states die and its weights turn uniform)
-    "conv_attention": ("model=conv_attention", "model.filters=[16,32,16]", "train.learning_rate=0.03",
-                       "train.epochs=3"),
-    "conv_attention_class": ("model=conv_attention", "model.score=class", "model.filters=[16,32,16]",
-                             "train.learning_rate=0.1", "train.epochs=3"),
+    "conv_attention": (
+        "model=conv_attention",
+        "model.filters=[16,32,16]",
+        "train.learning_rate=0.03",
+        "train.epochs=3",
+    ),
+    "conv_attention_class": (
+        "model=conv_attention",
+        "model.score=class",
+        "model.filters=[16,32,16]",
+        "train.learning_rate=0.1",
+        "train.epochs=3",
+    ),
     "conv_gap": ("model=conv_gap", "model.filters=[16,32,16]"),
     "conv_attention_additive": ("model=conv_attention", "model.score=additive", "model.filters=[16,32,16]"),
     "bahdanau_variable_length": ("model=bahdanau", "data=find_max", "data.min_length=5"),
     "conv_attention_japanese_vowels": (
-        "model=conv_attention", "data=ucr", "data.name=JapaneseVowels",
-        "model.filters=[8,8]", "model.kernel_sizes=[5,3]", "train.learning_rate=0.1", "train.epochs=3",
+        "model=conv_attention",
+        "data=ucr",
+        "data.name=JapaneseVowels",
+        "model.filters=[8,8]",
+        "model.kernel_sizes=[5,3]",
+        "train.learning_rate=0.1",
+        "train.epochs=3",
     ),
 }
 N_INPUTS = 8
@@ -76,8 +94,10 @@ def _trained(case: str):
 
 
 def _files(case: str) -> dict[str, Path]:
-    return {kind: GOLDEN_DIR / f"{case}{suffix}"
-            for kind, suffix in (("record", ".json"), ("weights", ".weights.npz"), ("outputs", ".npz"))}
+    return {
+        kind: GOLDEN_DIR / f"{case}{suffix}"
+        for kind, suffix in (("record", ".json"), ("weights", ".weights.npz"), ("outputs", ".npz"))
+    }
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:
@@ -106,9 +126,11 @@ def stored_model(case: str):
     stored = [weights[f"w{i:03d}"] for i in range(len(weights))]
     shapes = [tuple(v.shape) for v in model.weights]
     if [w.shape for w in stored] != shapes:
-        raise GoldenMismatch(f"{case}: the model built from {files['record'].name} has weights of shapes "
-                             f"{shapes}, {files['weights'].name} holds {[w.shape for w in stored]} "
-                             "(a changed model definition; see `make golden`)")
+        raise GoldenMismatch(
+            f"{case}: the model built from {files['record'].name} has weights of shapes "
+            f"{shapes}, {files['weights'].name} holds {[w.shape for w in stored]} "
+            "(a changed model definition; see `make golden`)"
+        )
     model.set_weights(stored)
     return model
 
@@ -147,8 +169,12 @@ def write(case: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Rewrite the golden files of the exported models.")
     parser.add_argument("--write", action="store_true", help="required: rewrite tests/golden/")
-    parser.add_argument("--case", action="append", choices=list(CASES),
-                        help="only this case (repeatable), e.g. a newly added one; default: all")
+    parser.add_argument(
+        "--case",
+        action="append",
+        choices=list(CASES),
+        help="only this case (repeatable), e.g. a newly added one; default: all",
+    )
     args = parser.parse_args()
     if not args.write:
         parser.error("pass --write to rewrite the committed golden files")

@@ -24,6 +24,7 @@ Case = tuple[str, str, Callable, str]  # (name, kind, make the bad input, fragme
 def _set(section: str | None, key: str, value) -> Callable[[dict], None]:
     def change(params: dict) -> None:
         (params[section] if section else params)[key] = value
+
     return change
 
 
@@ -32,26 +33,49 @@ def _drop(section: str) -> Callable[[dict], None]:
 
 
 CONFIGS: list[Case] = [
-    ("epochs not a number", "config", _set("train", "epochs", "ten"),
-     "train.epochs: Input should be a valid integer"),
+    ("epochs not a number", "config", _set("train", "epochs", "ten"), "train.epochs: Input should be a valid integer"),
     ("zero epochs", "config", _set("train", "epochs", 0), "train.epochs: Input should be greater than 0"),
     ("misspelt key", "config", _set("train", "epoch", 3), "train.epoch: Extra inputs are not permitted"),
     ("unknown model", "config", _set("model", "name", "transformer"), "model.name: unknown value 'transformer'"),
     ("unknown task", "config", _set("data", "name", "nope"), "data.name: unknown value 'nope'"),
     ("opset 19", "config", _set("export", "opset", 19), "export.opset: Input should be less than or equal to 18"),
-    ("unknown variant", "config", _set("export", "variants", ["fp64"]),
-     "export.variants.0: Input should be 'fp32', 'fp16', 'int8' or 'int8_qdq'"),
-    ("negative learning rate", "config", _set("train", "learning_rate", -1),
-     "train.learning_rate: Input should be greater than 0"),
-    ("validation share above 1", "config", _set("data", "val_fraction", 1.5),
-     "data.val_fraction: Input should be less than 1"),
+    (
+        "unknown variant",
+        "config",
+        _set("export", "variants", ["fp64"]),
+        "export.variants.0: Input should be 'fp32', 'fp16', 'int8' or 'int8_qdq'",
+    ),
+    (
+        "negative learning rate",
+        "config",
+        _set("train", "learning_rate", -1),
+        "train.learning_rate: Input should be greater than 0",
+    ),
+    (
+        "validation share above 1",
+        "config",
+        _set("data", "val_fraction", 1.5),
+        "data.val_fraction: Input should be less than 1",
+    ),
     ("seed not a number", "config", _set(None, "seed", "abc"), "seed: Input should be a valid integer"),
-    ("empty experiment name", "config", _set("mlflow", "experiment_name", ""),
-     "mlflow.experiment_name: String should have at least 1 character"),
-    ("unknown strategy", "config", _set("train", "strategy", "tpu"),
-     "train.strategy: Input should be 'default', 'mirrored' or 'multi_worker'"),
-    ("zero CPU replicas", "config", _set("train", "cpu_replicas", 0),
-     "train.cpu_replicas: Input should be greater than or equal to 1"),
+    (
+        "empty experiment name",
+        "config",
+        _set("mlflow", "experiment_name", ""),
+        "mlflow.experiment_name: String should have at least 1 character",
+    ),
+    (
+        "unknown strategy",
+        "config",
+        _set("train", "strategy", "tpu"),
+        "train.strategy: Input should be 'default', 'mirrored' or 'multi_worker'",
+    ),
+    (
+        "zero CPU replicas",
+        "config",
+        _set("train", "cpu_replicas", 0),
+        "train.cpu_replicas: Input should be greater than or equal to 1",
+    ),
     ("missing section", "config", _drop("train"), "train: Field required"),
     ("params not YAML", "params text", "seed: [1\n", "params.yaml: not valid YAML at line 2"),
     ("params empty", "params text", "", "params.yaml: expected a mapping of sections, got NoneType"),
@@ -59,10 +83,18 @@ CONFIGS: list[Case] = [
 ]
 
 DATA_FILES: list[Case] = [
-    ("NaN in a .ts file", "data", ("x_TRAIN.ts", TS_HEADER + "1,2,NaN,4:a\n"),
-     "x_TRAIN.ts: line 10, dimension 1, value 3: missing value 'NaN'"),
-    ("ragged .ts row", "data", ("x_TRAIN.ts", TS_HEADER + TS_ROWS[0] + "\n1,2,3:b\n"),
-     "@equalLength true with length 4"),
+    (
+        "NaN in a .ts file",
+        "data",
+        ("x_TRAIN.ts", TS_HEADER + "1,2,NaN,4:a\n"),
+        "x_TRAIN.ts: line 10, dimension 1, value 3: missing value 'NaN'",
+    ),
+    (
+        "ragged .ts row",
+        "data",
+        ("x_TRAIN.ts", TS_HEADER + TS_ROWS[0] + "\n1,2,3:b\n"),
+        "@equalLength true with length 4",
+    ),
     ("undeclared label", "data", ("x_TRAIN.ts", TS_HEADER + "1,2,3,4:c\n"), "label 'c' is not declared"),
     ("empty .ts file", "data", ("x_TRAIN.ts", ""), "x_TRAIN.ts: empty file"),
     ("truncated mid-row", "data", ("x_TRAIN.ts", TS_HEADER + TS_ROWS[0] + "\n1,2,3"), "no class label"),
@@ -96,8 +128,11 @@ def pipeline_dir(tmp_path_factory):
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_the_matrix_has_at_least_25_cases_of_each_kind_together():
@@ -117,17 +152,24 @@ def _custom_operator_model(path: Path) -> None:
     from onnx import TensorProto, helper, save
 
     graph = helper.make_graph(
-        [helper.make_node("Run", ["x"], ["prediction"], domain="com.example"),
-         helper.make_node("Identity", ["x"], ["attention"])], "g",
+        [
+            helper.make_node("Run", ["x"], ["prediction"], domain="com.example"),
+            helper.make_node("Identity", ["x"], ["attention"]),
+        ],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 20, 2])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("prediction", "attention")])
-    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                 helper.make_opsetid("com.example", 1)]), path)
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("prediction", "attention")],
+    )
+    save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]),
+        path,
+    )
 
 
 @pytest.mark.parametrize("name, kind, bad, fragment", MATRIX, ids=[c[0] for c in MATRIX])
-def test_bad_input_is_refused_with_its_error_and_nothing_changes(pipeline_dir, tmp_path, monkeypatch,
-                                                                 capsys, name, kind, bad, fragment):
+def test_bad_input_is_refused_with_its_error_and_nothing_changes(
+    pipeline_dir, tmp_path, monkeypatch, capsys, name, kind, bad, fragment
+):
     from pipeline import predict, prepare
     from pipeline.errors import run_command
 
@@ -149,9 +191,16 @@ def test_bad_input_is_refused_with_its_error_and_nothing_changes(pipeline_dir, t
                 test_file = tmp_path / file_name.replace("_TRAIN", "_TEST")
                 if content is not None and not test_file.exists():
                     _write_input(test_file, content)
-                params_file.write_text(yaml.safe_dump(tiny_params(
-                    "data=ts_file", f"data.train_file={tmp_path / file_name}", f"data.test_file={test_file}",
-                ), sort_keys=False))
+                params_file.write_text(
+                    yaml.safe_dump(
+                        tiny_params(
+                            "data=ts_file",
+                            f"data.train_file={tmp_path / file_name}",
+                            f"data.test_file={test_file}",
+                        ),
+                        sort_keys=False,
+                    )
+                )
             with pytest.raises(SystemExit) as exited:
                 run_command(prepare.main)
         else:

@@ -12,9 +12,18 @@ from pipeline.export import to_onnx
 from pipeline.models import TaskSpec, build_model
 from tests.conftest import tiny_config
 
-RUNTIMES = {"onnxruntime_fp32", "onnxruntime_fp32_unfused", "onnxruntime_int8_qdq",
-            "onnxruntime_int8_qdq_int8_activations", "onnxruntime_int8_qdq_with_matmul", "onnxruntime_fp16",
-            "openvino_fp32", "openvino_int8_qdq", "tf_function", "tf_function_xla"}
+RUNTIMES = {
+    "onnxruntime_fp32",
+    "onnxruntime_fp32_unfused",
+    "onnxruntime_int8_qdq",
+    "onnxruntime_int8_qdq_int8_activations",
+    "onnxruntime_int8_qdq_with_matmul",
+    "onnxruntime_fp16",
+    "openvino_fp32",
+    "openvino_int8_qdq",
+    "tf_function",
+    "tf_function_xla",
+}
 
 
 def _split(n: int, rng: np.random.Generator) -> Dataset:
@@ -28,8 +37,9 @@ def test_every_runtime_runs_the_deployed_model_and_openvino_agrees_with_onnx_run
     model = build_model(cfg.model, TaskSpec((30, 2), "multiclass", n_classes=3, normalization={"mode": "per_series"}))
     rng = np.random.default_rng(3)
     splits = {"train": _split(40, rng), "test": _split(24, rng)}
-    figures = real_data_model_figures(model, to_onnx(model, 17, {"task_type": "multiclass"}), splits, cfg.export,
-                                      repeats=8, seconds=0.05)
+    figures = real_data_model_figures(
+        model, to_onnx(model, 17, {"task_type": "multiclass"}), splits, cfg.export, repeats=8, seconds=0.05
+    )
     assert set(figures["runtimes"]) == RUNTIMES
     measured = {name: speeds for name, speeds in figures["runtimes"].items() if not isinstance(speeds, str)}
     assert {"onnxruntime_fp32", "onnxruntime_int8_qdq", "openvino_fp32", "tf_function"} <= set(measured)

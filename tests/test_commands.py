@@ -13,8 +13,9 @@ from tests.conftest import REPO_ROOT, subprocess_env
 
 def _imports(path) -> set[str]:
     tree = ast.parse(path.read_text())
-    return ({a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-            | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module})
+    return {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | {
+        n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+    }
 
 
 def _main_block(path) -> str | None:
@@ -29,6 +30,29 @@ def test_the_errors_module_imports_nothing_of_the_package():
     assert not {m for m in _imports(REPO_ROOT / "pipeline/errors.py") if m.startswith("pipeline")}
 
 
+def _module_name(path) -> str:
+    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_the_package_has_no_import_cycle():
+    """Every import of a package module, at the top of a file or inside a function, points one way."""
+    import graphlib
+
+    modules = {_module_name(p): p for p in (REPO_ROOT / "pipeline").rglob("*.py")}
+    graph = {name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
+    for name, path in modules.items():  # `from pipeline import stage` imports pipeline.stage
+        tree = ast.parse(path.read_text())
+        graph[name] |= {
+            f"{n.module}.{a.name}"
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module
+            for a in n.names
+            if f"{n.module}.{a.name}" in modules and f"{n.module}.{a.name}" != name
+        }
+    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError, naming the cycle
+
+
 def test_every_command_reports_bad_input_through_one_runner():
     """Each `python -m pipeline.X` ends in run_command(main), which turns the package's errors
     (all defined in pipeline/errors.py or derived from them) into one line and exit code 2."""
@@ -38,30 +62,44 @@ def test_every_command_reports_bad_input_through_one_runner():
     assert {path: block for path, block in commands.items() if block != "run_command(main)"} == {}
 
 
-@pytest.mark.parametrize("args, key", [
-    (["train.epochs=0"], "train.epochs"),
-    (["data.planted_step=99"], "data"),
-])
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (["train.epochs=0"], "train.epochs"),
+        (["data.planted_step=99"], "data"),
+    ],
+)
 def test_the_config_command_prints_one_error_line_and_exits_2(args, key):
-    result = subprocess.run([sys.executable, "-m", "pipeline.config", *args], cwd=REPO_ROOT,
-                            env=subprocess_env(), capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.config", *args],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: conf/ with {args[0]}: invalid config: {key}")
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["pipeline.predict", "missing.onnx", "x.npy"], "missing.onnx: not a readable ONNX model"),
-    (["pipeline.serve", "--model", "missing.onnx"], "missing.onnx: not a readable ONNX model"),
-    (["pipeline.promote", "--name", "nothing", "--tracking-uri", "sqlite:///{tmp}/m.db"],
-     "no registered model 'nothing'"),
-    (["pipeline.deploy"], "params.yaml: not found"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["pipeline.predict", "missing.onnx", "x.npy"], "missing.onnx: not a readable ONNX model"),
+        (["pipeline.serve", "--model", "missing.onnx"], "missing.onnx: not a readable ONNX model"),
+        (
+            ["pipeline.promote", "--name", "nothing", "--tracking-uri", "sqlite:///{tmp}/m.db"],
+            "no registered model 'nothing'",
+        ),
+        (["pipeline.deploy"], "params.yaml: not found"),
+    ],
+)
 def test_commands_refuse_bad_input_with_one_error_line_and_exit_2(tmp_path, args, fragment):
     args = [a.format(tmp=tmp_path) for a in args]
-    result = subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, env=subprocess_env(),
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", *args], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -71,8 +109,16 @@ def test_commands_refuse_bad_input_with_one_error_line_and_exit_2(tmp_path, args
 @pytest.mark.parametrize("verbose", ["", "1"])
 def test_third_party_notices_stay_silent_unless_pipeline_verbose_is_set(tmp_path, verbose):
     """A new MLflow store logs INFO lines as MLflow creates its tables: shown with PIPELINE_VERBOSE=1 only."""
-    script = ("import pipeline, mlflow; "
-              f"mlflow.set_tracking_uri('sqlite:///{tmp_path / 'mlflow.db'}'); mlflow.search_experiments()")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                            env={**subprocess_env(), "PIPELINE_VERBOSE": verbose}, check=True)
+    script = (
+        "import pipeline, mlflow; "
+        f"mlflow.set_tracking_uri('sqlite:///{tmp_path / 'mlflow.db'}'); mlflow.search_experiments()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**subprocess_env(), "PIPELINE_VERBOSE": verbose},
+        check=True,
+    )
     assert ("INFO mlflow" in result.stderr) == bool(verbose), result.stderr

@@ -22,8 +22,14 @@ def _log_run(experiment: str, model: str, hit: float, complete: bool = True, **p
         mlflow.log_params(params)
         mlflow.log_metrics({"train/param_count": 4565.0, "train/seconds": 10.5, "test/mae": 0.05})
         if complete:
-            mlflow.log_metrics({"attention/argmax_hit": hit, "attention/lift": hit * 20,
-                                "attention/mass_at_target": hit, "attention/entropy": 1.0})
+            mlflow.log_metrics(
+                {
+                    "attention/argmax_hit": hit,
+                    "attention/lift": hit * 20,
+                    "attention/mass_at_target": hit,
+                    "attention/entropy": 1.0,
+                }
+            )
     return run.info.run_id
 
 
@@ -71,8 +77,9 @@ def test_rows_are_the_latest_run_per_model_and_seed_at_the_task_s_own_size(tmp_p
     assert [(r["run"], r["seed"]) for r in rows] == [(other_seed, "2"), (latest, "1")]
 
 
-def _log_study_run(combination: study.Combination, accuracy: float, seconds: float, cpu: str | None = "CPU A",
-                   **changed) -> str:
+def _log_study_run(
+    combination: study.Combination, accuracy: float, seconds: float, cpu: str | None = "CPU A", **changed
+) -> str:
     """A finished, evaluated run with the params the pipeline logs for `combination`, trained on
     `cpu` (None: a run logged before the CPU was)."""
     params = {**study.expected_params(combination, REPO_ROOT / "conf"), "data.source": "ucr", **changed}
@@ -95,8 +102,10 @@ def test_study_finds_the_runs_of_the_current_recipe_and_reports_mean_and_std(tmp
     _log_study_run(study.Combination("GunPoint", "conv_gap", 1), 0.9, 20.0)
     _log_study_run(study.Combination("GunPoint", "conv_gap", 2), 0.5, 20.0, **{"train.epochs": "3"})  # another recipe
 
-    assert study.missing(uri, plan) == [study.Combination("GunPoint", "conv_gap", 2),
-                                        study.Combination("GunPoint", "conv_gap", 3)]
+    assert study.missing(uri, plan) == [
+        study.Combination("GunPoint", "conv_gap", 2),
+        study.Combination("GunPoint", "conv_gap", 3),
+    ]
     rows = study.summary(study.matching_runs(study.evaluated_runs(uri), plan))
     attention, gap = rows
     assert (attention["model"], attention["seeds"]) == ("conv_attention", "1,2,3")
@@ -133,8 +142,11 @@ def test_a_run_logged_before_an_option_existed_matches_the_value_it_trained_with
     record = study.RunRecord(0.9, 1.0, "run-before-the-option", 0)
     with monkeypatch.context() as before_the_option:  # the ledger as the code of that time wrote it
         composed = study.expected_params
-        before_the_option.setattr(study, "expected_params", lambda *args: {
-            k: v for k, v in composed(*args).items() if k != "train.lr_schedule"})
+        before_the_option.setattr(
+            study,
+            "expected_params",
+            lambda *args: {k: v for k, v in composed(*args).items() if k != "train.lr_schedule"},
+        )
         study.write_ledger(ledger, {plateau: record})
     assert study.recorded_runs(ledger, [plateau, cosine]) == {plateau: record}
 
@@ -158,12 +170,16 @@ def test_the_selection_study_reads_inner_fold_runs_only(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    additive, gap = (f"{setting} lr_schedule=plateau lr_decay_patience=50"  # a train setting is a setting too
-                     for setting in ("conv_attention score=additive", "conv_gap"))
+    additive, gap = (
+        f"{setting} lr_schedule=plateau lr_decay_patience=50"  # a train setting is a setting too
+        for setting in ("conv_attention score=additive", "conv_gap")
+    )
     plan = study.selection_combinations(["ArrowHead"], ("conv_attention", additive, gap))
     assert [c.label for c in plan[::3]] == ["conv_attention", additive, gap]
-    assert plan[3].command.endswith("-S model.score=additive -S train.lr_schedule=plateau -S train.lr_decay_patience=50"
-                                    " -S train.epochs=300 -S seed=1 -S data.inner_fold=0")
+    assert plan[3].command.endswith(
+        "-S model.score=additive -S train.lr_schedule=plateau -S train.lr_decay_patience=50"
+        " -S train.epochs=300 -S seed=1 -S data.inner_fold=0"
+    )
     for combination, accuracy in zip(plan, (0.7, 0.8, 0.9, 0.6, 0.6, 0.6)):
         _log_study_run(combination, accuracy, 10.0)
     _log_study_run(study.Combination("ArrowHead", "conv_attention", 1), 0.5, 10.0)  # a test-set run
@@ -187,8 +203,9 @@ def test_rank_statistics_on_a_known_table(tmp_path):
 
     rng = np.random.default_rng(0)
     base = rng.uniform(60, 90, size=8)
-    table = pd.DataFrame({"a": base + 5, "b": base + rng.uniform(1, 2, 8), "c": base},
-                         index=[f"set{i}" for i in range(8)])
+    table = pd.DataFrame(
+        {"a": base + 5, "b": base + rng.uniform(1, 2, 8), "c": base}, index=[f"set{i}" for i in range(8)]
+    )
     stats = study.rank_statistics(table)
     assert stats["mean rank"] == {"a": 1.0, "b": 2.0, "c": 3.0} and stats["data sets"] == 8
     assert stats["friedman p"] < 0.001
@@ -237,8 +254,13 @@ def test_faithfulness_figures_reach_the_table_and_survive_the_ledger(tmp_path, m
     for combination, gain, drop, rho in zip(plan, (0.2, 0.4), (0.1, 0.3), (0.5, 0.7)):
         run_id = _log_study_run(combination, 0.9, 12.0)
         with mlflow.start_run(run_id=run_id):
-            mlflow.log_metrics({"faithfulness/deletion_aopc_gain": gain, "faithfulness/uniform_drop": drop,
-                                "faithfulness/occlusion_spearman": rho})
+            mlflow.log_metrics(
+                {
+                    "faithfulness/deletion_aopc_gain": gain,
+                    "faithfulness/uniform_drop": drop,
+                    "faithfulness/occlusion_spearman": rho,
+                }
+            )
     main(["--tracking-uri", uri, "--out", str(tmp_path / "results")])
     line = "| UnitTest | 0.300 / 20.0 / 0.60 / – |"
     assert line in (tmp_path / "results.md").read_text()

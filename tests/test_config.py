@@ -23,8 +23,7 @@ def test_committed_params_are_valid():
 
 @pytest.mark.parametrize(
     "experiment, data, model",
-    [("dense_attention", "planted_feature", "feature_attention"),
-     ("lstm_attention", "planted_step", "lstm_attention")],
+    [("dense_attention", "planted_feature", "feature_attention"), ("lstm_attention", "planted_step", "lstm_attention")],
 )
 def test_experiment_presets_pair_data_with_model(experiment, data, model):
     composed = compose_defaults(REPO_ROOT / "conf", [f"experiment={experiment}", "train.epochs=3"])
@@ -101,23 +100,28 @@ def test_unreadable_files_are_reported(tmp_path):
         load_config(broken)
 
 
-@pytest.mark.parametrize("overrides, fragments", [
-    (("data=ucr", "data.normalization=zscore"), ["data.normalization", "'per_series'", "zscore"]),
-    (("data=ucr", "data.val_fraction=1.5"), ["data.val_fraction", "less than 1"]),
-    (("data=ucr", "data.name=../etc"), ["data.name", "should match pattern"]),
-    (("data=ts_file", "data.source=s3"), ["data.source: unknown value 's3'", "'ucr'", "'ts_file'"]),
-    (("data=ucr", "model=conv_attention", "model.kernel_sizes=[8,5]"),
-     ["model", "filters and kernel_sizes need one entry per block, got 3 and 2"]),
-    (("data=ucr", "model=conv_attention", "model.score=last_state"), ["model.score", "last_state"]),
-    (("data=ucr", "model=feature_attention"), ["feature_attention needs vector data"]),
-    (("data=ucr", "model=conv_gap", "model.score=additive"), ["model", "score 'mean'", "conv_gap"]),
-    (("data=ucr", "model=conv_attention", "model.score=mean"), ["model", "score 'mean'", "conv_attention"]),
-    (("model=minirocket",), ["minirocket classifies series from files"]),
-    (("data=ucr", "model=minirocket", "model.num_kernels=10"), ["model.num_kernels", "84"]),
-    (("data=ucr", "train.min_learning_rate=0.1"), ["train", "min_learning_rate must be <= learning_rate"]),
-    (("data=ucr", "data.normalization=zscore"), ["data.normalization", "auto"]),
-    (("data=ucr", "data.inner_fold=3"), ["data.inner_fold", "less than 3"]),
-])
+@pytest.mark.parametrize(
+    "overrides, fragments",
+    [
+        (("data=ucr", "data.normalization=zscore"), ["data.normalization", "'per_series'", "zscore"]),
+        (("data=ucr", "data.val_fraction=1.5"), ["data.val_fraction", "less than 1"]),
+        (("data=ucr", "data.name=../etc"), ["data.name", "should match pattern"]),
+        (("data=ts_file", "data.source=s3"), ["data.source: unknown value 's3'", "'ucr'", "'ts_file'"]),
+        (
+            ("data=ucr", "model=conv_attention", "model.kernel_sizes=[8,5]"),
+            ["model", "filters and kernel_sizes need one entry per block, got 3 and 2"],
+        ),
+        (("data=ucr", "model=conv_attention", "model.score=last_state"), ["model.score", "last_state"]),
+        (("data=ucr", "model=feature_attention"), ["feature_attention needs vector data"]),
+        (("data=ucr", "model=conv_gap", "model.score=additive"), ["model", "score 'mean'", "conv_gap"]),
+        (("data=ucr", "model=conv_attention", "model.score=mean"), ["model", "score 'mean'", "conv_attention"]),
+        (("model=minirocket",), ["minirocket classifies series from files"]),
+        (("data=ucr", "model=minirocket", "model.num_kernels=10"), ["model.num_kernels", "84"]),
+        (("data=ucr", "train.min_learning_rate=0.1"), ["train", "min_learning_rate must be <= learning_rate"]),
+        (("data=ucr", "data.normalization=zscore"), ["data.normalization", "auto"]),
+        (("data=ucr", "data.inner_fold=3"), ["data.inner_fold", "less than 3"]),
+    ],
+)
 def test_bad_real_data_configs_name_the_key(overrides, fragments):
     with pytest.raises(ConfigError) as caught:
         validate(tiny_params(*overrides))
@@ -129,9 +133,10 @@ def test_bad_real_data_configs_name_the_key(overrides, fragments):
 def test_the_series_recipe_is_the_same_for_every_data_set(model):
     """One preset names the data set and nothing else: two data sets compose to configs that
     differ in data.name alone, and the preset sets no data, model or train value of its own."""
-    configs = {name: validate(compose_defaults(REPO_ROOT / "conf", ["experiment=ucr", f"data.name={name}",
-                                                                   f"model={model}"]))
-               for name in ("GunPoint", "JapaneseVowels")}
+    configs = {
+        name: validate(compose_defaults(REPO_ROOT / "conf", ["experiment=ucr", f"data.name={name}", f"model={model}"]))
+        for name in ("GunPoint", "JapaneseVowels")
+    }
     gun_point, vowels = (c.model_dump() for c in configs.values())
     assert {k for k in gun_point if gun_point[k] != vowels[k]} == {"data", "mlflow"}
     assert {k for k in gun_point["data"] if gun_point["data"][k] != vowels["data"][k]} == {"name"}
@@ -140,4 +145,4 @@ def test_the_series_recipe_is_the_same_for_every_data_set(model):
     assert cfg.mlflow.experiment_name == "attention-JapaneseVowels"
     preset = yaml.safe_load((REPO_ROOT / "conf/experiment/ucr.yaml").read_text())
     assert set(preset) == {"defaults"}, "the preset holds no value of its own"
-    assert not [p for p in (REPO_ROOT / "conf/experiment").glob("ucr_*.yaml")], "no per-data-set preset"
+    assert not list((REPO_ROOT / "conf/experiment").glob("ucr_*.yaml")), "no per-data-set preset"

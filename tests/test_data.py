@@ -88,12 +88,15 @@ def test_split_sizes_are_disjoint_and_complete():
     assert len(np.unique(rows, axis=0)) == 1000
 
 
-@pytest.mark.parametrize("override, shape, axis, targets, task_type", [
-    ("experiment=lstm_attention", [20, 2], "time", [10], "binary"),
-    ("experiment=dense_attention", [32], "features", [1], "binary"),
-    ("data=find_max", [20, 1], "time", None, "regression"),
-    ("data=add_two_numbers", [20, 1], "time", None, "regression"),
-])
+@pytest.mark.parametrize(
+    "override, shape, axis, targets, task_type",
+    [
+        ("experiment=lstm_attention", [20, 2], "time", [10], "binary"),
+        ("experiment=dense_attention", [32], "features", [1], "binary"),
+        ("data=find_max", [20, 1], "time", None, "regression"),
+        ("data=add_two_numbers", [20, 1], "time", None, "regression"),
+    ],
+)
 def test_prepare_stage_writes_splits_and_meta(stage_dir, override, shape, axis, targets, task_type):
     stage_dir.write_params(override, "data.n_samples=300")
     prepare.main()

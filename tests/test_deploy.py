@@ -20,8 +20,12 @@ VARIANTS = ("fp32", "fp16", "int8")
 def bundle(tmp_path_factory):
     """The pipeline on tiny data with all three variants (int8 gate loosened for an untrained
     model: this tests the bundle, test_inference tests the gates)."""
-    with stages_run(tmp_path_factory.mktemp("deploy"), "export.variants=[fp32,fp16,int8]",
-                    "export.variant_tolerance.int8=0.2", "export.min_class_agreement=0.8") as workdir:
+    with stages_run(
+        tmp_path_factory.mktemp("deploy"),
+        "export.variants=[fp32,fp16,int8]",
+        "export.variant_tolerance.int8=0.2",
+        "export.min_class_agreement=0.8",
+    ) as workdir:
         yield workdir / "deploy"
 
 
@@ -30,8 +34,17 @@ def test_bundle_holds_every_variant_with_its_metadata(bundle):
     assert set(document["variants"]) == set(VARIANTS)
     assert document["input"] == {"name": "x", "dims": ["batch", 20, 2]}
     metadata = document["metadata"]
-    for key in ("task", "model", "mlflow_run_id", "config_digest", "labels", "preprocessing",
-                "input_layout", "opset", "versions"):
+    for key in (
+        "task",
+        "model",
+        "mlflow_run_id",
+        "config_digest",
+        "labels",
+        "preprocessing",
+        "input_layout",
+        "opset",
+        "versions",
+    ):
         assert metadata[key], key
     for variant in VARIANTS:
         predictor = Predictor(bundle / f"model_{variant}.onnx")
@@ -50,13 +63,15 @@ def test_triton_config_parses_and_matches_the_onnx_graph(bundle, variant):
     assert [i.name for i in config.input] == [i.name for i in graph.input] == ["x"]
     assert [o.name for o in config.output] == [o.name for o in graph.output] == ["prediction", "attention"]
     for declared, value_info in zip([*config.input, *config.output], [*graph.input, *graph.output]):
-        graph_dims = [d.dim_value if d.HasField("dim_value") else -1
-                      for d in value_info.type.tensor_type.shape.dim]
+        graph_dims = [d.dim_value if d.HasField("dim_value") else -1 for d in value_info.type.tensor_type.shape.dim]
         assert [-1, *declared.dims] == [-1, *graph_dims[1:]], declared.name
         assert declared.data_type == model_config_pb2.TYPE_FP32
     assert config.max_batch_size > 0 and config.HasField("dynamic_batching")
-    expected_kind = model_config_pb2.ModelInstanceGroup.KIND_GPU if variant == "fp16" \
+    expected_kind = (
+        model_config_pb2.ModelInstanceGroup.KIND_GPU
+        if variant == "fp16"
         else model_config_pb2.ModelInstanceGroup.KIND_CPU
+    )
     assert config.instance_group[0].kind == expected_kind
 
 
@@ -67,8 +82,10 @@ def test_the_bundle_carries_each_cpu_variant_optimized_offline_with_the_same_out
     optimized = Predictor(bundle / f"model_{variant}.optimized.onnx")
     original = Predictor(bundle / f"model_{variant}.onnx")
     assert optimized.metadata == original.metadata
-    assert onnx.load(bundle / f"model_{variant}.optimized.onnx").SerializeToString() != \
-        onnx.load(bundle / f"model_{variant}.onnx").SerializeToString(), "ONNX Runtime rewrote the graph"
+    assert (
+        onnx.load(bundle / f"model_{variant}.optimized.onnx").SerializeToString()
+        != onnx.load(bundle / f"model_{variant}.onnx").SerializeToString()
+    ), "ONNX Runtime rewrote the graph"
     x = np.random.default_rng(5).standard_normal((64, 20, 2)).astype(np.float32)
     ours, theirs = optimized.predict(x), original.predict(x)
     np.testing.assert_allclose(ours.prediction, theirs.prediction, atol=1e-5)

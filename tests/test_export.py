@@ -91,7 +91,8 @@ def test_vector_export_follows_the_contract():
 def test_onnx_model_with_other_names_is_refused(tmp_path):
     node = onnx.helper.make_node("Identity", ["input"], ["output"])
     graph = onnx.helper.make_graph(
-        [node], "g",
+        [node],
+        "g",
         [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1])],
         [onnx.helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, [1])],
     )
@@ -109,7 +110,10 @@ def test_exported_outputs_match_the_golden_files(case):
     outputs = _runtime(golden_models.exported(case)).run(golden["x"])
     for name in OUTPUT_NAMES:
         np.testing.assert_allclose(
-            outputs[name], golden[name], rtol=0, atol=golden_models.TOLERANCE,
+            outputs[name],
+            golden[name],
+            rtol=0,
+            atol=golden_models.TOLERANCE,
             err_msg=f"{case}: {name} differs from tests/golden (see `make golden`)",
         )
 
@@ -144,10 +148,17 @@ def _padded_batch(n: int, time: int, min_length: int, seed: int) -> np.ndarray:
     return x
 
 
-@pytest.mark.parametrize("variant, extra", [
-    ("lstm_attention", ("model.position_bias=false",)), ("bahdanau", ()), ("luong_dot", ()),
-    ("lstm_baseline", ()), ("multihead_pooling", ()), ("bilstm_attention", ()),
-])
+@pytest.mark.parametrize(
+    "variant, extra",
+    [
+        ("lstm_attention", ("model.position_bias=false",)),
+        ("bahdanau", ()),
+        ("luong_dot", ()),
+        ("lstm_baseline", ()),
+        ("multihead_pooling", ()),
+        ("bilstm_attention", ()),
+    ],
+)
 def test_masked_models_give_padding_exactly_zero_attention_in_keras_and_onnx(variant, extra):
     cfg = tiny_config("data=find_max", "data.min_length=5", f"model={variant}", *extra)
     assert cfg.padded
@@ -176,13 +187,15 @@ def test_conv_encoder_runs_as_one_fused_convolution_per_block(model_name, tmp_pa
 
     keras.utils.set_random_seed(11)
     task = TaskSpec((30, 2), "multiclass", n_classes=3, normalization={"mode": "per_series"})
-    model = build_model(tiny_config(f"model={model_name}", "model.filters=[8,6]", "model.kernel_sizes=[5,3]").model,
-                        task)
+    model = build_model(
+        tiny_config(f"model={model_name}", "model.filters=[8,6]", "model.kernel_sizes=[5,3]").model, task
+    )
     rng = np.random.default_rng(0)
     for _, norm in model.get_layer("conv_encoder").blocks:
         shape = norm.get_weights()[0].shape
-        norm.set_weights([rng.uniform(0.5, 2, shape), rng.normal(0, 1, shape), rng.normal(0, 1, shape),
-                          rng.uniform(0.2, 3, shape)])
+        norm.set_weights(
+            [rng.uniform(0.5, 2, shape), rng.normal(0, 1, shape), rng.normal(0, 1, shape), rng.uniform(0.2, 3, shape)]
+        )
     onnx_model = to_onnx(model, 17)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED

@@ -36,15 +36,23 @@ def known_onnx(attended: int | None):
         helper.make_node("ReduceSum", ["nothing", "last_axis"], ["zeros"], keepdims=0),  # [batch, 6]
         helper.make_node("Add", ["zeros", "row"], ["attention"]),
     ]
-    initializers = [numpy_helper.from_array(np.array(USED, np.int64), "used"),
-                    numpy_helper.from_array(np.array(5, np.float32), "gain"),
-                    numpy_helper.from_array(np.array(0, np.float32), "zero"),
-                    numpy_helper.from_array(np.array([2], np.int64), "last_axis"),
-                    numpy_helper.from_array(row, "row")]
+    initializers = [
+        numpy_helper.from_array(np.array(USED, np.int64), "used"),
+        numpy_helper.from_array(np.array(5, np.float32), "gain"),
+        numpy_helper.from_array(np.array(0, np.float32), "zero"),
+        numpy_helper.from_array(np.array([2], np.int64), "last_axis"),
+        numpy_helper.from_array(row, "row"),
+    ]
     graph = helper.make_graph(
-        nodes, "known", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", STEPS, 1])],
-        [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["batch", 1]),
-         helper.make_tensor_value_info("attention", TensorProto.FLOAT, ["batch", STEPS])], initializers)
+        nodes,
+        "known",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", STEPS, 1])],
+        [
+            helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["batch", 1]),
+            helper.make_tensor_value_info("attention", TensorProto.FLOAT, ["batch", STEPS]),
+        ],
+        initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -62,8 +70,18 @@ def _data(n: int = 40):
 
 def _metrics(attended: int):
     x, y = _data()
-    return faithfulness_metrics(_model(attended).run, "binary", x, y, np.zeros(1, np.float32), fractions=[0.5],
-                                random_draws=20, segments=64, occlusion_samples=40, seed=0)
+    return faithfulness_metrics(
+        _model(attended).run,
+        "binary",
+        x,
+        y,
+        np.zeros(1, np.float32),
+        fractions=[0.5],
+        random_draws=20,
+        segments=64,
+        occlusion_samples=40,
+        seed=0,
+    )
 
 
 def test_attention_on_the_deciding_step_is_faithful():
@@ -127,8 +145,10 @@ def test_uniform_attention_over_windows_of_unequal_size_has_no_rank_correlation(
 
     def uniform(inputs):  # only step USED decides; attention 1/156 everywhere
         logit = 5 * inputs[:, USED, 0]
-        return {"prediction": (1 / (1 + np.exp(-logit)))[:, None].astype(np.float32),
-                "attention": np.full((len(inputs), steps), 1 / steps, np.float32)}
+        return {
+            "prediction": (1 / (1 + np.exp(-logit)))[:, None].astype(np.float32),
+            "attention": np.full((len(inputs), steps), 1 / steps, np.float32),
+        }
 
     attention = distinct_weights(uniform(x)["attention"])
     y = np.array([[1.0], [0.0], [1.0], [0.0]], np.float32)
@@ -149,8 +169,13 @@ def test_random_deletions_are_reproducible_by_seed():
 
 
 def test_baselines_and_deletion_skip_padding():
-    train = np.array([[[1.0, 10.0], [3.0, 30.0], [PAD_VALUE, PAD_VALUE]],
-                      [[5.0, 50.0], [PAD_VALUE, PAD_VALUE], [PAD_VALUE, PAD_VALUE]]], np.float32)
+    train = np.array(
+        [
+            [[1.0, 10.0], [3.0, 30.0], [PAD_VALUE, PAD_VALUE]],
+            [[5.0, 50.0], [PAD_VALUE, PAD_VALUE], [PAD_VALUE, PAD_VALUE]],
+        ],
+        np.float32,
+    )
     assert baseline_values("mean", train).tolist() == [3.0, 30.0]  # padded steps left out
     assert baseline_values("zero", train).tolist() == [0.0, 0.0]
     assert baseline_values("pad", train).tolist() == [PAD_VALUE, PAD_VALUE]
@@ -174,8 +199,18 @@ def test_deletions_never_touch_padded_steps():
         calls.append(batch.copy())
         return _model(USED).run(batch)
 
-    faithfulness_metrics(model, "binary", x, y, np.zeros(1, np.float32), fractions=[0.5], random_draws=2,
-                         segments=64, occlusion_samples=8, seed=0)
+    faithfulness_metrics(
+        model,
+        "binary",
+        x,
+        y,
+        np.zeros(1, np.float32),
+        fractions=[0.5],
+        random_draws=2,
+        segments=64,
+        occlusion_samples=8,
+        seed=0,
+    )
     for batch in calls:
         assert (batch[:, 4:] == PAD_VALUE).all()
 
@@ -200,8 +235,13 @@ def test_a_trained_planted_task_model_fails_without_its_top_attended_position(tm
     from pipeline import stage
     from tests.conftest import stages_run
 
-    with stages_run(tmp_path, "experiment=dense_attention", "data.n_samples=12000", "train.epochs=10",
-                    "evaluate.occlusion_samples=20"):
+    with stages_run(
+        tmp_path,
+        "experiment=dense_attention",
+        "data.n_samples=12000",
+        "train.epochs=10",
+        "evaluate.occlusion_samples=20",
+    ):
         metrics = json.loads(stage.METRICS_FILE.read_text())
     assert metrics["test/accuracy"] > 0.95 and metrics["attention/argmax_hit"] > 0.9, metrics
     assert metrics["faithfulness/deletion_top1"] < 0.65

@@ -40,14 +40,16 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name, n_train, n_test, shape, labels, padded", [
-    ("GunPoint", 50, 150, (150, 1), ["1", "2"], False),
-    ("ItalyPowerDemand", 67, 1029, (24, 1), ["1", "2"], False),
-    ("BasicMotions", 40, 40, (100, 6), ["Badminton", "Running", "Standing", "Walking"], False),
-    ("JapaneseVowels", 270, 370, (29, 12), [str(i) for i in range(1, 10)], True),
-])
-def test_bundled_ucr_sets_load_with_a_stratified_validation_split(name, n_train, n_test, shape, labels,
-                                                                  padded):
+@pytest.mark.parametrize(
+    "name, n_train, n_test, shape, labels, padded",
+    [
+        ("GunPoint", 50, 150, (150, 1), ["1", "2"], False),
+        ("ItalyPowerDemand", 67, 1029, (24, 1), ["1", "2"], False),
+        ("BasicMotions", 40, 40, (100, 6), ["Badminton", "Running", "Standing", "Walking"], False),
+        ("JapaneseVowels", 270, 370, (29, 12), [str(i) for i in range(1, 10)], True),
+    ],
+)
+def test_bundled_ucr_sets_load_with_a_stratified_validation_split(name, n_train, n_test, shape, labels, padded):
     cfg = tiny_config("data=ucr", f"data.name={name}", f"data.val_min_series={n_train}")
     splits, info = file_splits(cfg.data, np.random.default_rng(0))
     assert len(splits["train"]) + len(splits["val"]) == n_train and len(splits["test"]) == n_test
@@ -88,8 +90,7 @@ def test_stratified_split_keeps_singleton_classes_in_training():
 
 def test_user_csv_files_give_the_same_arrays_as_the_bundled_ts_files():
     """data/raw holds ItalyPowerDemand as CSV: the same loader gives the same data as data=ucr."""
-    ucr, ucr_info = file_splits(tiny_config("data=ucr", "data.name=ItalyPowerDemand").data,
-                                np.random.default_rng(1))
+    ucr, ucr_info = file_splits(tiny_config("data=ucr", "data.name=ItalyPowerDemand").data, np.random.default_rng(1))
     csv, csv_info = file_splits(tiny_config("data=ts_file").data, np.random.default_rng(1))
     for split in ("train", "val", "test"):
         np.testing.assert_array_equal(ucr[split].x, csv[split].x)
@@ -106,8 +107,12 @@ def test_the_user_s_copy_of_a_ucr_ts_pair_gives_what_data_ucr_gives(tmp_path):
         copies[-1].write_bytes(source.read_bytes())
     assert copies[0].read_text().startswith("%")
     ucr, ucr_info = file_splits(tiny_config("experiment=ucr", "data.name=UnitTest").data, np.random.default_rng(3))
-    user, user_info = file_splits(tiny_config("data=ts_file", "data.name=UnitTest", f"data.train_file={copies[0]}",
-                                              f"data.test_file={copies[1]}").data, np.random.default_rng(3))
+    user, user_info = file_splits(
+        tiny_config(
+            "data=ts_file", "data.name=UnitTest", f"data.train_file={copies[0]}", f"data.test_file={copies[1]}"
+        ).data,
+        np.random.default_rng(3),
+    )
     for split in ("train", "val", "test"):
         np.testing.assert_array_equal(ucr[split].x, user[split].x)
         np.testing.assert_array_equal(ucr[split].y, user[split].y)
@@ -117,12 +122,18 @@ def test_the_user_s_copy_of_a_ucr_ts_pair_gives_what_data_ucr_gives(tmp_path):
 
 def test_user_ts_file_with_variable_length_and_two_channels(tmp_path):
     header = TS_HEADER.replace("@univariate true", "@univariate false\n@dimensions 2").replace(
-        "@equalLength true\n@seriesLength 4", "@equalLength false")
+        "@equalLength true\n@seriesLength 4", "@equalLength false"
+    )
     rows = ["1,2,3:3,2,1:a", "1,2:2,1:b", "5,5,5,5:1,1,1,1:a", "0,1:1,0:b"]
     train = _write(tmp_path / "t_TRAIN.ts", header + "\n".join(rows) + "\n")
     test = _write(tmp_path / "t_TEST.ts", header + "\n".join(rows[:2]) + "\n")
-    cfg = tiny_config("data=ts_file", f"data.train_file={train}", f"data.test_file={test}",
-                      "data.val_fraction=0.5", "data.normalization=per_channel")
+    cfg = tiny_config(
+        "data=ts_file",
+        f"data.train_file={train}",
+        f"data.test_file={test}",
+        "data.val_fraction=0.5",
+        "data.normalization=per_channel",
+    )
     splits, info = file_splits(cfg.data, np.random.default_rng(0))
     assert info["padded"] and splits["test"].x.shape == (2, 4, 2)
     np.testing.assert_array_equal(splits["test"].x[1], [[1, 2], [2, 1], [PAD_VALUE] * 2, [PAD_VALUE] * 2])
@@ -134,13 +145,20 @@ def test_user_ts_file_with_variable_length_and_two_channels(tmp_path):
 
 BAD_FILES = [
     # (case, file name, content, fragments the error must hold)
-    ("nan in a .ts file", "x.ts", TS_HEADER + "1,2,NaN,4:a\n",
-     ["x.ts", "line 10", "dimension 1, value 3", "missing value 'NaN'"]),
-    ("? in a .ts file", "x.ts", TS_HEADER + TS_ROWS[0] + "\n1,?,3,4:b\n",
-     ["line 11", "missing value '?'"]),
+    (
+        "nan in a .ts file",
+        "x.ts",
+        TS_HEADER + "1,2,NaN,4:a\n",
+        ["x.ts", "line 10", "dimension 1, value 3", "missing value 'NaN'"],
+    ),
+    ("? in a .ts file", "x.ts", TS_HEADER + TS_ROWS[0] + "\n1,?,3,4:b\n", ["line 11", "missing value '?'"]),
     ("nan in a csv file", "x.csv", "a,1,2,3\nb,1,nan,3\n", ["x.csv", "line 2", "value 2", "missing value"]),
-    ("ragged row in a fixed-length .ts", "x.ts", TS_HEADER + TS_ROWS[0] + "\n1,2,3:b\n",
-     ["line 11", "length 3", "@equalLength true with length 4"]),
+    (
+        "ragged row in a fixed-length .ts",
+        "x.ts",
+        TS_HEADER + TS_ROWS[0] + "\n1,2,3:b\n",
+        ["line 11", "length 3", "@equalLength true with length 4"],
+    ),
     ("ragged row in a csv", "x.csv", "a,1,2,3\nb,1,2\n", ["line 2", "2 values", "line 1 has 3"]),
     ("not a number", "x.ts", TS_HEADER + "1,2,x3,4:a\n", ["line 10", "'x3' is not a number"]),
     ("label not declared", "x.ts", TS_HEADER + "1,2,3,4:c\n", ["line 10", "label 'c' is not declared"]),
@@ -149,9 +167,12 @@ BAD_FILES = [
     ("truncated in the header", "x.ts", TS_HEADER.split("@classLabel")[0], ["no @data line"]),
     ("truncated after @data", "x.ts", TS_HEADER, ["no series after the @data line"]),
     ("truncated mid-row", "x.ts", TS_HEADER + TS_ROWS[0] + "\n1,2,3", ["line 11", "no class label"]),
-    ("missing dimension", "x.ts",
-     TS_HEADER.replace("@univariate true", "@univariate false\n@dimensions 2") + "1,2,3,4:a\n",
-     ["line 11", "1 dimension(s), expected 2"]),
+    (
+        "missing dimension",
+        "x.ts",
+        TS_HEADER.replace("@univariate true", "@univariate false\n@dimensions 2") + "1,2,3,4:a\n",
+        ["line 11", "1 dimension(s), expected 2"],
+    ),
     ("not text", "x.ts", None, ["not a text file"]),
 ]
 
@@ -177,8 +198,11 @@ def _pair_config(tmp_path, train_text: str, test_text: str, suffix=".ts"):
 
 def test_a_label_only_in_the_test_file_is_refused(tmp_path):
     cfg = _pair_config(tmp_path, "a,1,2\nb,2,1\na,1,1\n", "a,1,2\nc,0,0\n", ".csv")
-    with pytest.raises(DataFileError, match=r"p_TEST.csv: line 2: label 'c' does not occur in the "
-                                            r"training file .*p_TRAIN.csv"):
+    with pytest.raises(
+        DataFileError,
+        match=r"p_TEST.csv: line 2: label 'c' does not occur in the "
+        r"training file .*p_TRAIN.csv",
+    ):
         file_splits(cfg.data, np.random.default_rng(0))
 
 
@@ -208,16 +232,19 @@ def test_prepare_stage_with_a_bad_file_exits_2_and_keeps_the_previous_splits(sta
     raw.mkdir(parents=True)
     _write(raw / "u_TRAIN.ts", TS_HEADER + "\n".join(TS_ROWS * 3) + "\n")
     _write(raw / "u_TEST.ts", TS_HEADER + "\n".join(TS_ROWS) + "\n")
-    stage_dir.write_params("data=ts_file", "data.train_file=data/raw/u_TRAIN.ts",
-                           "data.test_file=data/raw/u_TEST.ts")
+    stage_dir.write_params("data=ts_file", "data.train_file=data/raw/u_TRAIN.ts", "data.test_file=data/raw/u_TEST.ts")
     prepare.main()
     meta = json.loads(stage.META_FILE.read_text())
     assert meta["labels"] == ["a", "b"] and meta["task_type"] == "multiclass"
     before = {p: p.read_bytes() for p in stage.PREPARED_DIR.iterdir()}
     _write(raw / "u_TEST.ts", TS_HEADER + TS_ROWS[0] + "\n1,2,3:b\n")  # a ragged row
-    result = subprocess.run([sys.executable, "-m", "pipeline.prepare"], cwd=stage_dir,
-                            env={**subprocess_env(), "PYTHONPATH": str(REPO_ROOT)},
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.prepare"],
+        cwd=stage_dir,
+        env={**subprocess_env(), "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "data/raw/u_TEST.ts: line 11: series of length 3" in result.stderr
     assert {p: p.read_bytes() for p in stage.PREPARED_DIR.iterdir()} == before
@@ -229,8 +256,12 @@ def test_an_inner_fold_evaluates_on_training_data_and_never_reads_the_test_file(
     train = bundled_ucr_files("ArrowHead")[0]
     folds = []
     for fold in range(3):
-        cfg = tiny_config("data=ts_file", f"data.train_file={train}", f"data.test_file={tmp_path / 'absent.ts'}",
-                          f"data.inner_fold={fold}")
+        cfg = tiny_config(
+            "data=ts_file",
+            f"data.train_file={train}",
+            f"data.test_file={tmp_path / 'absent.ts'}",
+            f"data.inner_fold={fold}",
+        )
         splits, info = file_splits(cfg.data, np.random.default_rng(fold))  # another seed each time
         assert info["test_split"] == f"inner fold {fold} of 3 of the TRAIN file" and list(info["files"]) == ["train"]
         assert len(splits["train"]) + len(splits["test"]) == 36 and len(splits["val"]) == 0
@@ -238,5 +269,7 @@ def test_an_inner_fold_evaluates_on_training_data_and_never_reads_the_test_file(
         folds.append({row.tobytes() for row in splits["test"].x})
     assert not (folds[0] & folds[1]) and not (folds[1] & folds[2]) and sum(map(len, folds)) == 36
     with pytest.raises(DataFileError, match="absent.ts: not found"):
-        file_splits(tiny_config("data=ts_file", f"data.train_file={train}",
-                                f"data.test_file={tmp_path / 'absent.ts'}").data, np.random.default_rng(0))
+        file_splits(
+            tiny_config("data=ts_file", f"data.train_file={train}", f"data.test_file={tmp_path / 'absent.ts'}").data,
+            np.random.default_rng(0),
+        )

@@ -47,13 +47,15 @@ def binary_variants():
 def multiclass_variants():
     """A masked, length-free conv attention model over 4 named classes and its variants."""
     task = TaskSpec((12, 3), "multiclass", padded=True, n_classes=4, normalization={"mode": "per_series"})
-    model, fp32 = _exported(task, "model=conv_attention", "model.filters=[8,8]", "model.kernel_sizes=[3,3]",
-                            labels=LABELS)
+    model, fp32 = _exported(
+        task, "model=conv_attention", "model.filters=[8,8]", "model.kernel_sizes=[3,3]", labels=LABELS
+    )
     calibration = _inputs(16, 12, 3) * 5 + 3
     calibration[:4, 8:] = PAD_VALUE
     quantization = tiny_config().export.quantization
-    return model, {variant: convert(fp32, variant, calibration=calibration, quantization=quantization)
-                   for variant in VARIANTS}
+    return model, {
+        variant: convert(fp32, variant, calibration=calibration, quantization=quantization) for variant in VARIANTS
+    }
 
 
 def _inputs(n: int, time: int, features: int, seed: int = 0) -> np.ndarray:
@@ -118,8 +120,9 @@ def test_fp16_keeps_the_recurrent_layers_float32_only_when_full_fp16_misses_its_
     assert {p.key: p.value for p in chosen.metadata_props}["float32_ops"] == "LSTM,GRU,RNN"
     assert onnx.TensorProto.FLOAT16 in {i.data_type for i in chosen.graph.initializer}, "the rest is fp16"
     x = _inputs(64, 20, 2)
-    np.testing.assert_allclose(OnnxModel(chosen.SerializeToString()).run(x)["prediction"],
-                               model.predict(x, verbose=0)["prediction"], atol=1e-3)
+    np.testing.assert_allclose(
+        OnnxModel(chosen.SerializeToString()).run(x)["prediction"], model.predict(x, verbose=0)["prediction"], atol=1e-3
+    )
     full, _ = gated_variant(fp32, "fp16", lambda candidate: [])
     assert "float32_ops" not in {p.key for p in full.metadata_props} and not lstm_weights_float32(full)
 
@@ -130,8 +133,7 @@ def test_int8_quantizes_the_lstm_node(binary_variants):
     assert ("com.microsoft", "DynamicQuantizeLSTM") in ops and ("", "LSTM") not in ops
 
 
-def test_int8_qdq_quantizes_only_the_convolutions_and_refuses_a_recurrent_graph(multiclass_variants,
-                                                                                 binary_variants):
+def test_int8_qdq_quantizes_only_the_convolutions_and_refuses_a_recurrent_graph(multiclass_variants, binary_variants):
     """QDQ pairs feed every Conv but the first, which reads the input series in float (weights per
     channel); the attention's softmax and the head's MatMul read float tensors. An LSTM graph is
     refused, pointing at dynamic quantization."""
@@ -140,7 +142,8 @@ def test_int8_qdq_quantizes_only_the_convolutions_and_refuses_a_recurrent_graph(
     first, *convs = [n for n in qdq.graph.node if n.op_type == "Conv"]
     assert convs and all(producers[n.input[0]].op_type == "DequantizeLinear" for n in convs)
     assert producers[first.input[0]].op_type != "DequantizeLinear" and first.input[1] in {
-        i.name for i in qdq.graph.initializer}, "the first convolution stays float"
+        i.name for i in qdq.graph.initializer
+    }, "the first convolution stays float"
     weight_scales = [producers[n.input[1]].input[1] for n in convs]
     initializers = {i.name: onnx.numpy_helper.to_array(i) for i in qdq.graph.initializer}
     assert all(initializers[name].size == 8 for name in weight_scales), "one scale per output channel"
@@ -149,8 +152,13 @@ def test_int8_qdq_quantizes_only_the_convolutions_and_refuses_a_recurrent_graph(
             assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input)
     assert {p.key: p.value for p in qdq.metadata_props}["precision"] == "int8_qdq"
 
-    chosen, failures = gated_variant(binary_variants[1]["fp32"], "int8_qdq", lambda candidate: [],
-                                     calibration=_inputs(4, 20, 2), quantization=tiny_config().export.quantization)
+    chosen, failures = gated_variant(
+        binary_variants[1]["fp32"],
+        "int8_qdq",
+        lambda candidate: [],
+        calibration=_inputs(4, 20, 2),
+        quantization=tiny_config().export.quantization,
+    )
     assert chosen is None and "LSTM" in failures[0] and "use variant int8, dynamic quantization" in failures[0]
 
 
@@ -159,33 +167,43 @@ def test_int8_qdq_quantizes_activations_as_configured(multiclass_variants, activ
     """export.quantization.activation_type sets the zero points of every quantized activation;
     weights stay signed int8; without float_first_conv every convolution reads int8."""
     model, _ = multiclass_variants
-    quantization = tiny_config(f"export.quantization.activation_type={activation_type}",
-                               "export.quantization.float_first_conv=false").export.quantization
+    quantization = tiny_config(
+        f"export.quantization.activation_type={activation_type}", "export.quantization.float_first_conv=false"
+    ).export.quantization
     qdq = convert(to_onnx(model, 17, {}), "int8_qdq", calibration=_inputs(8, 12, 3), quantization=quantization)
     producers = {out: node for node in qdq.graph.node for out in node.output}
     assert all(producers[n.input[0]].op_type == "DequantizeLinear" for n in qdq.graph.node if n.op_type == "Conv")
     initializers = {i.name: onnx.numpy_helper.to_array(i) for i in qdq.graph.initializer}
     activation_zero_points = {initializers[n.input[2]].dtype for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
     assert activation_zero_points == {np.dtype(dtype)}
-    weights = [initializers[n.input[0]] for n in qdq.graph.node
-               if n.op_type == "DequantizeLinear" and n.input[0] in initializers]
+    weights = [
+        initializers[n.input[0]]
+        for n in qdq.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in initializers
+    ]
     assert weights and all(w.dtype == np.int8 for w in weights)
 
 
 def test_the_int8_qdq_gate_reads_attention_and_accuracy_not_prediction():
     export_cfg = tiny_config().export
-    keras_out = {"prediction": np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]),
-                 "attention": np.full((4, 5), 0.2)}
+    keras_out = {
+        "prediction": np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]),
+        "attention": np.full((4, 5), 0.2),
+    }
     labels = np.array([[0], [1], [0], [1]], np.float32)
-    moved = {"prediction": keras_out["prediction"] + [[-0.2, 0.2], [0, 0], [0, 0], [0, 0]],
-             "attention": keras_out["attention"] + [[0.001, -0.001, 0, 0, 0]]}
+    moved = {
+        "prediction": keras_out["prediction"] + [[-0.2, 0.2], [0, 0], [0, 0], [0, 0]],
+        "attention": keras_out["attention"] + [[0.001, -0.001, 0, 0, 0]],
+    }
     figures = gate_report("int8_qdq", "multiclass", keras_out, moved, labels)
     assert figures["export/int8_qdq/accuracy_drop"] == 0.0
     assert gate_failures("int8_qdq", figures, export_cfg) == []
-    flipped = {**moved, "prediction": keras_out["prediction"][:, ::-1].copy(),
-               "attention": keras_out["attention"] + [[0.05, -0.05, 0, 0, 0]]}
-    problems = gate_failures("int8_qdq", gate_report("int8_qdq", "multiclass", keras_out, flipped, labels),
-                             export_cfg)
+    flipped = {
+        **moved,
+        "prediction": keras_out["prediction"][:, ::-1].copy(),
+        "attention": keras_out["attention"] + [[0.05, -0.05, 0, 0, 0]],
+    }
+    problems = gate_failures("int8_qdq", gate_report("int8_qdq", "multiclass", keras_out, flipped, labels), export_cfg)
     assert len(problems) == 2
     assert "export.variant_tolerance.int8_qdq=0.02" in problems[0]
     assert "test accuracy 100.00 points below Keras's > export.max_accuracy_drop=0.005" in problems[1]
@@ -224,16 +242,23 @@ def test_predictor_refuses_bad_inputs(binary_variants, case, x, fragment):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(x=hnp.arrays(
-    dtype=st.sampled_from([np.float32, np.float64]),
-    shape=hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=24),
-    elements=st.one_of(st.floats(-1e6, 1e6, width=32), st.sampled_from([np.nan, np.inf, -np.inf])),
-))
+@given(
+    x=hnp.arrays(
+        dtype=st.sampled_from([np.float32, np.float64]),
+        shape=hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=24),
+        elements=st.one_of(st.floats(-1e6, 1e6, width=32), st.sampled_from([np.nan, np.inf, -np.inf])),
+    )
+)
 def test_property_every_input_is_either_refused_clearly_or_predicted(multiclass_variants, x):
     """Any array: InputError with a message, or a valid prediction; nothing else escapes."""
     predictor = Predictor(multiclass_variants[1]["fp32"].SerializeToString())
-    valid = (x.ndim == 3 and x.shape[0] > 0 and x.shape[1] > 0 and x.shape[2] == 3
-             and np.isfinite(x.astype(np.float64)).all())
+    valid = (
+        x.ndim == 3
+        and x.shape[0] > 0
+        and x.shape[1] > 0
+        and x.shape[2] == 3
+        and np.isfinite(x.astype(np.float64)).all()
+    )
     if not valid:
         with pytest.raises(InputError):
             predictor.predict(x)
@@ -271,8 +296,13 @@ def test_intra_op_threads_default_to_the_cpus_this_process_may_use(binary_varian
 
 
 def _predict_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.predict", *args], cwd=REPO_ROOT,
-                          env=subprocess_env(), capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.predict", *args],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_predict_command_reads_npy_json_and_csv(tmp_path, multiclass_variants):
@@ -296,11 +326,14 @@ def test_predict_command_reads_npy_json_and_csv(tmp_path, multiclass_variants):
     assert json.loads(out.read_text())["predictions"] == first
 
 
-@pytest.mark.parametrize("inputs, fragment", [
-    ("[[1, 2]]", "input must have rank 3"),
-    ("{\"inputs\": [[[1, 2, 3]]], \"x\": 1", "cannot read json inputs"),
-    ("[[[1, 2]]]", "2 features per step, the model takes 3"),
-])
+@pytest.mark.parametrize(
+    "inputs, fragment",
+    [
+        ("[[1, 2]]", "input must have rank 3"),
+        ('{"inputs": [[[1, 2, 3]]], "x": 1', "cannot read json inputs"),
+        ("[[[1, 2]]]", "2 features per step, the model takes 3"),
+    ],
+)
 def test_predict_command_refuses_bad_inputs_with_exit_2(tmp_path, multiclass_variants, inputs, fragment):
     model_path = tmp_path / "model.onnx"
     onnx.save(multiclass_variants[1]["fp32"], model_path)

@@ -18,8 +18,7 @@ CASES = [("lstm_attention", (20, 2), (6, 20, 2)), ("dense_attention", (32,), (6,
 
 def _model(experiment: str, input_shape, *overrides: str, task: TaskSpec | None = None):
     keras.utils.set_random_seed(0)
-    return build_model(tiny_config(f"experiment={experiment}", *overrides).model,
-                       task or TaskSpec(input_shape))
+    return build_model(tiny_config(f"experiment={experiment}", *overrides).model, task or TaskSpec(input_shape))
 
 
 @pytest.mark.parametrize("experiment, input_shape, batch_shape", CASES)
@@ -135,8 +134,7 @@ def test_multihead_pooling_averages_the_heads():
 def test_every_sequence_model_takes_raw_multiclass_series(variant):
     """Real-data task: softmax over 4 classes, z-normalisation inside, padding masked."""
     padded = variant != "attention_before_lstm"  # it takes fixed-length series only
-    task = TaskSpec((12, 3), "multiclass", padded=padded, n_classes=4,
-                    normalization={"mode": "per_series"})
+    task = TaskSpec((12, 3), "multiclass", padded=padded, n_classes=4, normalization={"mode": "per_series"})
     model = _model("lstm_attention", None, f"model={variant}", task=task)
     x = np.random.default_rng(4).normal(50.0, 10.0, size=(6, 12, 3)).astype("float32")
     if padded:

@@ -34,8 +34,9 @@ def _split_response(body: bytes, headers: dict) -> dict[str, np.ndarray]:
     arrays = {}
     for output in response["outputs"]:
         if "data" in output:
-            arrays[output["name"]] = np.array(output["data"], dtype=object if output["datatype"] == "BYTES"
-                                              else np.float32).reshape(output["shape"])
+            arrays[output["name"]] = np.array(
+                output["data"], dtype=object if output["datatype"] == "BYTES" else np.float32
+            ).reshape(output["shape"])
             continue
         size = output["parameters"]["binary_data_size"]
         raw, binary = binary[:size], binary[size:]
@@ -52,8 +53,11 @@ def _split_response(body: bytes, headers: dict) -> dict[str, np.ndarray]:
     return arrays
 
 
-finite_tensors = hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=6),
-                            elements=st.floats(-1e6, 1e6, width=32))
+finite_tensors = hnp.arrays(
+    np.float32,
+    hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=6),
+    elements=st.floats(-1e6, 1e6, width=32),
+)
 
 
 @settings(max_examples=80, deadline=None)
@@ -66,10 +70,15 @@ def test_property_input_tensors_survive_json_and_binary(x, binary, nested):
 
 
 @settings(max_examples=60, deadline=None)
-@given(x=hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=6),
-                    elements=st.floats(-1e6, 1e6, width=32)),
-       labels=st.lists(st.text(max_size=5), min_size=0, max_size=6),
-       binary=st.sets(st.sampled_from(OUTPUTS)))
+@given(
+    x=hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=6),
+        elements=st.floats(-1e6, 1e6, width=32),
+    ),
+    labels=st.lists(st.text(max_size=5), min_size=0, max_size=6),
+    binary=st.sets(st.sampled_from(OUTPUTS)),
+)
 def test_property_outputs_survive_the_response(x, labels, binary):
     outputs = {"prediction": x, "attention": x * 2, "label": np.array(labels, dtype=object)}
     requested = [{"name": n, "parameters": {"binary_data": n in binary}} for n in OUTPUTS]
@@ -83,30 +92,80 @@ def test_property_outputs_survive_the_response(x, labels, binary):
     assert list(got["label"]) == labels
 
 
-near_valid_requests = st.fixed_dictionaries({"inputs": st.lists(st.fixed_dictionaries(
-    {"name": st.sampled_from(["x", "y"]), "shape": st.lists(st.integers(-2, 12), max_size=4),
-     "datatype": st.sampled_from([*oip.DATATYPES, "BYTES", "fp32"])},
-    optional={"data": st.lists(st.one_of(st.floats(), st.integers(-300, 300), st.text(max_size=2),
-                                         st.lists(st.floats(), max_size=3)), max_size=12),
-              "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-4, 64)})}),
-    min_size=0, max_size=2)}, optional={
-    "outputs": st.lists(st.fixed_dictionaries({"name": st.sampled_from([*OUTPUTS, "z"])}, optional={
-        "parameters": st.fixed_dictionaries({"binary_data": st.one_of(st.booleans(), st.integers(0, 1))})}),
-        max_size=4),
-    "parameters": st.fixed_dictionaries({"binary_data_output": st.booleans()})})
+near_valid_requests = st.fixed_dictionaries(
+    {
+        "inputs": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "name": st.sampled_from(["x", "y"]),
+                    "shape": st.lists(st.integers(-2, 12), max_size=4),
+                    "datatype": st.sampled_from([*oip.DATATYPES, "BYTES", "fp32"]),
+                },
+                optional={
+                    "data": st.lists(
+                        st.one_of(
+                            st.floats(), st.integers(-300, 300), st.text(max_size=2), st.lists(st.floats(), max_size=3)
+                        ),
+                        max_size=12,
+                    ),
+                    "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-4, 64)}),
+                },
+            ),
+            min_size=0,
+            max_size=2,
+        )
+    },
+    optional={
+        "outputs": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.sampled_from([*OUTPUTS, "z"])},
+                optional={
+                    "parameters": st.fixed_dictionaries({"binary_data": st.one_of(st.booleans(), st.integers(0, 1))})
+                },
+            ),
+            max_size=4,
+        ),
+        "parameters": st.fixed_dictionaries({"binary_data_output": st.booleans()}),
+    },
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(body=st.one_of(
-    st.tuples(near_valid_requests.map(lambda v: json.dumps(v).encode()), st.binary(max_size=64)).map(
-        lambda parts: parts[0] + parts[1]),
-    st.binary(max_size=300),
-    st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4),
-                 lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-                     st.sampled_from(["inputs", "outputs", "name", "shape", "datatype", "data", "parameters",
-                                      "binary_data_size", "binary_data", "id", "x"]), inner, max_size=5),
-                 max_leaves=30).map(lambda v: json.dumps(v).encode())),
-    length=st.one_of(st.none(), st.text("0123456789-x", max_size=4)))
+@given(
+    body=st.one_of(
+        st.tuples(near_valid_requests.map(lambda v: json.dumps(v).encode()), st.binary(max_size=64)).map(
+            lambda parts: parts[0] + parts[1]
+        ),
+        st.binary(max_size=300),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(
+                    st.sampled_from(
+                        [
+                            "inputs",
+                            "outputs",
+                            "name",
+                            "shape",
+                            "datatype",
+                            "data",
+                            "parameters",
+                            "binary_data_size",
+                            "binary_data",
+                            "id",
+                            "x",
+                        ]
+                    ),
+                    inner,
+                    max_size=5,
+                )
+            ),
+            max_leaves=30,
+        ).map(lambda v: json.dumps(v).encode()),
+    ),
+    length=st.one_of(st.none(), st.text("0123456789-x", max_size=4)),
+)
 def test_property_any_body_is_decoded_or_refused_with_a_protocol_error(body, length):
     try:
         decoded = oip.decode_request(body, length, "x", OUTPUTS, max_batch=8)
@@ -117,8 +176,12 @@ def test_property_any_body_is_decoded_or_refused_with_a_protocol_error(body, len
 
 
 def test_binary_output_for_every_output_by_the_request_parameter():
-    header = json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [2.5]}],
-                         "parameters": {"binary_data_output": True}}).encode()
+    header = json.dumps(
+        {
+            "inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [2.5]}],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     decoded = oip.decode_request(header, None, "x", OUTPUTS, max_batch=1)
     assert decoded.tensor.dtype == np.float64 and decoded.binary_outputs == frozenset(OUTPUTS)
     with pytest.raises(oip.ProtocolError, match="binary_data_output must be true or false"):

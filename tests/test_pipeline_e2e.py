@@ -56,10 +56,16 @@ DVC_LINES = ("Running stage ", "> python -m pipeline.", "Updating lock file ")
 def test_repro_prints_one_summary_per_stage_and_no_third_party_notice(first_repro):
     _, result = first_repro
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-    ours = [line for line in lines if not line.startswith(DVC_LINES) and "/step - " not in line
-            and not line.startswith("Epoch ")]  # Keras's progress
-    summaries = [line.split(maxsplit=1)[0] for line in ours if line.startswith(
-        ("prepared ", "trained ", "exported ", "evaluated: ", "wrote deploy/"))]
+    ours = [
+        line
+        for line in lines
+        if not line.startswith(DVC_LINES) and "/step - " not in line and not line.startswith("Epoch ")
+    ]  # Keras's progress
+    summaries = [
+        line.split(maxsplit=1)[0]
+        for line in ours
+        if line.startswith(("prepared ", "trained ", "exported ", "evaluated: ", "wrote deploy/"))
+    ]
     assert summaries == ["prepared", "trained", "exported", "evaluated:", "wrote"], ours
     noise = [line for line in ours if any(word in line for word in ("WARNING", " INFO ", "oneDNN", "absl"))]
     assert noise == [], noise
@@ -107,13 +113,17 @@ def test_a_changed_layer_makes_dvc_report_train_and_export_as_changed(repo):
     assert json.loads(_dvc(repo, "status", "--json").stdout) == {}
 
 
-@pytest.mark.parametrize("section, key, value, fragment", [
-    ("model", "name", "transformer", "model.name: unknown value 'transformer'"),
-    ("train", "epochs", "ten", "train.epochs: Input should be a valid integer"),
-])
+@pytest.mark.parametrize(
+    "section, key, value, fragment",
+    [
+        ("model", "name", "transformer", "model.name: unknown value 'transformer'"),
+        ("train", "epochs", "ten", "train.epochs: Input should be a valid integer"),
+    ],
+)
 def test_broken_params_fail_and_leave_outputs_untouched(repo, section, key, value, fragment):
-    outputs = [repo / p for p in ("models/model.keras", "models/model.onnx", "reports/metrics.json",
-                                  "reports/mlflow_run.json")]
+    outputs = [
+        repo / p for p in ("models/model.keras", "models/model.onnx", "reports/metrics.json", "reports/mlflow_run.json")
+    ]
     before = {p: _digest(p) for p in outputs}
     params = tiny_params()
     params[section][key] = value
@@ -128,8 +138,19 @@ def test_broken_params_fail_and_leave_outputs_untouched(repo, section, key, valu
 
 
 def test_exp_run_composes_hydra_overrides(repo):
-    result = _dvc(repo, "exp", "run", "-S", "experiment=dense_attention", "-S", "data.n_samples=300",
-                  "-S", "train.epochs=1", "-S", "export.parity_samples=30")
+    result = _dvc(
+        repo,
+        "exp",
+        "run",
+        "-S",
+        "experiment=dense_attention",
+        "-S",
+        "data.n_samples=300",
+        "-S",
+        "train.epochs=1",
+        "-S",
+        "export.parity_samples=30",
+    )
     assert _ran(result) == list(STAGES)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["model"]["name"] == "feature_attention" and params["data"]["name"] == "planted_feature"
@@ -176,8 +197,22 @@ def test_parallel_queued_sweep_logs_complete_runs_into_the_repository_store(repo
     """4 variants through `dvc queue start -j 2`: they run in temporary copies, two at a time,
     and must land, complete, in <repo>/mlflow.db, agreeing with `dvc exp show`."""
     models = ["luong_dot", "lstm_baseline", "bahdanau", "gru_attention"]
-    _dvc(repo, "exp", "run", "--queue", "-S", f"model={','.join(models)}", "-S", "data=find_max",
-         "-S", "data.n_samples=300", "-S", "train.epochs=1", "-S", "export.parity_samples=30")
+    _dvc(
+        repo,
+        "exp",
+        "run",
+        "--queue",
+        "-S",
+        f"model={','.join(models)}",
+        "-S",
+        "data=find_max",
+        "-S",
+        "data.n_samples=300",
+        "-S",
+        "train.epochs=1",
+        "-S",
+        "export.parity_samples=30",
+    )
     _dvc(repo, "queue", "start", "-j", "2")
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -207,8 +242,15 @@ def test_parallel_queued_sweep_logs_complete_runs_into_the_repository_store(repo
 def _ts_file(n_series: int, seed: int) -> str:
     """A .ts file of 2-channel series of 16 steps, class "sine" or "ramp"."""
     rng = np.random.default_rng(seed)
-    lines = ["@problemName mine", "@univariate false", "@dimensions 2", "@equalLength true",
-             "@seriesLength 16", "@classLabel true sine ramp", "@data"]
+    lines = [
+        "@problemName mine",
+        "@univariate false",
+        "@dimensions 2",
+        "@equalLength true",
+        "@seriesLength 16",
+        "@classLabel true sine ramp",
+        "@data",
+    ]
     steps = np.linspace(0, 1, 16)
     for i in range(n_series):
         label = ("sine", "ramp")[i % 2]
@@ -225,10 +267,18 @@ def test_user_files_tracked_by_dvc_feed_the_pipeline(tmp_path):
     (mine / "mine_TRAIN.ts").write_text(_ts_file(30, seed=0))
     (mine / "mine_TEST.ts").write_text(_ts_file(10, seed=1))
     _dvc(path, "add", "data/raw/mine")
-    _write_params(path, tiny_params(
-        "data=ts_file", "data.name=mine", "data.train_file=data/raw/mine/mine_TRAIN.ts",
-        "data.test_file=data/raw/mine/mine_TEST.ts", "model=conv_attention", "model.filters=[8]",
-        "model.kernel_sizes=[3]"))
+    _write_params(
+        path,
+        tiny_params(
+            "data=ts_file",
+            "data.name=mine",
+            "data.train_file=data/raw/mine/mine_TRAIN.ts",
+            "data.test_file=data/raw/mine/mine_TEST.ts",
+            "model=conv_attention",
+            "model.filters=[8]",
+            "model.kernel_sizes=[3]",
+        ),
+    )
     assert _ran(_dvc(path, "repro")) == list(STAGES)
     predictions = (path / "reports/predictions.csv").read_text().splitlines()
     assert len(predictions) == 11 and {row.split(",")[1] for row in predictions[1:]} == {"sine", "ramp"}
@@ -271,8 +321,9 @@ def test_dvc_remote_push_and_pull_round_trip_data_and_models(repo, tmp_path):
 
     clone = tmp_path / "clone"
     _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
-    cached = sorted(p.relative_to(repo) for folder in ("data/prepared", "models") for p in (repo / folder).rglob("*")
-                    if p.is_file())
+    cached = sorted(
+        p.relative_to(repo) for folder in ("data/prepared", "models") for p in (repo / folder).rglob("*") if p.is_file()
+    )
     assert {"data/prepared/train.npz", "models/model.keras", "models/model.onnx"} <= {str(p) for p in cached}
     assert not (clone / "models/model.onnx").exists(), "models are not in git"
     _dvc(clone, "pull")

@@ -49,8 +49,7 @@ def test_standardize_refuses_inconsistent_arguments():
 def japanese_vowels_model():
     """A small conv_attention model on JapaneseVowels (12 channels, 7 to 29 steps, 9 classes),
     per-channel normalization fitted on the training split, untrained."""
-    cfg = tiny_config("data=ucr", "data.name=JapaneseVowels", "data.normalization=per_channel",
-                      *SMALL_CONV)
+    cfg = tiny_config("data=ucr", "data.name=JapaneseVowels", "data.normalization=per_channel", *SMALL_CONV)
     splits, meta = prepare.prepared(cfg)
     keras.utils.set_random_seed(7)
     model = build_model(cfg.model, TaskSpec.from_meta(meta))
@@ -69,7 +68,7 @@ def test_onnx_on_raw_series_matches_keras_on_raw_series(japanese_vowels_model):
 
 
 def test_extra_padding_changes_nothing(japanese_vowels_model):
-    model, onnx_model, x, _ = japanese_vowels_model
+    _model, onnx_model, x, _ = japanese_vowels_model
     longer = np.concatenate([x, np.full((len(x), 11, x.shape[2]), PAD_VALUE, "float32")], axis=1)
     runtime = OnnxModel(onnx_model.SerializeToString())
     short_out, long_out = runtime.run(x), runtime.run(longer)
@@ -79,7 +78,7 @@ def test_extra_padding_changes_nothing(japanese_vowels_model):
 
 def test_the_normalization_is_inside_the_model(japanese_vowels_model):
     """The statistics fitted on the training split live in the model's own first layer."""
-    model, _, x, meta = japanese_vowels_model
+    model, _, _x, meta = japanese_vowels_model
     layer = model.get_layer("standardize")
     assert layer.mode == "per_channel" and layer.mean == pytest.approx(meta["normalization"]["mean"])
 
@@ -87,9 +86,15 @@ def test_the_normalization_is_inside_the_model(japanese_vowels_model):
 @pytest.fixture(scope="module")
 def ucr_pipeline_run(tmp_path_factory):
     """prepare, train, export, evaluate on BasicMotions (6 channels, 4 named classes)."""
-    with stages_run(tmp_path_factory.mktemp("ucr_stages"), "data=ucr", "data.name=BasicMotions",
-                    "data.normalization=per_channel", *SMALL_CONV, "train.epochs=3",
-                    "train.early_stopping_patience=2") as workdir:
+    with stages_run(
+        tmp_path_factory.mktemp("ucr_stages"),
+        "data=ucr",
+        "data.name=BasicMotions",
+        "data.normalization=per_channel",
+        *SMALL_CONV,
+        "train.epochs=3",
+        "train.early_stopping_patience=2",
+    ) as workdir:
         yield workdir
 
 

@@ -27,15 +27,23 @@ def one_step_classifier():
         helper.make_node("ReduceSum", ["nothing", "last_axis"], ["zeros"], keepdims=0),
         helper.make_node("Add", ["zeros", "row"], ["attention"]),
     ]
-    initializers = [numpy_helper.from_array(np.array(USED, np.int64), "used"),
-                    numpy_helper.from_array(np.array([[1.0, -1.0]], np.float32), "weights"),
-                    numpy_helper.from_array(np.array(0, np.float32), "zero"),
-                    numpy_helper.from_array(np.array([2], np.int64), "last_axis"),
-                    numpy_helper.from_array(np.eye(STEPS, dtype=np.float32)[USED], "row")]
+    initializers = [
+        numpy_helper.from_array(np.array(USED, np.int64), "used"),
+        numpy_helper.from_array(np.array([[1.0, -1.0]], np.float32), "weights"),
+        numpy_helper.from_array(np.array(0, np.float32), "zero"),
+        numpy_helper.from_array(np.array([2], np.int64), "last_axis"),
+        numpy_helper.from_array(np.eye(STEPS, dtype=np.float32)[USED], "row"),
+    ]
     graph = helper.make_graph(
-        nodes, "one_step", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", STEPS, 1])],
-        [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["batch", 2]),
-         helper.make_tensor_value_info("attention", TensorProto.FLOAT, ["batch", STEPS])], initializers)
+        nodes,
+        "one_step",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", STEPS, 1])],
+        [
+            helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("attention", TensorProto.FLOAT, ["batch", STEPS]),
+        ],
+        initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -47,14 +55,16 @@ def test_runs_without_the_metrics_get_them_and_changed_ones_are_left_alone(tmp_p
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment_id=mlflow.create_experiment(
-        "study", artifact_location=(tmp_path / "artifacts").as_uri()))
+    mlflow.set_experiment(
+        experiment_id=mlflow.create_experiment("study", artifact_location=(tmp_path / "artifacts").as_uri())
+    )
     kept, changed = (study.Combination(DATASET, "conv_gap", seed) for seed in (1, 2))
     cfg = validate(compose_defaults(overrides=kept.overrides), "test")
     test = prepared(cfg)[0]["test"]
     model = one_step_classifier()
-    accuracy = TASK_METRICS["multiclass"](OnnxModel(model.SerializeToString()).run(test.x)["prediction"],
-                                          test.y)["test/accuracy"]
+    accuracy = TASK_METRICS["multiclass"](OnnxModel(model.SerializeToString()).run(test.x)["prediction"], test.y)[
+        "test/accuracy"
+    ]
     run_ids = {}
     for combination, logged in ((kept, accuracy), (changed, accuracy - 0.1)):
         with mlflow.start_run() as run:
@@ -73,7 +83,8 @@ def test_runs_without_the_metrics_get_them_and_changed_ones_are_left_alone(tmp_p
     first = cfg.evaluate.samples  # the faithfulness metrics use the first evaluate.samples series
     prediction = OnnxModel(model.SerializeToString()).run(test.x[:first])["prediction"]
     assert metrics["faithfulness/sufficiency_top1"] == pytest.approx(
-        TASK_METRICS["multiclass"](prediction, test.y[:first])["test/accuracy"])
+        TASK_METRICS["multiclass"](prediction, test.y[:first])["test/accuracy"]
+    )
     assert metrics["faithfulness/deletion_random1"] > metrics["faithfulness/deletion_top1"]
     assert metrics["faithfulness/deletion_aopc_gain"] > 0
     assert "faithfulness/uniform_drop" not in metrics  # no Keras model logged: no ablation

@@ -45,8 +45,14 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     MirroredStrategy on 2 logical CPU devices, and one per other CPU mode (oneDNN limited to
     AVX2, oneDNN off)."""
     base = tmp_path_factory.mktemp("runs")
-    variants = {"first": (), "second": (), "mirrored": ("train.strategy=mirrored", "train.cpu_replicas=2"),
-                "conv_first": CONV, "conv_second": CONV, "conv_seed_2": (*CONV, "seed=2")}
+    variants = {
+        "first": (),
+        "second": (),
+        "mirrored": ("train.strategy=mirrored", "train.cpu_replicas=2"),
+        "conv_first": CONV,
+        "conv_second": CONV,
+        "conv_seed_2": (*CONV, "seed=2"),
+    }
     processes = {name: _pipeline_process(base / name, *extra) for name, extra in variants.items()}
     processes |= {mode: _pipeline_process(base / mode, cpu_mode=mode) for mode in CPU_MODES if mode != "native"}
     for name, process in processes.items():
@@ -105,8 +111,9 @@ def test_another_cpus_kernels_keep_every_figure_within_the_stated_tolerance(runs
     for key, value in _export_report(runs["first"]).items():  # ONNX/Keras parity: both under the gate
         assert _export_report(runs[mode])[key] == pytest.approx(value, abs=1e-6), key
     for name, values in _onnx_outputs(runs["first"]).items():
-        np.testing.assert_allclose(_onnx_outputs(runs[mode])[name], values, rtol=0,
-                                   atol=CROSS_CPU_TOLERANCE, err_msg=name)
+        np.testing.assert_allclose(
+            _onnx_outputs(runs[mode])[name], values, rtol=0, atol=CROSS_CPU_TOLERANCE, err_msg=name
+        )
 
 
 def test_mirrored_strategy_on_two_cpus_matches_the_default_strategy(runs):
@@ -127,8 +134,14 @@ def test_training_killed_mid_epoch_resumes_on_the_next_repro_to_the_same_result(
     backup = repo / ".checkpoints/train/training_metadata.json"
     committed_report = (repo / "reports/train.json").read_bytes()  # the repository's last run
     committed_train = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["train"]
-    repro = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=subprocess_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    repro = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=repo,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while _epochs_backed_up(backup) < 4:
         assert repro.poll() is None and time.monotonic() < deadline, "training ended before the kill"
@@ -181,15 +194,24 @@ def test_onnx_model_with_an_operator_outside_the_standard_domains_is_refused(tmp
 
     from pipeline.inference import OnnxModel, UnsafeModel
 
-    body = helper.make_graph([helper.make_node("Spy", ["v"], ["w"], domain="com.example")], "body",
-                             [helper.make_tensor_value_info("v", TensorProto.FLOAT, None)],
-                             [helper.make_tensor_value_info("w", TensorProto.FLOAT, None)])
+    body = helper.make_graph(
+        [helper.make_node("Spy", ["v"], ["w"], domain="com.example")],
+        "body",
+        [helper.make_tensor_value_info("v", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("w", TensorProto.FLOAT, None)],
+    )
     graph = helper.make_graph(  # the custom operator hides in a subgraph
-        [helper.make_node("If", ["c"], ["prediction"], then_branch=body, else_branch=body),
-         helper.make_node("Identity", ["x"], ["attention"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
-         helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("prediction", "attention")])
+        [
+            helper.make_node("If", ["c"], ["prediction"], then_branch=body, else_branch=body),
+            helper.make_node("Identity", ["x"], ["attention"]),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("prediction", "attention")],
+    )
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
     with pytest.raises(UnsafeModel, match="operator 'Spy' of domain 'com.example' is outside"):
         OnnxModel(tmp_path / "m.onnx")
@@ -198,11 +220,18 @@ def test_onnx_model_with_an_operator_outside_the_standard_domains_is_refused(tmp
 def test_no_pickle_anywhere_in_the_pipeline():
     """Arrays load with allow_pickle=False, Keras models with safe_mode=True (a Lambda layer is
     refused: test_models.py); nothing pickles."""
-    forbidden = ("import pickle", "from pickle", "cloudpickle", "joblib", "allow_pickle=True",
-                 "safe_mode=False", "torch.load", "dill")
+    forbidden = (
+        "import pickle",
+        "from pickle",
+        "cloudpickle",
+        "joblib",
+        "allow_pickle=True",
+        "safe_mode=False",
+        "torch.load",
+        "dill",
+    )
     sources = {p: p.read_text() for p in (REPO_ROOT / "pipeline").rglob("*.py")}
-    found = [f"{p.relative_to(REPO_ROOT)}: {word}" for p, text in sources.items() for word in forbidden
-             if word in text]
+    found = [f"{p.relative_to(REPO_ROOT)}: {word}" for p, text in sources.items() for word in forbidden if word in text]
     assert found == []
     assert sum("allow_pickle=False" in text for text in sources.values()) >= 2
     assert any("safe_mode=True" in text for text in sources.values())

@@ -20,17 +20,26 @@ from pipeline.train import EpochBatches, batch_size_for
 from tests.conftest import stages_run, tiny_config
 
 
-@pytest.mark.parametrize("requested, n_series, used", [
-    (16, 36, 3), (16, 50, 5), (16, 400, 16), (64, 7000, 64), (16, 12, 2), (16, 3, 2),
-])
+@pytest.mark.parametrize(
+    "requested, n_series, used",
+    [
+        (16, 36, 3),
+        (16, 50, 5),
+        (16, 400, 16),
+        (64, 7000, 64),
+        (16, 12, 2),
+        (16, 3, 2),
+    ],
+)
 def test_a_batch_is_at_most_a_tenth_of_the_training_set_and_at_least_two(requested, n_series, used):
     assert batch_size_for(requested, n_series) == used
 
 
 @pytest.mark.parametrize("n_series, batch_size", [(21, 10), (7, 2), (13, 4), (20, 10), (3, 2)])
 def test_no_batch_of_one_reaches_batch_normalization(n_series, batch_size):
-    batches = EpochBatches(np.zeros((n_series, 4, 1), "float32"), np.zeros((n_series, 1), "float32"),
-                           batch_size, seed=0)
+    batches = EpochBatches(
+        np.zeros((n_series, 4, 1), "float32"), np.zeros((n_series, 1), "float32"), batch_size, seed=0
+    )
     sizes = [len(x) for x, _ in batches._batches()]
     assert sum(sizes) == n_series and min(sizes) >= 2 and max(sizes) <= batch_size + 1
     assert len(sizes) == len(batches.bounds())
@@ -84,7 +93,7 @@ def _switched_on_and_off(n_series: int, length: int, seed: int) -> tuple[np.ndar
     for series, label in zip(x, y[:, 0]):
         start = rng.integers(0, length // 2)
         on = int(length * (0.2 + 0.3 * label))
-        series[start:start + on, 0] = rng.choice([3.0, 7.0]) + 0.3 * rng.normal(size=len(series[start:start + on]))
+        series[start : start + on, 0] = rng.choice([3.0, 7.0]) + 0.3 * rng.normal(size=len(series[start : start + on]))
     return x, y
 
 
@@ -98,8 +107,9 @@ def test_minirocket_onnx_features_equal_keras_on_series_with_flat_stretches(monk
     task = TaskSpec((400, 1), "multiclass", n_classes=2, normalization={"mode": "per_series"})
     x, y = _switched_on_and_off(60, 400, seed=0)
     model, _ = fit_minirocket(cfg.model, task, x, y, seed=1)
-    features = keras.Model(model.input, {"prediction": model.get_layer("minirocket").output,
-                                         "attention": model.output["attention"]})
+    features = keras.Model(
+        model.input, {"prediction": model.get_layer("minirocket").output, "attention": model.output["attention"]}
+    )
     test_x, _ = _switched_on_and_off(40, 400, seed=1)
     from_keras = np.asarray(features(test_x)["prediction"])
     from_onnx = OnnxModel(to_onnx(features, opset=17).SerializeToString()).run(test_x)["prediction"]
@@ -109,8 +119,9 @@ def test_minirocket_onnx_features_equal_keras_on_series_with_flat_stretches(monk
 def test_minirocket_runs_through_every_stage_and_deploys_as_onnx(tmp_path):
     """model=minirocket is a pipeline config like any other: fitted in train (no epochs), exported
     by tf2onnx within the parity gate, evaluated by ONNX Runtime, logged to MLflow."""
-    with stages_run(tmp_path, "experiment=ucr", "data.name=BasicMotions", "model=minirocket",
-                    "model.num_kernels=168", "seed=5") as workdir:
+    with stages_run(
+        tmp_path, "experiment=ucr", "data.name=BasicMotions", "model=minirocket", "model.num_kernels=168", "seed=5"
+    ) as workdir:
         report = json.loads((workdir / stage.TRAIN_REPORT).read_text())
         metrics = json.loads((workdir / stage.METRICS_FILE).read_text())
         runtime = OnnxModel(workdir / stage.ONNX_MODEL)

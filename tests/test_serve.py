@@ -78,20 +78,23 @@ def test_valid_request_matches_keras(server):
     assert all(len(p["attention"]) == 20 and p["label"] in ("0", "1") for p in body["predictions"])
 
 
-@pytest.mark.parametrize("case, payload, status, fragment", [
-    ("not json", b"{inputs: oops", 400, "not valid JSON"),
-    ("no inputs key", {"x": []}, 422, "inputs: Field required"),
-    ("inputs not a list", {"inputs": "abc"}, 422, "inputs: Input should be a valid array"),
-    ("ragged", {"inputs": [[[0.0, 1.0]] * 20, [[0.0, 1.0]] * 3]}, 422, "not a rectangular array"),
-    ("strings", {"inputs": [[["a", "b"]] * 20]}, 422, "inputs.0.0.0: Input should be a valid number"),
-    ("wrong rank", {"inputs": [[0.0, 1.0]]}, 422, "rank 3"),
-    ("wrong features", {"inputs": [[[0.0, 1.0, 2.0]] * 20]}, 422, "3 features per step"),
-    ("wrong length", {"inputs": [[[0.0, 1.0]] * 7]}, 422, "7 time steps"),
-    ("nan", b'{"inputs": [[[NaN, 1.0]' + b', [0.0, 1.0]' * 19 + b"]]}", 422, "NaN or infinity"),
-    ("empty batch", {"inputs": []}, 422, "got shape [0]"),
-    ("too many samples", {"inputs": [[[0.0, 1.0]] * 20] * (MAX_BATCH + 1)}, 413, "limit of 64 per request"),
-    ("oversized body", {"inputs": [[[0.0, 1.0]] * 20] * 4, "pad": "x" * MAX_BODY}, 413, "exceeds the limit"),
-])
+@pytest.mark.parametrize(
+    "case, payload, status, fragment",
+    [
+        ("not json", b"{inputs: oops", 400, "not valid JSON"),
+        ("no inputs key", {"x": []}, 422, "inputs: Field required"),
+        ("inputs not a list", {"inputs": "abc"}, 422, "inputs: Input should be a valid array"),
+        ("ragged", {"inputs": [[[0.0, 1.0]] * 20, [[0.0, 1.0]] * 3]}, 422, "not a rectangular array"),
+        ("strings", {"inputs": [[["a", "b"]] * 20]}, 422, "inputs.0.0.0: Input should be a valid number"),
+        ("wrong rank", {"inputs": [[0.0, 1.0]]}, 422, "rank 3"),
+        ("wrong features", {"inputs": [[[0.0, 1.0, 2.0]] * 20]}, 422, "3 features per step"),
+        ("wrong length", {"inputs": [[[0.0, 1.0]] * 7]}, 422, "7 time steps"),
+        ("nan", b'{"inputs": [[[NaN, 1.0]' + b", [0.0, 1.0]" * 19 + b"]]}", 422, "NaN or infinity"),
+        ("empty batch", {"inputs": []}, 422, "got shape [0]"),
+        ("too many samples", {"inputs": [[[0.0, 1.0]] * 20] * (MAX_BATCH + 1)}, 413, "limit of 64 per request"),
+        ("oversized body", {"inputs": [[[0.0, 1.0]] * 20] * 4, "pad": "x" * MAX_BODY}, 413, "exceeds the limit"),
+    ],
+)
 def test_bad_requests_get_a_4xx_with_a_message(server, case, payload, status, fragment):
     port, _ = server
     got_status, body = _post(port, payload)
@@ -159,31 +162,78 @@ def _infer(port: int, payload, headers=None, name: str = "attention_fp32"):
     return _request(port, "POST", f"/v2/models/{name}/infer", body, headers)
 
 
-BINARY_HEADER = (b'{"inputs": [{"name": "x", "shape": [1, 20, 2], "datatype": "FP32", '
-                 b'"parameters": {"binary_data_size": 160}}]}')
+BINARY_HEADER = (
+    b'{"inputs": [{"name": "x", "shape": [1, 20, 2], "datatype": "FP32", "parameters": {"binary_data_size": 160}}]}'
+)
 
 
-@pytest.mark.parametrize("case, payload, headers, status, fragment", [
-    ("not json", b"{oops", None, 400, "Invalid JSON"),
-    ("no inputs", {"outputs": []}, None, 400, "inputs: Field required"),
-    ("wrong input name", {"inputs": [{"name": "y", "shape": [1], "datatype": "FP32", "data": [1]}]}, None, 400,
-     "one input named 'x'"),
-    ("unknown datatype", {"inputs": [{"name": "x", "shape": [1, 20, 2], "datatype": "FP8", "data": [0] * 40}]},
-     None, 400, "'FP8' is not one of"),
-    ("data size", {"inputs": [{"name": "x", "shape": [1, 20, 2], "datatype": "FP32", "data": [0] * 39}]}, None,
-     400, "39 values, shape [1, 20, 2] needs 40"),
-    ("wrong steps", {"inputs": [{"name": "x", "shape": [1, 10, 4], "datatype": "FP32", "data": [0] * 40}]}, None,
-     400, "4 features per step"),
-    ("strings", {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": ["a", "b"]}]}, None, 400,
-     "not a rectangular array of FP32"),
-    ("unknown output", {"inputs": [{"name": "x", "shape": [1, 20, 2], "datatype": "FP32", "data": [0] * 40}],
-                        "outputs": [{"name": "logits"}]}, None, 400, "must name distinct outputs"),
-    ("binary size", BINARY_HEADER + bytes(100), {"Inference-Header-Content-Length": str(len(BINARY_HEADER))},
-     400, "binary_data_size: 160, but 100 bytes follow"),
-    ("header length", b"{}", {"Inference-Header-Content-Length": "999"}, 400, "not a length within the body"),
-    ("too many samples", {"inputs": [{"name": "x", "shape": [MAX_BATCH + 1, 20, 2], "datatype": "FP32", "data": []}]},
-     None, 413, "limit of 64 per request"),
-])
+@pytest.mark.parametrize(
+    "case, payload, headers, status, fragment",
+    [
+        ("not json", b"{oops", None, 400, "Invalid JSON"),
+        ("no inputs", {"outputs": []}, None, 400, "inputs: Field required"),
+        (
+            "wrong input name",
+            {"inputs": [{"name": "y", "shape": [1], "datatype": "FP32", "data": [1]}]},
+            None,
+            400,
+            "one input named 'x'",
+        ),
+        (
+            "unknown datatype",
+            {"inputs": [{"name": "x", "shape": [1, 20, 2], "datatype": "FP8", "data": [0] * 40}]},
+            None,
+            400,
+            "'FP8' is not one of",
+        ),
+        (
+            "data size",
+            {"inputs": [{"name": "x", "shape": [1, 20, 2], "datatype": "FP32", "data": [0] * 39}]},
+            None,
+            400,
+            "39 values, shape [1, 20, 2] needs 40",
+        ),
+        (
+            "wrong steps",
+            {"inputs": [{"name": "x", "shape": [1, 10, 4], "datatype": "FP32", "data": [0] * 40}]},
+            None,
+            400,
+            "4 features per step",
+        ),
+        (
+            "strings",
+            {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": ["a", "b"]}]},
+            None,
+            400,
+            "not a rectangular array of FP32",
+        ),
+        (
+            "unknown output",
+            {
+                "inputs": [{"name": "x", "shape": [1, 20, 2], "datatype": "FP32", "data": [0] * 40}],
+                "outputs": [{"name": "logits"}],
+            },
+            None,
+            400,
+            "must name distinct outputs",
+        ),
+        (
+            "binary size",
+            BINARY_HEADER + bytes(100),
+            {"Inference-Header-Content-Length": str(len(BINARY_HEADER))},
+            400,
+            "binary_data_size: 160, but 100 bytes follow",
+        ),
+        ("header length", b"{}", {"Inference-Header-Content-Length": "999"}, 400, "not a length within the body"),
+        (
+            "too many samples",
+            {"inputs": [{"name": "x", "shape": [MAX_BATCH + 1, 20, 2], "datatype": "FP32", "data": []}]},
+            None,
+            413,
+            "limit of 64 per request",
+        ),
+    ],
+)
 def test_bad_infer_requests_get_a_4xx_naming_the_field(server, case, payload, headers, status, fragment):
     port, _ = server
     got_status, body = _infer(port, payload, headers)
@@ -203,12 +253,22 @@ def test_a_full_service_answers_503_and_health_stays_quick(model_file):
     Retry-After (counted in /metadata), every other one 200, and /health answers meanwhile."""
     import threading
 
-    process, port = _start_server(model_file[0], "--workers", "1", "--max-in-flight", "1", "--max-batch", "4096",
-                                  "--max-body-bytes", str(16 * 2**20))
+    process, port = _start_server(
+        model_file[0],
+        "--workers",
+        "1",
+        "--max-in-flight",
+        "1",
+        "--max-batch",
+        "4096",
+        "--max-body-bytes",
+        str(16 * 2**20),
+    )
     try:
         x = np.random.default_rng(2).standard_normal((4096, 20, 2)).astype(np.float32)
-        payload = json.dumps({"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
-                                          "data": x.ravel().tolist()}]}).encode()
+        payload = json.dumps(
+            {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+        ).encode()
         start = threading.Barrier(9)
         statuses, retry_after = [], []
 
@@ -234,7 +294,7 @@ def test_a_full_service_answers_503_and_health_stays_quick(model_file):
             thread.join()
         assert sorted(set(statuses)) == [200, 503], statuses
         assert all(r == "1" for s, r in zip(statuses, retry_after) if s == 503)
-        status, metadata = _request(port, "GET", "/metadata")
+        _status, metadata = _request(port, "GET", "/metadata")
         assert metadata["load"]["refused"] == statuses.count(503) and metadata["load"]["in_flight"] == 0
         assert probes > 0  # answered while the requests ran (its latency under load: make bench)
     finally:
@@ -274,18 +334,25 @@ def test_fuzzed_requests_never_get_a_5xx(server, record_property):
     base_url = f"http://127.0.0.1:{port}"
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    counts = {f"{op.method.upper()} {op.path} {mode.value}": _fuzz(op, mode, base_url, max_examples=30)
-              for op in operations for mode in schemathesis.GenerationMode}
+    counts = {
+        f"{op.method.upper()} {op.path} {mode.value}": _fuzz(op, mode, base_url, max_examples=30)
+        for op in operations
+        for mode in schemathesis.GenerationMode
+    }
     for op in operations:  # the served model's name, so that bodies reach the decoder
         if op.method == "post" and "{name}" in op.path:
             known = {"name": "attention_fp32", **({"version": "1"} if "{version}" in op.path else {})}
             for mode in schemathesis.GenerationMode:
                 counts[f"{op.method.upper()} {op.path} {mode.value} (served model)"] = _fuzz(
-                    op, mode, base_url, max_examples=60, **known)
-    record_property("generated cases", f"{sum(counts.values())} requests: " + ", ".join(
-        f"{label} {n}" for label, n in counts.items()))
-    assert len(counts) == 2 * 11 + 4 and all(n > 0 for label, n in counts.items()
-                                         if label.endswith("positive") or label.startswith("POST")), counts
+                    op, mode, base_url, max_examples=60, **known
+                )
+    record_property(
+        "generated cases",
+        f"{sum(counts.values())} requests: " + ", ".join(f"{label} {n}" for label, n in counts.items()),
+    )
+    assert len(counts) == 2 * 11 + 4 and all(
+        n > 0 for label, n in counts.items() if label.endswith("positive") or label.startswith("POST")
+    ), counts
 
 
 def test_the_service_answers_after_the_fuzzing(server):

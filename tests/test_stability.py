@@ -3,7 +3,6 @@ to a real MLflow store."""
 
 from __future__ import annotations
 
-import mlflow
 import numpy as np
 import pytest
 
@@ -34,8 +33,9 @@ def test_cell_agreement_reads_each_runs_logged_onnx_model(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment_id=mlflow.create_experiment(
-        "stability", artifact_location=(tmp_path / "artifacts").as_uri()))
+    mlflow.set_experiment(
+        experiment_id=mlflow.create_experiment("stability", artifact_location=(tmp_path / "artifacts").as_uri())
+    )
     runs = {}
     for name, attended in (("same1", 2), ("same2", 2), ("other", 4)):
         with mlflow.start_run(run_name=name) as run:

@@ -21,9 +21,14 @@ def test_the_closure_follows_imports_through_other_modules_and_inside_functions(
     assert "pipeline/serve.py" not in closure and "pipeline/train.py" not in closure
 
 
-@pytest.mark.parametrize("stage, removed", [
-    ("export", "pipeline/models/layers.py"), ("train", "pipeline/config.py"), ("evaluate", "pipeline/tracking.py"),
-])
+@pytest.mark.parametrize(
+    "stage, removed",
+    [
+        ("export", "pipeline/models/layers.py"),
+        ("train", "pipeline/config.py"),
+        ("evaluate", "pipeline/tracking.py"),
+    ],
+)
 def test_a_stage_missing_a_module_it_imports_is_reported(stage, removed):
     dvc_yaml = copy.deepcopy(load_dvc_yaml())
     dvc_yaml["stages"][stage]["deps"].remove(removed)
@@ -36,7 +41,8 @@ def test_a_stage_listing_code_it_does_not_import_is_reported():
     dvc_yaml = copy.deepcopy(load_dvc_yaml())
     dvc_yaml["stages"]["deploy"]["deps"].append("pipeline/serve.py")
     assert deps_problems(dvc_yaml) == [
-        "stage deploy: deps list ['pipeline/serve.py'], which pipeline.deploy does not import"]
+        "stage deploy: deps list ['pipeline/serve.py'], which pipeline.deploy does not import"
+    ]
 
 
 def test_every_stage_runs_a_module_of_the_package():

@@ -13,10 +13,25 @@ import yaml
 from pipeline import stage
 from tests.conftest import REPO_ROOT, stages_run, subprocess_env
 
-TENSORFLOW_FREE = ("pipeline.prepare", "pipeline.evaluate", "pipeline.inference", "pipeline.config",
-                   "pipeline.metrics", "pipeline.faithfulness", "pipeline.tracking", "pipeline.data",
-                   "pipeline.compare", "pipeline.predict", "pipeline.variants", "pipeline.serve", "pipeline.promote",
-                   "pipeline.sync", "pipeline.team_server", "pipeline.stability", "pipeline.sweep")
+TENSORFLOW_FREE = (
+    "pipeline.prepare",
+    "pipeline.evaluate",
+    "pipeline.inference",
+    "pipeline.config",
+    "pipeline.metrics",
+    "pipeline.faithfulness",
+    "pipeline.tracking",
+    "pipeline.data",
+    "pipeline.compare",
+    "pipeline.predict",
+    "pipeline.variants",
+    "pipeline.serve",
+    "pipeline.promote",
+    "pipeline.sync",
+    "pipeline.team_server",
+    "pipeline.stability",
+    "pipeline.sweep",
+)
 
 
 def test_stages_that_do_not_train_do_not_import_tensorflow():
@@ -24,8 +39,9 @@ def test_stages_that_do_not_train_do_not_import_tensorflow():
         f"import sys, {', '.join(TENSORFLOW_FREE)}\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'tf2onnx'}))"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=subprocess_env(),
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"
 
 
@@ -39,14 +55,34 @@ def pipeline_run(tmp_path_factory):
 def test_stages_write_their_outputs_and_one_mlflow_run(pipeline_run, monkeypatch):
     monkeypatch.chdir(pipeline_run)
     metrics = json.loads(stage.METRICS_FILE.read_text())
-    faithfulness = {"deletion_top1", "deletion_random1", "deletion_aopc", "deletion_aopc_random",
-                    "deletion_aopc_gain", "sufficiency_top1", "sufficiency_top5pct", "sufficiency_top10pct",
-                    "sufficiency_top20pct", "sufficiency_top50pct", "occlusion_spearman", "uniform_score",
-                    "uniform_drop"}
-    assert set(metrics) == {"test/accuracy", "test/loss", "attention/mass_at_target",
-                            "attention/argmax_hit", "attention/lift", "attention/entropy",
-                            "attention/topk_precision", "attention/above_uniform_precision",
-                            "attention/above_uniform_recall", "export/parity_max_abs", *(f"faithfulness/{name}" for name in faithfulness)}
+    faithfulness = {
+        "deletion_top1",
+        "deletion_random1",
+        "deletion_aopc",
+        "deletion_aopc_random",
+        "deletion_aopc_gain",
+        "sufficiency_top1",
+        "sufficiency_top5pct",
+        "sufficiency_top10pct",
+        "sufficiency_top20pct",
+        "sufficiency_top50pct",
+        "occlusion_spearman",
+        "uniform_score",
+        "uniform_drop",
+    }
+    assert set(metrics) == {
+        "test/accuracy",
+        "test/loss",
+        "attention/mass_at_target",
+        "attention/argmax_hit",
+        "attention/lift",
+        "attention/entropy",
+        "attention/topk_precision",
+        "attention/above_uniform_precision",
+        "attention/above_uniform_recall",
+        "export/parity_max_abs",
+        *(f"faithfulness/{name}" for name in faithfulness),
+    }
     curve = stage.DELETION_CSV.read_text().splitlines()
     assert curve[0] == "size,attended,random,kept,attended_drop,random_drop" and len(curve) == 6
     assert metrics["export/parity_max_abs"] <= 1e-5
@@ -62,8 +98,14 @@ def test_stages_write_their_outputs_and_one_mlflow_run(pipeline_run, monkeypatch
     assert run.data.metrics["test/accuracy"] == pytest.approx(metrics["test/accuracy"])
     assert "epoch/val_loss" in run.data.metrics
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "reports")}
-    assert {"reports/attention.png", "reports/metrics.json", "reports/history.csv", "reports/deletion.csv",
-            "reports/deletion.png", "reports/attention_series.png"} <= artifacts
+    assert {
+        "reports/attention.png",
+        "reports/metrics.json",
+        "reports/history.csv",
+        "reports/deletion.csv",
+        "reports/deletion.png",
+        "reports/attention_series.png",
+    } <= artifacts
     logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     assert [m.name for m in logged] == ["onnx_model"]
 
@@ -77,10 +119,17 @@ def test_failed_parity_gate_exits_2_and_keeps_the_previous_model(pipeline_run):
         strict = yaml.safe_load(original)
         strict["export"]["parity_tolerance"] = 1e-15
         params.write_text(yaml.safe_dump(strict, sort_keys=False))
-        result = subprocess.run([sys.executable, "-m", "pipeline.export"], cwd=pipeline_run,
-                                env={**subprocess_env(), "PYTHONPATH": str(REPO_ROOT),
-                                     "MLFLOW_TRACKING_URI": f"sqlite:///{pipeline_run / 'mlflow.db'}"},
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline.export"],
+            cwd=pipeline_run,
+            env={
+                **subprocess_env(),
+                "PYTHONPATH": str(REPO_ROOT),
+                "MLFLOW_TRACKING_URI": f"sqlite:///{pipeline_run / 'mlflow.db'}",
+            },
+            capture_output=True,
+            text=True,
+        )
     finally:
         params.write_text(original)
     assert result.returncode == 2, result.stderr[-2000:]
@@ -95,9 +144,13 @@ def test_bad_params_exit_2_with_the_key_and_write_nothing(pipeline_run):
     original = params.read_text()
     try:
         params.write_text(original.replace("n_samples: 300", "n_samples: many"))
-        result = subprocess.run([sys.executable, "-m", "pipeline.prepare"], cwd=pipeline_run,
-                                env={**subprocess_env(), "PYTHONPATH": str(REPO_ROOT)},
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline.prepare"],
+            cwd=pipeline_run,
+            env={**subprocess_env(), "PYTHONPATH": str(REPO_ROOT)},
+            capture_output=True,
+            text=True,
+        )
     finally:
         params.write_text(original)
     assert result.returncode == 2

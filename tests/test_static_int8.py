@@ -14,8 +14,15 @@ from pipeline.errors import StageFailed
 from pipeline.inference import OnnxModel
 from tests.conftest import stages_run
 
-QDQ = ("experiment=ucr", "data.name=ItalyPowerDemand", "model.filters=[16,16]", "model.kernel_sizes=[5,3]",
-       "train.epochs=8", "export.parity_samples=512", "export.variants=[fp32,int8_qdq]")
+QDQ = (
+    "experiment=ucr",
+    "data.name=ItalyPowerDemand",
+    "model.filters=[16,16]",
+    "model.kernel_sizes=[5,3]",
+    "train.epochs=8",
+    "export.parity_samples=512",
+    "export.variants=[fp32,int8_qdq]",
+)
 
 
 def test_a_trained_conv_model_passes_the_int8_qdq_gate_and_a_missed_gate_writes_nothing(tmp_path):
@@ -36,7 +43,10 @@ def test_a_trained_conv_model_passes_the_int8_qdq_gate_and_a_missed_gate_writes_
 
         before = {p.name: p.read_bytes() for p in (workdir / stage.VARIANTS_DIR).iterdir()}
         workdir.write_params(*QDQ, "export.variant_tolerance.int8_qdq=1e-9")
-        with pytest.raises(StageFailed, match=r"int8_qdq: attention max abs difference from Keras .* > "
-                                              r"export.variant_tolerance.int8_qdq=1e-09"):
+        with pytest.raises(
+            StageFailed,
+            match=r"int8_qdq: attention max abs difference from Keras .* > "
+            r"export.variant_tolerance.int8_qdq=1e-09",
+        ):
             export.main()
         assert {p.name: p.read_bytes() for p in (workdir / stage.VARIANTS_DIR).iterdir()} == before

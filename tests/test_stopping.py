@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import keras
 import pytest
 
@@ -25,8 +27,12 @@ def test_the_real_data_recipe_counts_any_fall_of_the_training_loss():
 
 
 def test_stopping_off_with_patience_zero_and_a_negative_delta_refused():
-    assert stopping_callbacks(tiny_config("train.early_stopping_patience=0",
-                                          "train.lr_decay_patience=0").train, "val_loss", 100) == []
+    assert (
+        stopping_callbacks(
+            tiny_config("train.early_stopping_patience=0", "train.lr_decay_patience=0").train, "val_loss", 100
+        )
+        == []
+    )
     with pytest.raises(ConfigError, match="min_delta"):
         tiny_config("train.min_delta=-0.1")
 
@@ -38,8 +44,9 @@ def test_a_series_step_budget_trains_long_or_large_sets_fewer_epochs():
     from pipeline.train import epochs_for
 
     def split(series, steps):
-        return Dataset(np.zeros((series, steps, 1), np.float32), np.zeros((series, 1), np.float32),
-                       np.zeros((series, 0), np.int64))
+        return Dataset(
+            np.zeros((series, steps, 1), np.float32), np.zeros((series, 1), np.float32), np.zeros((series, 0), np.int64)
+        )
 
     cfg = tiny_config("train.epochs=1000", "train.max_series_steps=1000000").train
     assert epochs_for(cfg, split(50, 150)) == 133  # 1e6 // (50 * 150)
@@ -50,15 +57,18 @@ def test_a_series_step_budget_trains_long_or_large_sets_fewer_epochs():
         tiny_config("train.max_series_steps=0")
 
 
-
 def test_the_cosine_schedule_ends_at_the_least_rate_on_the_last_epoch_the_run_may_train():
-    cfg = tiny_config("train.lr_schedule=cosine", "train.lr_decay_patience=0", "train.learning_rate=0.001",
-                      "train.min_learning_rate=0.0001").train
+    cfg = tiny_config(
+        "train.lr_schedule=cosine",
+        "train.lr_decay_patience=0",
+        "train.learning_rate=0.001",
+        "train.min_learning_rate=0.0001",
+    ).train
     rates = [cosine_learning_rate(cfg, epoch, 205) for epoch in range(205)]
     assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-4)
     assert rates[102] == pytest.approx(5.5e-4)  # halfway: the mean of the two
-    assert all(a > b for a, b in zip(rates, rates[1:]))
-    scheduler, = (c for c in stopping_callbacks(cfg, "loss", 205) if not isinstance(c, keras.callbacks.EarlyStopping))
+    assert all(a > b for a, b in itertools.pairwise(rates))
+    (scheduler,) = (c for c in stopping_callbacks(cfg, "loss", 205) if not isinstance(c, keras.callbacks.EarlyStopping))
     assert isinstance(scheduler, keras.callbacks.LearningRateScheduler)
     assert scheduler.schedule(204, 1e-3) == pytest.approx(1e-4)
     assert cosine_learning_rate(cfg, 0, 1) == pytest.approx(1e-3)  # one epoch: the starting rate
@@ -67,3 +77,16 @@ def test_the_cosine_schedule_ends_at_the_least_rate_on_the_last_epoch_the_run_ma
 def test_cosine_with_a_plateau_patience_is_refused():
     with pytest.raises(ConfigError, match="lr_decay_patience=4 .* lr_schedule=cosine set it to 0"):
         tiny_config("train.lr_schedule=cosine")
+
+
+def test_multi_worker_training_over_several_workers_is_refused_before_anything_runs(monkeypatch):
+    """Keras's fit fails under MultiWorkerMirroredStrategy with more than one worker
+    (keras-team/keras#20585): the stage says so in one line instead of a traceback mid-fit."""
+    import json
+
+    from pipeline.train import distribution_strategy
+
+    cluster = {"cluster": {"worker": ["localhost:12345", "localhost:12346"]}, "task": {"type": "worker", "index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
+    with pytest.raises(ConfigError, match=r"names 2 workers.*keras-team/keras#20585"):
+        distribution_strategy(tiny_config("train.strategy=multi_worker").train)

@@ -42,14 +42,29 @@ def test_the_table_gives_mean_and_std_over_seeds_and_the_goal(tmp_path, monkeypa
         _log(cell, {"test/accuracy": 0.9, "attention/argmax_hit": 0.5})
     _log(sweep.Cell("planted_step", 10, "middle", 1), {"test/accuracy": 0.5, "attention/argmax_hit": 0.0})
 
-    sweep.main(["table", "--tracking-uri", uri, "--tasks", "planted_step", "--sizes", "10", "--out",
-                str(tmp_path / "sweep"), "--ledger", str(tmp_path / "none.csv")])
+    sweep.main(
+        [
+            "table",
+            "--tracking-uri",
+            uri,
+            "--tasks",
+            "planted_step",
+            "--sizes",
+            "10",
+            "--out",
+            str(tmp_path / "sweep"),
+            "--ledger",
+            str(tmp_path / "none.csv"),
+        ]
+    )
     rows = {r["position"]: r for r in sweep.table_rows(sweep.done_runs(uri, cells))}
     first, last = rows["first"], rows["last"]
     assert first["argmax_hit mean"] == pytest.approx(0.98) and first["argmax_hit std"] == pytest.approx(0.02)
     assert first["goal met"] == "yes" and last["goal met"] == "" and np.isclose(last["score mean"], 0.9)
-    assert "| planted_step | lstm_attention | 10 | first | accuracy 0.9950 ± 0.0000 (3) | 0.980 ± 0.020 | yes |" \
+    assert (
+        "| planted_step | lstm_attention | 10 | first | accuracy 0.9950 ± 0.0000 (3) | 0.980 ± 0.020 | yes |"
         in (tmp_path / "sweep.md").read_text()
+    )
     missing = [c for c in cells if c not in sweep.done_runs(uri, cells)]
     assert [(c.position, c.seed) for c in missing] == [("middle", 2), ("middle", 3), ("last", 3)]
 
@@ -67,8 +82,8 @@ def test_the_ledger_stands_in_for_an_empty_store_until_the_recipe_changes(tmp_pa
     sweep.write_ledger(ledger, sweep.done_runs(uri, [sweep.Cell("find_max", 10, None, 1)]))  # keeps the first row
 
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
-    from_ledger = sweep.done_runs(empty, cells + [sweep.Cell("find_max", 10, None, 1)], ledger)
-    assert from_ledger == sweep.done_runs(uri, cells + [sweep.Cell("find_max", 10, None, 1)])
+    from_ledger = sweep.done_runs(empty, [*cells, sweep.Cell("find_max", 10, None, 1)], ledger)
+    assert from_ledger == sweep.done_runs(uri, [*cells, sweep.Cell("find_max", 10, None, 1)])
     assert from_ledger[sweep.Cell("find_max", 10, None, 1)].score_name == "test/mae"
 
     rows = ledger.read_text().splitlines()

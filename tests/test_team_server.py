@@ -29,8 +29,7 @@ POSTGRES = os.environ.get("PIPELINE_TEST_POSTGRES")
 if not POSTGRES:
     if os.environ.get("CI") == "true":
         raise RuntimeError("CI=true but PIPELINE_TEST_POSTGRES is not set: .ci/run starts PostgreSQL")
-    pytest.skip("PIPELINE_TEST_POSTGRES is not set (bash scripts/postgres-test-server.sh)",
-                allow_module_level=True)
+    pytest.skip("PIPELINE_TEST_POSTGRES is not set (bash scripts/postgres-test-server.sh)", allow_module_level=True)
 
 EXPERIMENT = "attention-planted_step"
 
@@ -55,13 +54,28 @@ class TeamServer:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> TeamServer:
-        log = open(self.artifacts.parent / f"server-{self.port}.log", "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.team_server", "--db", self.db, "--artifacts",
-             str(self.artifacts), "--port", str(self.port), "--workers", "1"],
-            cwd=REPO_ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # the server writes its log; this process closes its own copy of the file once it started
+        with open(self.artifacts.parent / f"server-{self.port}.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pipeline.team_server",
+                    "--db",
+                    self.db,
+                    "--artifacts",
+                    str(self.artifacts),
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    "1",
+                ],
+                cwd=REPO_ROOT,
+                env=subprocess_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -125,8 +139,10 @@ def test_client_sees_the_complete_run(server, team_run):
     metrics = json.loads((workdir / "reports/metrics.json").read_text())
     assert run.data.params["train.epochs"] == "1" and run.data.tags["model"] == "lstm_attention"
     assert run.data.metrics["test/accuracy"] == pytest.approx(metrics["test/accuracy"])
-    assert {a.path for a in client.list_artifacts(run_id, "reports")} >= {"reports/attention.png",
-                                                                         "reports/metrics.json"}
+    assert {a.path for a in client.list_artifacts(run_id, "reports")} >= {
+        "reports/attention.png",
+        "reports/metrics.json",
+    }
     logged = client.search_logged_models([run.info.experiment_id], f"source_run_id = '{run_id}'")
     assert [m.name for m in logged] == ["onnx_model"]
 
@@ -149,8 +165,13 @@ def test_predictor_loads_the_champion_from_the_team_server(server, team_run, mon
     from pipeline.inference import Predictor
 
     workdir, _ = team_run
-    subprocess.run([sys.executable, "-m", "pipeline.promote", "--name", EXPERIMENT, "--tracking-uri",
-                    server.uri], cwd=REPO_ROOT, env=subprocess_env(), check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pipeline.promote", "--name", EXPERIMENT, "--tracking-uri", server.uri],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        check=True,
+        capture_output=True,
+    )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     predictor = Predictor(f"models:/{EXPERIMENT}@champion")
     x = np.load(workdir / "data/prepared/test.npz", allow_pickle=False)["x"][:4]
@@ -158,23 +179,46 @@ def test_predictor_loads_the_champion_from_the_team_server(server, team_run, mon
     assert result.attention.shape[0] == 4 and np.allclose(result.attention.sum(axis=1), 1, atol=1e-5)
 
 
-@pytest.mark.parametrize("db, message", [
-    ("sqlite:///mlflow.db", "expected a postgresql:// URI"),
-    ("postgresql://pipeline@127.0.0.1:5432", "no database name"),
-    ("postgresql://pipeline:wrong-password@127.0.0.1:5432/mlflow", "password authentication failed"),
-])
+@pytest.mark.parametrize(
+    "db, message",
+    [
+        ("sqlite:///mlflow.db", "expected a postgresql:// URI"),
+        ("postgresql://pipeline@127.0.0.1:5432", "no database name"),
+        ("postgresql://pipeline:wrong-password@127.0.0.1:5432/mlflow", "password authentication failed"),
+    ],
+)
 def test_team_server_refuses_a_bad_database_with_a_clear_error(db, message, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pipeline.team_server", "--db", db, "--artifacts",
-                             str(tmp_path / "a"), "--port", str(free_port())], cwd=REPO_ROOT,
-                            env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.team_server",
+            "--db",
+            db,
+            "--artifacts",
+            str(tmp_path / "a"),
+            "--port",
+            str(free_port()),
+        ],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert "wrong-password" not in result.stderr, "passwords never show in messages"
 
 
 def _sync(workdir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.sync"], cwd=workdir,
-                          env={**subprocess_env(), "PYTHONPATH": str(REPO_ROOT)},
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.sync"],
+        cwd=workdir,
+        env={**subprocess_env(), "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_server_down_at_start_records_offline_and_sync_uploads_it(database, tmp_path):
@@ -211,8 +255,14 @@ def test_server_killed_mid_training_loses_neither_model_nor_dvc_outputs(database
     repo = git_copy(tmp_path / "repo")
     params = tiny_params("train.epochs=25", "train.batch_size=8", f"mlflow.tracking_uri={server.uri}")
     (repo / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
-    repro = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=subprocess_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    repro = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=repo,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     client = MlflowClient(server.uri)
     try:
         run_id = _wait_for_epochs(client, minimum=3, timeout=300)
@@ -246,8 +296,11 @@ def _wait_for_epochs(client: MlflowClient, minimum: int, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         experiment = client.get_experiment_by_name(EXPERIMENT)
-        runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"],
-                                  max_results=1) if experiment else []
+        runs = (
+            client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)
+            if experiment
+            else []
+        )
         if runs and len(client.get_metric_history(runs[0].info.run_id, "epoch/loss")) >= minimum:
             return runs[0].info.run_id
         time.sleep(0.2)

@@ -23,8 +23,14 @@ def test_parallel_stages_can_create_one_fresh_store_and_experiment(tmp_path):
     """Four processes start at once on a store that does not exist yet (dvc queue start -j N)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     processes = [
-        subprocess.Popen([sys.executable, "-c", CONNECT, uri, f"attention-{i % 2}"], cwd=REPO_ROOT,
-                         env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", CONNECT, uri, f"attention-{i % 2}"],
+            cwd=REPO_ROOT,
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(4)
     ]
     results = [(p.wait(timeout=120), p.stdout.read().strip(), p.stderr.read()) for p in processes]
@@ -86,9 +92,14 @@ def test_unreachable_tracking_server_fails_fast_before_training(stage_dir):
     stage_dir.write_params(f"mlflow.tracking_uri=http://127.0.0.1:{port}")
     prepare.main()
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "pipeline.train"], cwd=stage_dir,
-                            env={**subprocess_env(), "PYTHONPATH": str(REPO_ROOT)},
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.train"],
+        cwd=stage_dir,
+        env={**subprocess_env(), "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert f"MLflow tracking server http://127.0.0.1:{port} is unreachable" in result.stderr
     assert not (stage_dir / stage.KERAS_MODEL).exists(), "nothing trained, nothing written"

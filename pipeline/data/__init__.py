@@ -19,12 +19,16 @@ from pipeline.data.synthetic import (
 def generate(data_cfg, rng: np.random.Generator) -> Dataset:
     """All samples of the configured task."""
     if isinstance(data_cfg, PlantedStepData):
-        return planted_step(
-            data_cfg.n_samples, data_cfg.time_steps, data_cfg.n_features, data_cfg.planted_step, rng
-        )
+        return planted_step(data_cfg.n_samples, data_cfg.time_steps, data_cfg.n_features, data_cfg.planted_step, rng)
     if isinstance(data_cfg, PlantedRegionData):
-        return planted_region(data_cfg.n_samples, data_cfg.time_steps, data_cfg.n_features,
-                              data_cfg.region_length, data_cfg.amplitude, rng)
+        return planted_region(
+            data_cfg.n_samples,
+            data_cfg.time_steps,
+            data_cfg.n_features,
+            data_cfg.region_length,
+            data_cfg.amplitude,
+            rng,
+        )
     if isinstance(data_cfg, PlantedFeatureData):
         return planted_feature(data_cfg.n_samples, data_cfg.n_features, data_cfg.planted_index, rng)
     if isinstance(data_cfg, FindMaxData):
@@ -34,9 +38,7 @@ def generate(data_cfg, rng: np.random.Generator) -> Dataset:
     raise TypeError(f"no generator for data config {type(data_cfg).__name__}")
 
 
-def split(
-    dataset: Dataset, val_fraction: float, test_fraction: float, rng: np.random.Generator
-) -> dict[str, Dataset]:
+def split(dataset: Dataset, val_fraction: float, test_fraction: float, rng: np.random.Generator) -> dict[str, Dataset]:
     """Shuffle, then cut into train / val / test by the given fractions."""
     order = rng.permutation(len(dataset))
     n_val = int(len(dataset) * val_fraction)
@@ -49,6 +51,13 @@ def split(
 
 
 __all__ = [
-    "Dataset", "generate", "split", "planted_feature", "planted_region", "planted_step", "find_max", "add_two_numbers",
+    "Dataset",
+    "add_two_numbers",
+    "find_max",
+    "generate",
+    "planted_feature",
+    "planted_region",
+    "planted_step",
     "sequence_lengths",
+    "split",
 ]

@@ -128,19 +128,17 @@ def read_ts(path: Path) -> LabelledSeries:
                 "(truncated line, or a ':' missing?)"
             )
         if declared and label not in declared:
-            raise DataFileError(
-                f"{path}: line {line}: label {label!r} is not declared in @classLabel {list(declared)}"
-            )
+            raise DataFileError(f"{path}: line {line}: label {label!r} is not declared in @classLabel {list(declared)}")
         channels = [
-            [_number(token, path, line, f"dimension {d + 1}, value {t + 1}")
-             for t, token in enumerate(field.split(","))]
+            [
+                _number(token, path, line, f"dimension {d + 1}, value {t + 1}")
+                for t, token in enumerate(field.split(","))
+            ]
             for d, field in enumerate(fields)
         ]
         lengths = {len(c) for c in channels}
         if len(lengths) > 1:
-            raise DataFileError(
-                f"{path}: line {line}: dimensions have different lengths {[len(c) for c in channels]}"
-            )
+            raise DataFileError(f"{path}: line {line}: dimensions have different lengths {[len(c) for c in channels]}")
         length = lengths.pop()
         expected = series_length if series_length is not None else (len(series[0]) if series else length)
         if equal_length and length != expected:
@@ -204,9 +202,7 @@ def check_pair(train: LabelledSeries, test: LabelledSeries) -> list[str]:
     """The class labels (sorted; the index of a label is its class) after checking that the test
     file fits the training file: same channels, no class the training file lacks."""
     if test.channels != train.channels:
-        raise DataFileError(
-            f"{test.path}: {test.channels} channel(s), but {train.path} has {train.channels}"
-        )
+        raise DataFileError(f"{test.path}: {test.channels} channel(s), but {train.path} has {train.channels}")
     known = set(train.labels)
     for label, line in zip(test.labels, test.lines):
         if label not in known:
@@ -242,9 +238,7 @@ def bundled_ucr_files(name: str) -> tuple[Path, Path]:
     folder = root / name
     files = folder / f"{name}_TRAIN.ts", folder / f"{name}_TEST.ts"
     if not all(f.is_file() for f in files):
-        available = sorted(
-            p.name for p in root.iterdir() if (p / f"{p.name}_TRAIN.ts").is_file()
-        )
+        available = sorted(p.name for p in root.iterdir() if (p / f"{p.name}_TRAIN.ts").is_file())
         raise DataFileError(f"data.name: no bundled UCR/UEA data set {name!r}; sktime has {available}")
     return files
 
@@ -291,15 +285,10 @@ def fit_normalization(mode: str, x: np.ndarray, padded: bool) -> dict:
     return {"mode": mode, "mean": values.mean(axis=0).tolist(), "std": std.tolist()}
 
 
-def to_arrays(
-    part: LabelledSeries, labels: list[str], length: int, padded: bool
-) -> tuple[np.ndarray, np.ndarray]:
+def to_arrays(part: LabelledSeries, labels: list[str], length: int, padded: bool) -> tuple[np.ndarray, np.ndarray]:
     """x float32 [n, length, channels] (padded after each series' end if `padded`) and
     y float32 [n, 1], the index of each series' label in `labels`."""
-    if padded:
-        x = padded_array(part, length)
-    else:
-        x = np.stack(part.series).astype(np.float32)
+    x = padded_array(part, length) if padded else np.stack(part.series).astype(np.float32)
     index = {label: i for i, label in enumerate(labels)}
     y = np.array([[index[label]] for label in part.labels], dtype=np.float32)
     return x, y
@@ -366,7 +355,8 @@ def file_splits(data_cfg, rng: np.random.Generator) -> tuple[dict[str, Dataset],
         "files": {
             split: {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()} for split, path in read
         },
-        "test_split": (f"inner fold {data_cfg.inner_fold} of {INNER_FOLDS} of the TRAIN file"
-                       if inner else "the TEST file"),
+        "test_split": (
+            f"inner fold {data_cfg.inner_fold} of {INNER_FOLDS} of the TRAIN file" if inner else "the TEST file"
+        ),
     }
     return splits, info

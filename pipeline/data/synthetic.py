@@ -24,7 +24,7 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.x)
 
-    def take(self, index: slice | np.ndarray) -> "Dataset":
+    def take(self, index: slice | np.ndarray) -> Dataset:
         return Dataset(self.x[index], self.y[index], self.target_positions[index])
 
 
@@ -32,9 +32,7 @@ def _binary_targets(n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.integers(0, 2, size=(n, 1)).astype(np.float32)
 
 
-def planted_feature(
-    n_samples: int, n_features: int, planted_index: int, rng: np.random.Generator
-) -> Dataset:
+def planted_feature(n_samples: int, n_features: int, planted_index: int, rng: np.random.Generator) -> Dataset:
     """x [n, n_features] standard normal, except x[:, planted_index] = y."""
     y = _binary_targets(n_samples, rng)
     x = rng.standard_normal((n_samples, n_features)).astype(np.float32)
@@ -55,7 +53,11 @@ def planted_step(
 
 
 def planted_region(
-    n_samples: int, time_steps: int, n_features: int, region_length: int, amplitude: float,
+    n_samples: int,
+    time_steps: int,
+    n_features: int,
+    region_length: int,
+    amplitude: float,
     rng: np.random.Generator,
 ) -> Dataset:
     """x [n, time_steps, n_features] standard normal plus, on `region_length` consecutive steps
@@ -70,9 +72,7 @@ def planted_region(
     return Dataset(x, y, positions)
 
 
-def find_max(
-    n_samples: int, time_steps: int, rng: np.random.Generator, min_length: int | None = None
-) -> Dataset:
+def find_max(n_samples: int, time_steps: int, rng: np.random.Generator, min_length: int | None = None) -> Dataset:
     """x [n, time_steps, 1] ~ Beta(1/time_steps, 1) (mostly small, a few large values);
     y = max over the valid steps; the true position is the argmax. With min_length below
     time_steps, lengths are uniform in [min_length, time_steps] and the rest is PAD_VALUE."""
@@ -107,9 +107,7 @@ def sequence_lengths(x: np.ndarray) -> np.ndarray:
     return (x != PAD_VALUE).any(axis=-1).sum(axis=1)
 
 
-def _valid_steps(
-    n_samples: int, time_steps: int, min_length: int | None, rng: np.random.Generator
-) -> np.ndarray:
+def _valid_steps(n_samples: int, time_steps: int, min_length: int | None, rng: np.random.Generator) -> np.ndarray:
     """[n, time_steps] bool: steps before each sequence's length (all True at fixed length)."""
     if min_length is None or min_length >= time_steps:
         return np.ones((n_samples, time_steps), dtype=bool)

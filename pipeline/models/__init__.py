@@ -28,8 +28,8 @@ from pipeline.config import (
 from pipeline.contract import INPUT_NAME, PAD_VALUE
 from pipeline.models.layers import (
     ClassAttentionPooling,
-    GatedAttentionPooling,
     ConvEncoder,
+    GatedAttentionPooling,
     InputAttention,
     MultiHeadAttentionPooling,
     Standardize,
@@ -57,7 +57,7 @@ class TaskSpec:
     normalization: dict | None = field(default=None)
 
     @classmethod
-    def from_meta(cls, meta: dict) -> "TaskSpec":
+    def from_meta(cls, meta: dict) -> TaskSpec:
         return cls(
             input_shape=tuple(meta["input_shape"]),
             task_type=meta["task_type"],
@@ -78,8 +78,9 @@ def feature_attention(cfg: FeatureAttentionModel, task: TaskSpec) -> keras.Model
     (n_features,) = task.input_shape
     x = keras.Input(shape=(n_features,), name=INPUT_NAME)
     regularizer = keras.regularizers.L2(cfg.attention_l2) if cfg.attention_l2 > 0 else None
-    attention = keras.layers.Dense(n_features, activation="softmax", kernel_regularizer=regularizer,
-                                   name="attention")(x)
+    attention = keras.layers.Dense(n_features, activation="softmax", kernel_regularizer=regularizer, name="attention")(
+        x
+    )
     weighted = keras.layers.Multiply(name="attended_features")([x, attention])
     hidden = keras.layers.Dense(cfg.hidden_units, name="hidden")(weighted)
     return keras.Model(x, {"prediction": _head(hidden, task), "attention": attention}, name=cfg.name)
@@ -88,13 +89,12 @@ def feature_attention(cfg: FeatureAttentionModel, task: TaskSpec) -> keras.Model
 RECURRENT_CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
 
 
-def _encoder(cell: str, units: int, bidirectional: bool = False, sequences: bool = True,
-             recurrent_l2: float = 0.0) -> keras.layers.Layer:
+def _encoder(
+    cell: str, units: int, bidirectional: bool = False, sequences: bool = True, recurrent_l2: float = 0.0
+) -> keras.layers.Layer:
     """An LSTM or GRU layer (states [batch, time, units], or its last state [batch, units])."""
     regularizer = keras.regularizers.L2(recurrent_l2) if recurrent_l2 > 0 else None
-    layer = RECURRENT_CELLS[cell](
-        units, return_sequences=sequences, recurrent_regularizer=regularizer, name=cell
-    )
+    layer = RECURRENT_CELLS[cell](units, return_sequences=sequences, recurrent_regularizer=regularizer, name=cell)
     return keras.layers.Bidirectional(layer, name=f"bi{cell}") if bidirectional else layer
 
 
@@ -214,8 +214,10 @@ def load_model(path) -> keras.Model:
     except ValueError as err:
         if "safe_mode" not in str(err) and "Lambda" not in str(err):
             raise
-        raise StageFailed(f"{path}: refused to load: it holds Python code (a Lambda layer or a "
-                          "pickled function), which safe_mode does not run") from None
+        raise StageFailed(
+            f"{path}: refused to load: it holds Python code (a Lambda layer or a "
+            "pickled function), which safe_mode does not run"
+        ) from None
 
 
 def batch_norm_folded_copy(model: keras.Model) -> keras.Model:

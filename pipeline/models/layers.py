@@ -9,7 +9,8 @@ import keras
 import numpy as np
 from keras import ops
 
-SCORES = ("location", "dot", "general", "additive", "scaled_dot", "last_state", "mean")
+from pipeline.contract import TEMPORAL_SCORES
+
 QUERIES = ("last", "learned")
 MASKED_SCORE = -1e9
 
@@ -102,8 +103,8 @@ class TemporalAttention(_AttentionPooling):
     def __init__(self, score="location", query="last", position_bias=False, uniform=False, **kwargs):
         super().__init__(**kwargs)
         self.uniform = _check_uniform(uniform)
-        if score not in SCORES:
-            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        if score not in TEMPORAL_SCORES:
+            raise ValueError(f"score must be one of {TEMPORAL_SCORES}, got {score!r}")
         if query not in QUERIES:
             raise ValueError(f"query must be one of {QUERIES}, got {query!r}")
         if not isinstance(position_bias, bool):
@@ -114,9 +115,7 @@ class TemporalAttention(_AttentionPooling):
 
     def build(self, states_shape):
         if len(states_shape) != 3:
-            raise ValueError(
-                f"TemporalAttention expects states [batch, time, units], got shape {states_shape}"
-            )
+            raise ValueError(f"TemporalAttention expects states [batch, time, units], got shape {states_shape}")
         _, time, units = states_shape
         if self.position_bias and time is None:
             raise ValueError(
@@ -138,9 +137,7 @@ class TemporalAttention(_AttentionPooling):
             self.additive_bias = self.add_weight(name="additive_bias", shape=(units,), initializer="zeros")
             self.additive_vector = self.add_weight(name="additive_vector", shape=(units, 1))
         if self.position_bias:
-            self.position_scores = self.add_weight(
-                name="position_scores", shape=(time,), initializer="zeros"
-            )
+            self.position_scores = self.add_weight(name="position_scores", shape=(time,), initializer="zeros")
 
     def _query(self, states, last_step):
         """[batch, units]: the last valid state, or the learned vector repeated over the batch."""
@@ -277,9 +274,7 @@ class InputAttention(keras.layers.Layer):
 
     def build(self, x_shape):
         if len(x_shape) != 3 or x_shape[1] is None:
-            raise ValueError(
-                f"InputAttention expects x [batch, time, features] with a fixed time, got {x_shape}"
-            )
+            raise ValueError(f"InputAttention expects x [batch, time, features] with a fixed time, got {x_shape}")
         time = x_shape[1]
         self.kernel = self.add_weight(name="kernel", shape=(time, time))
         self.bias = self.add_weight(name="bias", shape=(time,), initializer="zeros")
@@ -331,9 +326,7 @@ class MultiHeadAttentionPooling(_AttentionPooling):
 
     def build(self, states_shape):
         if len(states_shape) != 3:
-            raise ValueError(
-                f"MultiHeadAttentionPooling expects states [batch, time, units], got {states_shape}"
-            )
+            raise ValueError(f"MultiHeadAttentionPooling expects states [batch, time, units], got {states_shape}")
         units = states_shape[-1]
         self.query = self.add_weight(name="query", shape=(1, 1, units))
         self.attention.build((states_shape[0], 1, units), states_shape)
@@ -343,9 +336,7 @@ class MultiHeadAttentionPooling(_AttentionPooling):
             return self._uniform_call(states, mask)
         query = ops.zeros_like(states[:, :1, :]) + self.query  # [batch, 1, units]
         attention_mask = None if mask is None else ops.expand_dims(mask, 1)  # [batch, 1, time]
-        context, scores = self.attention(
-            query, states, attention_mask=attention_mask, return_attention_scores=True
-        )
+        context, scores = self.attention(query, states, attention_mask=attention_mask, return_attention_scores=True)
         return context[:, 0, :], ops.mean(scores[:, :, 0, :], axis=1)
 
     def _uniform_call(self, states, mask):
@@ -358,8 +349,7 @@ class MultiHeadAttentionPooling(_AttentionPooling):
         return self.attention.output_dense(pooled)[:, 0, :], weights
 
     def get_config(self):
-        return {**super().get_config(), "heads": self.heads, "key_dim": self.key_dim,
-                "uniform": self.uniform}
+        return {**super().get_config(), "heads": self.heads, "key_dim": self.key_dim, "uniform": self.uniform}
 
 
 NORMALIZATIONS = ("per_series", "per_channel", "none")
@@ -490,8 +480,7 @@ class ClassAttentionPooling(keras.layers.Layer):
         return (batch, self.outputs), (batch, time)
 
     def get_config(self):
-        return {**super().get_config(), "outputs": self.outputs, "task_type": self.task_type,
-                "uniform": self.uniform}
+        return {**super().get_config(), "outputs": self.outputs, "task_type": self.task_type, "uniform": self.uniform}
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
@@ -518,9 +507,7 @@ class ConvEncoder(keras.layers.Layer):
         super().__init__(**kwargs)
         filters, kernel_sizes = list(filters), list(kernel_sizes)
         if not filters or len(filters) != len(kernel_sizes):
-            raise ValueError(
-                f"need one kernel size per block, got filters {filters} and kernel_sizes {kernel_sizes}"
-            )
+            raise ValueError(f"need one kernel size per block, got filters {filters} and kernel_sizes {kernel_sizes}")
         if min(filters + kernel_sizes) < 1:
             raise ValueError(f"filters and kernel sizes must be positive, got {filters}, {kernel_sizes}")
         self.filters, self.kernel_sizes, self.norm_folded = filters, kernel_sizes, norm_folded
@@ -571,8 +558,12 @@ class ConvEncoder(keras.layers.Layer):
         return (*tuple(x_shape)[:2], self.filters[-1])
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "kernel_sizes": self.kernel_sizes,
-                "norm_folded": self.norm_folded}
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_sizes": self.kernel_sizes,
+            "norm_folded": self.norm_folded,
+        }
 
 
 KERNEL_LENGTH = 9
@@ -591,8 +582,9 @@ def dilated_conv_rows(rows, kernel, dilation: int):
     reach = (taps - 1) * dilation
     padded = ops.pad(rows, [[0, 0], [0, 0], [reach // 2, reach - reach // 2]])
     ends = [tap * dilation - reach or None for tap in range(taps)]  # negative: from the padded end
-    shifted = ops.concatenate([padded[:, :, tap * dilation:end] for tap, end in enumerate(ends)],
-                              axis=1)  # [batch, taps * channels, time], tap-major as the kernel's rows
+    shifted = ops.concatenate(
+        [padded[:, :, tap * dilation : end] for tap, end in enumerate(ends)], axis=1
+    )  # [batch, taps * channels, time], tap-major as the kernel's rows
     return ops.matmul(ops.transpose(ops.reshape(kernel, (taps * channels, filters))), shifted)
 
 
@@ -634,8 +626,9 @@ class MiniRocketFeatures(keras.layers.Layer):
     def build(self, x_shape):
         kernels = len(KERNEL_POSITIONS)
         self.kernels = [
-            self.add_weight(name=f"kernel_d{d}", shape=(KERNEL_LENGTH, self.channels, kernels),
-                            initializer="zeros", trainable=False)
+            self.add_weight(
+                name=f"kernel_d{d}", shape=(KERNEL_LENGTH, self.channels, kernels), initializer="zeros", trainable=False
+            )
             for d in self.dilations
         ]
         self.biases = [

@@ -31,7 +31,7 @@ def transform_weights(parameters, channels: int) -> tuple[list[np.ndarray], list
     """The conv kernels [9, channels, 84] and biases [84, n] of each dilation, from the
     `parameters` of a fitted sktime MiniRocketMultivariate: (channels per combination, channel
     indices, dilations, features per dilation, biases)."""
-    per_combination, channel_indices, dilations, features_per_dilation, biases = parameters
+    per_combination, channel_indices, _dilations, features_per_dilation, biases = parameters
     kernels, bias_blocks = [], []
     combination, channel_start, feature_start = 0, 0, 0
     for n_features in features_per_dilation:
@@ -39,7 +39,7 @@ def transform_weights(parameters, channels: int) -> tuple[list[np.ndarray], list
         for k, positions in enumerate(KERNEL_POSITIONS):
             taps = np.full(KERNEL_LENGTH, -1.0, dtype=np.float32)
             taps[positions] = 2.0
-            chosen = channel_indices[channel_start:channel_start + per_combination[combination]]
+            chosen = channel_indices[channel_start : channel_start + per_combination[combination]]
             kernel[:, chosen, k] = taps[:, None]
             channel_start += per_combination[combination]
             combination += 1
@@ -50,8 +50,9 @@ def transform_weights(parameters, channels: int) -> tuple[list[np.ndarray], list
     return kernels, bias_blocks
 
 
-def fit_minirocket(cfg: MiniRocketModel, task: TaskSpec, x: np.ndarray, y: np.ndarray,
-                   seed: int) -> tuple[keras.Model, dict]:
+def fit_minirocket(
+    cfg: MiniRocketModel, task: TaskSpec, x: np.ndarray, y: np.ndarray, seed: int
+) -> tuple[keras.Model, dict]:
     """The fitted MiniRocket classifier as a Keras model with outputs `prediction` (softmax of
     the ridge scores, [batch, classes]) and `attention` (uniform over the valid steps: the
     transform weighs every step alike), and a report (the ridge's alpha, training accuracy).
@@ -65,7 +66,9 @@ def fit_minirocket(cfg: MiniRocketModel, task: TaskSpec, x: np.ndarray, y: np.nd
     normalised = keras.Model(inputs, normalised_tensor).predict(x, batch_size=256, verbose=0)
     channels = x.shape[2]
     rocket = MiniRocketMultivariate(
-        num_kernels=cfg.num_kernels, max_dilations_per_kernel=cfg.max_dilations_per_kernel, random_state=seed,
+        num_kernels=cfg.num_kernels,
+        max_dilations_per_kernel=cfg.max_dilations_per_kernel,
+        random_state=seed,
     ).fit(normalised.transpose(0, 2, 1))
     kernels, biases = transform_weights(rocket.parameters, channels)
     margin = TIE_MARGIN * max(float(np.abs(b).max()) for b in biases)
