@@ -58,8 +58,9 @@ study: $(STAMP)
 	$(BIN)/python -m pipeline.study wait
 	$(BIN)/python -m pipeline.compare --out docs/results
 
+# MLflow's UI on mlflow.db; prints the address of each experiment's runs in the training view.
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/python -m pipeline.ui --store $(CURDIR)/mlflow.db --port 5000
 
 # A team's MLflow server: runs in PostgreSQL (DB=postgresql://USER:PASSWORD@HOST:PORT/DATABASE),
 # artifacts in ARTIFACTS; see README, "A team's tracking server".

@@ -3,8 +3,12 @@ prepared data as a dataset input identified by its digest."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import mlflow
 import pytest
@@ -49,6 +53,74 @@ def test_experiments_open_in_the_ui_s_training_view(tracked_run, tmp_path):
     untagged = mlflow.MlflowClient(uri).create_experiment("older", artifact_location=(tmp_path / "a").as_uri())
     assert experiment_id(uri, "older") == untagged
     assert mlflow.MlflowClient(uri).get_experiment(untagged).tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
+
+
+def _rendered_text(url: str) -> str:
+    """The text of the page at `url` once its scripts ran (headless chromium), tags stripped."""
+    import html
+    import re
+
+    dom = subprocess.run(
+        [
+            "chromium",
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    dom = re.sub(r"<script.*?</script>|<style.*?</style>", "", dom, flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", "\n", dom))
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt install chromium)")
+def test_make_ui_prints_the_training_view_where_the_runs_table_and_comparison_show_the_metrics(tracked_run):
+    import urllib.request
+
+    from pipeline.loadbench import free_port
+    from pipeline.ui import compare_url
+
+    store = mlflow.get_tracking_uri().removeprefix("sqlite:///")
+    port = free_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.ui", "--store", store, "--port", str(port)],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        printed = [ui.stdout.readline() for _ in range(2)]
+        assert printed[0].startswith("MLflow UI, training view"), printed
+        runs_url = printed[1].split(": ", 1)[1].strip()
+        assert printed[1].strip().startswith("attention-planted_step (1 runs)") and "workflowType" in runs_url
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the MLflow UI did not start"
+                time.sleep(0.5)
+        runs_table = _rendered_text(runs_url)
+        assert "Detect Issues" not in runs_table, "the GenAI view, not the training view"
+        assert "Run Name" in runs_table and tracked_run.info.run_name in runs_table
+        base = runs_url.split("/#/")[0]
+        comparison = _rendered_text(compare_url(base, tracked_run.info.experiment_id, [tracked_run.info.run_id]))
+        assert "Comparing 1 Run" in comparison
+        assert {"attention/argmax_hit", "epoch/loss"} <= set(comparison.split()), "the pipeline's metrics"
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
