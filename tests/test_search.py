@@ -94,36 +94,37 @@ def test_two_workers_share_one_study_and_every_trial_is_a_logged_dvc_experiment(
     import mlflow
     import optuna
 
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     fixed = [*TINY, f"data.n_samples={TINY_SAMPLES}"]
     command = [sys.executable, "-m", "pipeline.search", "--study", "tiny", "--storage", study_storage]
-    command += ["--trials", "3", "--space", "model.units=int:4:16", "--seed", "0"]
+    command += ["--trials", "3", "--space", "model.units=int:4:16"]
     command += [part for override in fixed for part in ("-S", override)]
     clones = [git_copy(tmp_path / f"machine{i}") for i in (1, 2)]
+    # each machine its own MLflow store (the runs of several machines go to the team's server)
     workers = [
-        subprocess.Popen(
-            command,
+        subprocess.Popen(  # seeds 0 and 1: the first trials of the two workers draw 11 and 9 units
+            [*command, "--seed", str(seed)],
             cwd=clone,
-            env={**subprocess_env(), "MLFLOW_TRACKING_URI": store},
+            env=subprocess_env(),
             text=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        for clone in clones
+        for seed, clone in enumerate(clones)
     ]
     outputs = [worker.communicate(timeout=900)[0] for worker in workers]
-    assert [w.returncode for w in workers] == [0, 0], outputs
+    print("\n\n".join(outputs))  # shown in full when the test fails
+    assert [w.returncode for w in workers] == [0, 0]
 
     trials = optuna.load_study(study_name="tiny", storage=optuna_storage(study_storage)).trials
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) >= 3 and len({t.params["model.units"] for t in complete}) > 1
-    for clone in clones:  # each worker ran trials in its own clone
+    by_experiment = {}
+    for clone in clones:  # each worker ran trials in its own clone, logged to its store
         names = dvc(clone, "exp", "list", "--name-only").stdout.split()
         assert names and set(names) <= {t.user_attrs["dvc_experiment"] for t in complete}
-    runs = mlflow.MlflowClient(store).search_runs(
-        [mlflow.MlflowClient(store).get_experiment_by_name("attention-planted_step").experiment_id]
-    )
-    by_experiment = {run.data.tags["dvc.experiment"]: run for run in runs}
+        client = mlflow.MlflowClient(f"sqlite:///{clone / 'mlflow.db'}")
+        runs = client.search_runs([client.get_experiment_by_name("attention-planted_step").experiment_id])
+        by_experiment |= {run.data.tags["dvc.experiment"]: run for run in runs}
     for trial in complete:
         run = by_experiment[trial.user_attrs["dvc_experiment"]]
         assert run.info.run_id == trial.user_attrs["mlflow_run_id"]
