@@ -101,8 +101,8 @@ def check_reachable(uri: str) -> None:
         )
 
 
-# MLflow 3's UI opens an experiment in the view this tag names; without it, in the GenAI view
-# (traces), not the training view with runs, metrics and charts.
+# The kind of experiment MLflow records for its clients (a training one, not GenAI). MLflow 3.17's
+# UI no longer picks its view from it but from the address: pipeline/ui.py prints those.
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 

@@ -46,8 +46,8 @@ def test_parallel_stages_can_create_one_fresh_store_and_experiment(tmp_path):
 
 
 def test_experiments_open_in_the_ui_s_training_view(tracked_run, tmp_path):
-    """MLflow 3's UI chooses its view by the experiment's kind tag: the pipeline's experiments are
-    training experiments, also one created before the tag was set."""
+    """The pipeline's experiments are tagged as training experiments (MLflow's kind tag), also one
+    created before the tag was set. (3.17's UI takes its view from the address: see pipeline/ui.py.)"""
     assert mlflow.get_experiment(tracked_run.info.experiment_id).tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
     uri = f"sqlite:///{tmp_path / 'older.db'}"
     untagged = mlflow.MlflowClient(uri).create_experiment("older", artifact_location=(tmp_path / "a").as_uri())
