@@ -117,6 +117,16 @@ def run_command(args: list[str], cwd: Path, check: bool = True):
     return result
 
 
+def start_command(args: list[str], cwd: Path = REPO_ROOT):
+    """Start a command with our interpreter's environment, its stdout and stderr in one text pipe
+    (read with `.communicate(timeout=...)[0]`), so that several can run at once."""
+    import subprocess
+
+    return subprocess.Popen(
+        args, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
 def dvc(repo: Path, *args: str, check: bool = True):
     return run_command([sys.executable, "-m", "dvc", *args], repo, check)
 

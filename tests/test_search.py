@@ -5,7 +5,6 @@ trial a DVC experiment logged to one MLflow store."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import uuid
 
@@ -13,7 +12,7 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.search import Dimension, optuna_storage, parse_dimension
-from tests.conftest import REPO_ROOT, TINY, TINY_SAMPLES, dvc, git_copy, subprocess_env
+from tests.conftest import TINY, TINY_SAMPLES, dvc, git_copy, start_command
 
 
 def test_the_space_is_parsed_from_its_flags():
@@ -56,17 +55,7 @@ def test_workers_starting_together_on_a_fresh_storage_all_open_the_study(tmp_pat
     import optuna
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", OPEN_AND_TRY, storage],
-            cwd=REPO_ROOT,
-            env=subprocess_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for _ in range(4)
-    ]
+    workers = [start_command([sys.executable, "-c", OPEN_AND_TRY, storage]) for _ in range(4)]
     outputs = [worker.communicate(timeout=300)[0] for worker in workers]
     assert [w.returncode for w in workers] == [0] * 4, outputs
     assert len(optuna.load_study(study_name="race", storage=storage).trials) == 20
@@ -100,17 +89,8 @@ def test_two_workers_share_one_study_and_every_trial_is_a_logged_dvc_experiment(
     command += [part for override in fixed for part in ("-S", override)]
     clones = [git_copy(tmp_path / f"machine{i}") for i in (1, 2)]
     # each machine its own MLflow store (the runs of several machines go to the team's server)
-    workers = [
-        subprocess.Popen(  # seeds 0 and 1: the first trials of the two workers draw 11 and 9 units
-            [*command, "--seed", str(seed)],
-            cwd=clone,
-            env=subprocess_env(),
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for seed, clone in enumerate(clones)
-    ]
+    # seeds 0 and 1: the first trials of the two workers draw 11 and 9 units
+    workers = [start_command([*command, "--seed", str(seed)], clone) for seed, clone in enumerate(clones)]
     outputs = [worker.communicate(timeout=900)[0] for worker in workers]
     print("\n\n".join(outputs))  # shown in full when the test fails
     assert [w.returncode for w in workers] == [0, 0]

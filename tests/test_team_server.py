@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.loadbench import free_port
 from tests.conftest import REPO_ROOT, dvc, git_copy, stages_run, subprocess_env, tiny_params
 
 POSTGRES = os.environ.get("PIPELINE_TEST_POSTGRES")
@@ -32,12 +32,6 @@ if not POSTGRES:
     pytest.skip("PIPELINE_TEST_POSTGRES is not set (bash scripts/postgres-test-server.sh)", allow_module_level=True)
 
 EXPERIMENT = "attention-planted_step"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def get_json(url: str) -> dict:

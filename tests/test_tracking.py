@@ -14,7 +14,7 @@ import mlflow
 import pytest
 
 from pipeline.tracking import CPU_TAG, EXPERIMENT_KIND_TAG, TRAINING_KIND, cpu_model, experiment_id
-from tests.conftest import REPO_ROOT, stages_run, subprocess_env
+from tests.conftest import REPO_ROOT, stages_run, start_command, subprocess_env
 
 CONNECT = """
 import sys
@@ -26,20 +26,10 @@ print(experiment_id(sys.argv[1], sys.argv[2]))
 def test_parallel_stages_can_create_one_fresh_store_and_experiment(tmp_path):
     """Four processes start at once on a store that does not exist yet (dvc queue start -j N)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", CONNECT, uri, f"attention-{i % 2}"],
-            cwd=REPO_ROOT,
-            env=subprocess_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(4)
-    ]
-    results = [(p.wait(timeout=120), p.stdout.read().strip(), p.stderr.read()) for p in processes]
-    assert [code for code, _, _ in results] == [0, 0, 0, 0], [err[-500:] for _, _, err in results]
-    ids = [out.splitlines()[-1] for _, out, _ in results]
+    processes = [start_command([sys.executable, "-c", CONNECT, uri, f"attention-{i % 2}"]) for i in range(4)]
+    outputs = [p.communicate(timeout=120)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], [out[-500:] for out in outputs]
+    ids = [out.strip().splitlines()[-1] for out in outputs]
     assert ids[0] == ids[2] and ids[1] == ids[3] and ids[0] != ids[1]
     mlflow.set_tracking_uri(uri)
     assert {e.name for e in mlflow.search_experiments()} >= {"attention-0", "attention-1"}
