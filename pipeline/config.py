@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.contract import OPSET_MAX, TEMPORAL_SCORES, VARIANTS
+from pipeline.contract import HEAD_READOUTS, OPSET_MAX, TEMPORAL_SCORES, VARIANTS
 from pipeline.errors import ConfigError, run_command
 
 PARAMS_FILE = Path("params.yaml")
@@ -217,6 +217,7 @@ class MultiHeadPoolingModel(_Strict):
     units: int = Field(gt=0)
     heads: int = Field(gt=0)
     key_dim: int = Field(gt=0)
+    readout: Literal[HEAD_READOUTS]
 
 
 class ConvAttentionModel(_Strict):

@@ -9,5 +9,9 @@ PAD_VALUE = -1.0  # padded steps of variable-length sequences hold this on every
 # The scores of TemporalAttention (pipeline/models/layers.py). The recurrent models take any but
 # "mean"; the convolutional ones any but "last_state", and two pooling layers of their own.
 TEMPORAL_SCORES = ("location", "dot", "general", "additive", "scaled_dot", "last_state", "mean")
+# How MultiHeadAttentionPooling reads its heads out as one attention row: "norm" weighs each step
+# by the norm of the vector it adds to the pooled context (every head's share, through the value
+# and output projections); "heads_mean" averages the heads' softmax weights.
+HEAD_READOUTS = ("norm", "heads_mean")
 # The ONNX variants the export stage can write (pipeline/variants.py); fp32 is models/model.onnx.
 VARIANTS = ("fp32", "fp16", "int8", "int8_qdq")

@@ -123,11 +123,55 @@ def test_shared_input_attention_weights_every_feature_alike():
     np.testing.assert_allclose(np.asarray(attention).sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_multihead_pooling_averages_the_heads():
+def _head_weights(layer: MultiHeadAttentionPooling, states: np.ndarray) -> np.ndarray:
+    """[batch, heads, time]: each head's softmax weights."""
+    query = np.zeros_like(states[:, :1, :]) + np.asarray(layer.query)
+    _, scores = layer.attention(query, states, return_attention_scores=True)
+    return np.asarray(scores)[:, :, 0, :]
+
+
+def test_multihead_pooling_reads_out_the_norm_of_what_each_step_adds_to_the_context():
+    states = np.random.default_rng(0).standard_normal((2, 7, 5)).astype("float32")
     layer = MultiHeadAttentionPooling(heads=3, key_dim=4)
-    context, attention = layer(np.random.default_rng(0).standard_normal((2, 7, 5)).astype("float32"))
+    context, attention = (np.asarray(t) for t in layer(states))
     assert context.shape == (2, 5) and attention.shape == (2, 7)
-    np.testing.assert_allclose(np.asarray(attention).sum(axis=1), 1.0, atol=1e-5)
+    weights = _head_weights(layer, states)
+    values = np.asarray(layer.attention.value_dense(states))  # [batch, time, heads, key_dim]
+    kernel = np.asarray(layer.attention.output_dense.kernel)  # [heads, key_dim, units]
+    added = np.einsum("bht,bthd,hdu->btu", weights, values, kernel)  # what each step adds
+    np.testing.assert_allclose(added.sum(axis=1) + np.asarray(layer.attention.output_dense.bias), context, atol=1e-5)
+    norms = np.linalg.norm(added, axis=-1)
+    np.testing.assert_allclose(attention, norms / norms.sum(axis=1, keepdims=True), atol=1e-5)
+
+    averaged = MultiHeadAttentionPooling(heads=3, key_dim=4, readout="heads_mean")
+    averaged(states)
+    averaged.set_weights(layer.get_weights())
+    np.testing.assert_allclose(np.asarray(averaged(states)[1]), weights.mean(axis=1), atol=1e-6)
+    assert not np.allclose(np.asarray(averaged(states)[1]), attention, atol=1e-3)
+    with pytest.raises(ValueError, match="readout must be one of"):
+        MultiHeadAttentionPooling(readout="max")
+
+
+def test_a_head_that_adds_nothing_does_not_move_the_norm_readout():
+    """A head whose value projection is zero may weigh any step: the context does not change,
+    and neither does the attention read out by norm (the heads' mean would)."""
+    states = np.random.default_rng(1).standard_normal((4, 9, 6)).astype("float32")
+    layer = MultiHeadAttentionPooling(heads=2, key_dim=3)
+    layer(states)
+    value_kernel = np.asarray(layer.attention.value_dense.kernel).copy()  # [units, heads, key_dim]
+    value_bias = np.asarray(layer.attention.value_dense.bias).copy()  # [heads, key_dim]
+    value_kernel[:, 1], value_bias[1] = 0.0, 0.0
+    layer.attention.value_dense.kernel.assign(value_kernel)
+    layer.attention.value_dense.bias.assign(value_bias)
+    context, attention = (np.asarray(t) for t in layer(states))
+    weights = _head_weights(layer, states)
+    query_kernel = np.asarray(layer.attention.query_dense.kernel).copy()
+    query_kernel[:, 1] *= -3.0  # head 1 now weighs other steps
+    layer.attention.query_dense.kernel.assign(query_kernel)
+    moved_context, moved_attention = (np.asarray(t) for t in layer(states))
+    assert np.abs(_head_weights(layer, states)[:, 1] - weights[:, 1]).max() > 0.05
+    np.testing.assert_allclose(moved_context, context, atol=1e-5)
+    np.testing.assert_allclose(moved_attention, attention, atol=1e-5)
 
 
 @pytest.mark.parametrize("variant", SEQUENCE_MODELS)

@@ -158,11 +158,12 @@ def input_attention(cfg: InputAttentionModel, task: TaskSpec) -> keras.Model:
 def multihead_pooling(cfg: MultiHeadPoolingModel, task: TaskSpec) -> keras.Model:
     """LSTM or GRU states -> MultiHeadAttentionPooling (learned query) -> Dense(1).
 
-    x [batch, time, features] -> prediction [batch, 1], attention [batch, time] (mean of heads).
+    x [batch, time, features] -> prediction [batch, 1], attention [batch, time] (the heads read
+    out as `cfg.readout` says).
     """
     x, h = sequence_input(task, fixed_time=False)
     states = _encoder(cfg.cell, cfg.units, cfg.bidirectional)(h)
-    context, attention = MultiHeadAttentionPooling(cfg.heads, cfg.key_dim, name="pooling")(states)
+    context, attention = MultiHeadAttentionPooling(cfg.heads, cfg.key_dim, cfg.readout, name="pooling")(states)
     return keras.Model(x, {"prediction": _head(context, task), "attention": attention}, name=cfg.name)
 
 

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from pipeline.contract import TEMPORAL_SCORES
+from pipeline.contract import HEAD_READOUTS, TEMPORAL_SCORES
 
 QUERIES = ("last", "learned")
 MASKED_SCORE = -1e9
@@ -299,9 +299,16 @@ class InputAttention(keras.layers.Layer):
 class MultiHeadAttentionPooling(_AttentionPooling):
     """Pools states with Keras MultiHeadAttention, queried by one learned vector.
 
+    The context is a sum over steps and heads: step t of head h adds a_ht * W_O,h (W_V,h s_t + b_V,h)
+    (then the output bias). A head may put most of its weight on steps whose projected values are
+    small, so its weights say little about what the context holds (Kobayashi et al. 2020,
+    "Attention is not only a weight"). The default readout therefore weighs each step by the norm
+    of what it adds: || sum_h a_ht * W_O,h (W_V,h s_t + b_V,h) ||, normalised over the steps.
+
     Args:
         heads: number of attention heads.
         key_dim: size of each head's query and key projections.
+        readout: "norm" (above) or "heads_mean" (the heads' softmax weights averaged).
         uniform: every head weighs every valid step alike (the uniform-attention ablation): the
             context is the output projection of the mean of the value projections.
 
@@ -310,18 +317,20 @@ class MultiHeadAttentionPooling(_AttentionPooling):
         mask: optional bool [batch, time], True on valid steps; padded steps get 0 weight.
 
     Returns:
-        (context [batch, units], attention [batch, time]: the heads' weights averaged, so
-        each row sums to 1).
+        (context [batch, units], attention [batch, time]: each row sums to 1).
     """
 
-    def __init__(self, heads: int = 4, key_dim: int = 8, uniform: bool = False, **kwargs):
+    def __init__(self, heads: int = 4, key_dim: int = 8, readout: str = "norm", uniform: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.uniform = _check_uniform(uniform)
         for name, value in (("heads", heads), ("key_dim", key_dim)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if readout not in HEAD_READOUTS:
+            raise ValueError(f"readout must be one of {HEAD_READOUTS}, got {readout!r}")
         self.heads = heads
         self.key_dim = key_dim
+        self.readout = readout
         self.attention = keras.layers.MultiHeadAttention(heads, key_dim, name="multi_head")
 
     def build(self, states_shape):
@@ -337,7 +346,18 @@ class MultiHeadAttentionPooling(_AttentionPooling):
         query = ops.zeros_like(states[:, :1, :]) + self.query  # [batch, 1, units]
         attention_mask = None if mask is None else ops.expand_dims(mask, 1)  # [batch, 1, time]
         context, scores = self.attention(query, states, attention_mask=attention_mask, return_attention_scores=True)
-        return context[:, 0, :], ops.mean(scores[:, :, 0, :], axis=1)
+        weights = scores[:, :, 0, :]  # [batch, heads, time]
+        if self.readout == "heads_mean":
+            return context[:, 0, :], ops.mean(weights, axis=1)
+        return context[:, 0, :], self._norm_readout(states, weights)
+
+    def _norm_readout(self, states, weights):
+        """[batch, time]: the norm of what each step adds to the context, normalised over the steps."""
+        values = self.attention.value_dense(ops.copy(states))  # [batch, time, heads, key_dim]; no mask passed on
+        weighted = values * ops.expand_dims(ops.transpose(weights, (0, 2, 1)), -1)
+        added = ops.einsum("bthd,hdu->btu", weighted, self.attention.output_dense.kernel)  # [batch, time, units]
+        norms = ops.sqrt(ops.sum(ops.square(added), axis=-1))  # 0 on padded steps: their weights are 0
+        return norms / ops.maximum(ops.sum(norms, axis=-1, keepdims=True), 1e-12)
 
     def _uniform_call(self, states, mask):
         scores = _uniform_scores(states)
@@ -349,7 +369,13 @@ class MultiHeadAttentionPooling(_AttentionPooling):
         return self.attention.output_dense(pooled)[:, 0, :], weights
 
     def get_config(self):
-        return {**super().get_config(), "heads": self.heads, "key_dim": self.key_dim, "uniform": self.uniform}
+        return {
+            **super().get_config(),
+            "heads": self.heads,
+            "key_dim": self.key_dim,
+            "readout": self.readout,
+            "uniform": self.uniform,
+        }
 
 
 NORMALIZATIONS = ("per_series", "per_channel", "none")
