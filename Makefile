@@ -46,28 +46,28 @@ test-portable: $(STAMP)
 # service under load and a soak -> reports/bench.json.
 bench: $(STAMP)
 	$(BIN)/dvc repro
-	$(BIN)/python -m pipeline.bench
-	$(BIN)/python -m pipeline.loadbench
+	$(BIN)/python -m pipeline.tools.bench
+	$(BIN)/python -m pipeline.tools.loadbench
 
-# The real-data study (pipeline/study.py): every bundled UCR/UEA set x conv_attention, conv_gap,
+# The real-data study (pipeline/tools/study.py): every bundled UCR/UEA set x conv_attention, conv_gap,
 # MiniRocket x seeds 1-3 as queued DVC experiments, then docs/results.md, .csv and _cd.png from
 # the MLflow store. Interrupted, it picks up where it stopped: only runs the store lacks are queued.
 study: $(STAMP)
-	$(BIN)/python -m pipeline.study queue
+	$(BIN)/python -m pipeline.tools.study queue
 	$(BIN)/dvc queue start -j 1
-	$(BIN)/python -m pipeline.study wait
-	$(BIN)/python -m pipeline.compare --out docs/results
+	$(BIN)/python -m pipeline.tools.study wait
+	$(BIN)/python -m pipeline.tools.compare --out docs/results
 
 # MLflow's UI on mlflow.db; prints the address of each experiment's runs in the training view.
 ui: $(STAMP)
-	$(BIN)/python -m pipeline.ui --store $(CURDIR)/mlflow.db --port 5000
+	$(BIN)/python -m pipeline.tracking.ui --store $(CURDIR)/mlflow.db --port 5000
 
 # A team's MLflow server: runs in PostgreSQL (DB=postgresql://USER:PASSWORD@HOST:PORT/DATABASE),
 # artifacts in ARTIFACTS; see README, "A team's tracking server".
 ARTIFACTS ?= mlartifacts-team
 PORT ?= 5000
 team-server: $(STAMP)
-	$(BIN)/python -m pipeline.team_server --db "$(DB)" --artifacts "$(ARTIFACTS)" --port $(PORT)
+	$(BIN)/python -m pipeline.tracking.team_server --db "$(DB)" --artifacts "$(ARTIFACTS)" --port $(PORT)
 
 # Rewrites tests/golden/ (weights, inputs, ONNX outputs); commit the result and say why it changed.
 golden: $(STAMP)
@@ -75,7 +75,7 @@ golden: $(STAMP)
 
 # Rewrites params.yaml as the composition of conf/ defaults.
 params: $(STAMP)
-	$(BIN)/python -m pipeline.config --write-params
+	$(BIN)/python -m pipeline.tools.params --write-params
 
 clean:
 	rm -rf $(VENV)

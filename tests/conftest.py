@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import Config, compose_defaults, validate
+from pipeline.core.config import Config, compose_defaults, validate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = ["train.epochs=1", "train.batch_size=32", "export.parity_samples=60"]
@@ -31,7 +31,7 @@ def parity(model, runtime, x) -> dict[str, float]:
     """Max abs difference, per output, between a Keras model and an OnnxModel on inputs x."""
     import numpy as np
 
-    from pipeline.contract import OUTPUT_NAMES
+    from pipeline.core.contract import OUTPUT_NAMES
 
     keras_out = model.predict(x, batch_size=1024, verbose=0)
     onnx_out = runtime.run(x)
@@ -55,7 +55,7 @@ class StageDir(type(Path())):
 def stages_run(workdir: Path, *overrides: str) -> Iterator[StageDir]:
     """Every stage, in-process, in `workdir` on tiny params plus `overrides`, logging to an
     MLflow store of its own; yields the directory with the outputs."""
-    from pipeline import deploy, evaluate, export, prepare, train
+    from pipeline.stages import deploy, evaluate, export, prepare, train
 
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)

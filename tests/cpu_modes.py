@@ -29,7 +29,7 @@ CPU_MODES: dict[str, dict[str, str]] = {
     "onednn_off": {"TF_ENABLE_ONEDNN_OPTS": "0"},  # TensorFlow's own (Eigen) kernels
 }
 RUN_STAGES = (
-    "from pipeline import prepare, train, export, evaluate\n"
+    "from pipeline.stages import prepare, train, export, evaluate\n"
     "for stage in (prepare, train, export, evaluate): stage.main()"
 )
 COMPARED_REPORTS = ("reports/train.json", "reports/metrics.json")
@@ -82,7 +82,7 @@ def differences(reference: dict[str, float], other: dict[str, float]) -> dict[st
 
 def measure(overrides: list[str], workdir: Path) -> dict:
     """Run the pipeline once per mode (one after another) and compare each with native."""
-    from pipeline.config import compose_defaults
+    from pipeline.core.config import compose_defaults
     from tests.conftest import REPO_ROOT
 
     params = compose_defaults(REPO_ROOT / "conf", overrides)
@@ -103,7 +103,7 @@ def measure(overrides: list[str], workdir: Path) -> dict:
 def write_golden_outputs(path: str) -> None:
     """Export every golden case from its stored weights, in this process, and save the ONNX
     outputs on the stored inputs to `path` (keys <case>/<output>)."""
-    from pipeline.inference import OnnxModel
+    from pipeline.serving.inference import OnnxModel
     from tests import golden_models
 
     outputs = {}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import SEQUENCE_MODELS
+from pipeline.core.config import SEQUENCE_MODELS
 from tests.conftest import tiny_config
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
@@ -80,9 +80,9 @@ class GoldenMismatch(AssertionError):
 def _trained(case: str):
     """(Keras model, task, model config, test inputs [N_INPUTS, ...]) of a fixed-seed model
     trained one epoch on tiny data: what `write` stores."""
+    from pipeline.data.splits import prepared
     from pipeline.models import TaskSpec, build_model
-    from pipeline.prepare import prepared
-    from pipeline.train import fit, make_deterministic
+    from pipeline.stages.train import fit, make_deterministic
 
     cfg = tiny_config(*CASES[case])
     splits, meta = prepared(cfg)
@@ -114,7 +114,7 @@ def stored_model(case: str):
     """The case's Keras model, built from its stored config and task, with its stored weights."""
     import pydantic
 
-    from pipeline.config import ModelConfig
+    from pipeline.core.config import ModelConfig
     from pipeline.models import TaskSpec, build_model
 
     files = _files(case)
@@ -137,14 +137,14 @@ def stored_model(case: str):
 
 def exported(case: str):
     """The ONNX model of the case's stored model, as the export stage converts it."""
-    from pipeline.export import to_onnx
+    from pipeline.onnx.conversion import to_onnx
 
     return to_onnx(stored_model(case), OPSET)
 
 
 def write(case: str) -> None:
-    from pipeline.export import to_onnx
-    from pipeline.inference import OnnxModel
+    from pipeline.onnx.conversion import to_onnx
+    from pipeline.serving.inference import OnnxModel
 
     model, task, model_cfg, inputs = _trained(case)
     outputs = OnnxModel(to_onnx(model, OPSET).SerializeToString()).run(inputs)

@@ -170,8 +170,9 @@ def _custom_operator_model(path: Path) -> None:
 def test_bad_input_is_refused_with_its_error_and_nothing_changes(
     pipeline_dir, tmp_path, monkeypatch, capsys, name, kind, bad, fragment
 ):
-    from pipeline import predict, prepare
-    from pipeline.errors import run_command
+    from pipeline.core.errors import run_command
+    from pipeline.serving import predict
+    from pipeline.stages import prepare
 
     monkeypatch.chdir(pipeline_dir)
     params_file = pipeline_dir / "params.yaml"

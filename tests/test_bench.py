@@ -6,10 +6,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from pipeline.bench import real_data_model_figures
 from pipeline.data.synthetic import Dataset
-from pipeline.export import to_onnx
 from pipeline.models import TaskSpec, build_model
+from pipeline.onnx.conversion import to_onnx
+from pipeline.tools.bench import real_data_model_figures
 from tests.conftest import tiny_config
 
 RUNTIMES = {

@@ -27,7 +27,7 @@ def _main_block(path) -> str | None:
 
 
 def test_the_errors_module_imports_nothing_of_the_package():
-    assert not {m for m in _imports(REPO_ROOT / "pipeline/errors.py") if m.startswith("pipeline")}
+    assert not {m for m in _imports(REPO_ROOT / "pipeline/core/errors.py") if m.startswith("pipeline")}
 
 
 def _module_name(path) -> str:
@@ -41,7 +41,7 @@ def test_the_package_has_no_import_cycle():
 
     modules = {_module_name(p): p for p in (REPO_ROOT / "pipeline").rglob("*.py")}
     graph = {name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
-    for name, path in modules.items():  # `from pipeline import stage` imports pipeline.stage
+    for name, path in modules.items():  # `from pipeline import stage` imports pipeline.core.stage
         tree = ast.parse(path.read_text())
         graph[name] |= {
             f"{n.module}.{a.name}"
@@ -53,9 +53,39 @@ def test_the_package_has_no_import_cycle():
     graphlib.TopologicalSorter(graph).prepare()  # raises CycleError, naming the cycle
 
 
+# Imports flow one way: stages and tools -> feature packages -> core. A stage imports no other
+# stage, and nothing but the stages imports them.
+LAYERS = {"core": 0, "data": 1, "models": 1, "onnx": 1, "serving": 1, "tracking": 1, "tools": 2, "stages": 3}
+
+
+def _package_imports() -> list[tuple[str, str]]:
+    """(importing module, imported module) for every import between the package's modules."""
+    modules = {_module_name(p): p for p in (REPO_ROOT / "pipeline").rglob("*.py")}
+    pairs = []
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline"):
+                targets = [f"{node.module}.{a.name}" for a in node.names]
+                pairs += [(name, t if t in modules else node.module) for t in targets]
+            elif isinstance(node, ast.Import):
+                pairs += [(name, a.name) for a in node.names if a.name.startswith("pipeline")]
+    return [(a, b) for a, b in pairs if a != b]
+
+
+def test_imports_flow_from_stages_and_tools_through_the_feature_packages_to_the_core():
+    def layer(module: str) -> int:
+        parts = module.split(".")
+        return LAYERS[parts[1]] if len(parts) > 1 else -1  # -1: pipeline/__init__.py, the log levels
+
+    pairs = _package_imports()
+    assert len(pairs) > 50 and {layer(a) for a, _ in pairs} == {0, 1, 2, 3}
+    upward = [(a, b) for a, b in pairs if layer(b) > layer(a) or (layer(b) == 3 and a != b)]
+    assert upward == []
+
+
 def test_every_command_reports_bad_input_through_one_runner():
     """Each `python -m pipeline.X` ends in run_command(main), which turns the package's errors
-    (all defined in pipeline/errors.py or derived from them) into one line and exit code 2."""
+    (all defined in pipeline/core/errors.py or derived from them) into one line and exit code 2."""
     commands = {p.relative_to(REPO_ROOT).as_posix(): _main_block(p) for p in (REPO_ROOT / "pipeline").rglob("*.py")}
     commands = {path: block for path, block in commands.items() if block is not None}
     assert len(commands) >= 10
@@ -71,7 +101,7 @@ def test_every_command_reports_bad_input_through_one_runner():
 )
 def test_the_config_command_prints_one_error_line_and_exits_2(args, key):
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.config", *args],
+        [sys.executable, "-m", "pipeline.tools.params", *args],
         cwd=REPO_ROOT,
         env=subprocess_env(),
         capture_output=True,
@@ -86,13 +116,13 @@ def test_the_config_command_prints_one_error_line_and_exits_2(args, key):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["pipeline.predict", "missing.onnx", "x.npy"], "missing.onnx: not a readable ONNX model"),
-        (["pipeline.serve", "--model", "missing.onnx"], "missing.onnx: not a readable ONNX model"),
+        (["pipeline.serving.predict", "missing.onnx", "x.npy"], "missing.onnx: not a readable ONNX model"),
+        (["pipeline.serving.serve", "--model", "missing.onnx"], "missing.onnx: not a readable ONNX model"),
         (
-            ["pipeline.promote", "--name", "nothing", "--tracking-uri", "sqlite:///{tmp}/m.db"],
+            ["pipeline.tracking.promote", "--name", "nothing", "--tracking-uri", "sqlite:///{tmp}/m.db"],
             "no registered model 'nothing'",
         ),
-        (["pipeline.deploy"], "params.yaml: not found"),
+        (["pipeline.stages.deploy"], "params.yaml: not found"),
     ],
 )
 def test_commands_refuse_bad_input_with_one_error_line_and_exit_2(tmp_path, args, fragment):
@@ -122,3 +152,28 @@ def test_third_party_notices_stay_silent_unless_pipeline_verbose_is_set(tmp_path
         check=True,
     )
     assert ("INFO mlflow" in result.stderr) == bool(verbose), result.stderr
+
+
+def _readme_layout() -> set[str]:
+    """The package files named in the README's "Code layout" tree: a line names a folder, or one
+    or more modules before their description; indentation (two spaces) nests."""
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Code layout", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    files, folders = set(), {}
+    for line in block.splitlines():
+        depth, tokens = (len(line) - len(line.lstrip())) // 2, line.split()
+        if tokens[0].endswith("/"):
+            folders[depth] = tokens[0]
+            continue
+        prefix = "".join(folders[d] for d in range(depth))
+        for token in tokens:
+            if not token.endswith(".py"):
+                break
+            files.add(prefix + token)
+    return files
+
+
+def test_the_readme_layout_names_every_module_of_the_package():
+    tree = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "pipeline").rglob("*.py")}
+    packages_without_entry = {f"pipeline/{p}/__init__.py" for p in LAYERS if p != "tracking"}
+    assert _readme_layout() == tree - packages_without_entry

@@ -9,8 +9,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline import study
-from pipeline.compare import comparison_rows, main
+from pipeline.tools import study
+from pipeline.tools.compare import comparison_rows, main
 from pipeline.tracking import CPU_TAG
 from tests.conftest import REPO_ROOT
 
@@ -49,7 +49,7 @@ def test_rows_per_complete_run_best_first(tmp_path):
 
     main(["--tracking-uri", uri, "--out", str(tmp_path / "docs" / "results")])
     markdown = (tmp_path / "docs" / "results.md").read_text()
-    assert markdown.startswith("<!-- made by: python -m pipeline.compare --tracking-uri")
+    assert markdown.startswith("<!-- made by: python -m pipeline.tools.compare --tracking-uri")
     assert "| find_max | bahdanau |  |  | 0.05 | 0.96 | 0.96 | 19.2 | 1 |  |  |  | 4565 |  | 10.5 |" in markdown
     with open(tmp_path / "docs" / "results.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 3

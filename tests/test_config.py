@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, compose_defaults, load_config, validate
+from pipeline.core.config import ConfigError, compose_defaults, load_config, validate
 from tests.conftest import REPO_ROOT, tiny_params
 
 

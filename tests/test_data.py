@@ -7,8 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import data, prepare, stage
-from pipeline.contract import PAD_VALUE
+from pipeline import data
+from pipeline.core import stage
+from pipeline.core.contract import PAD_VALUE
+from pipeline.data import splits
+from pipeline.stages import prepare
 from tests.conftest import tiny_config
 
 
@@ -106,7 +109,7 @@ def test_prepare_stage_writes_splits_and_meta(stage_dir, override, shape, axis, 
     if targets:
         assert meta["target_positions"] == targets
     assert meta["splits"] == {"test": 30, "val": 30, "train": 240}
-    test = prepare.load_split("test")
+    test = splits.load_split("test")
     assert list(test.x.shape[1:]) == shape and len(test) == 30
     first = stage.split_file("train").read_bytes()
     prepare.main()
@@ -118,9 +121,9 @@ def test_load_split_refuses_pickles_and_names_the_file(stage_dir):
     path.parent.mkdir(parents=True)
     np.savez(path, x=np.array([{"a": 1}], dtype=object), y=np.zeros(1), target_positions=np.zeros(1))
     with pytest.raises(stage.StageFailed, match="data/prepared/test.npz: not a prepared split"):
-        prepare.load_split("test")
+        splits.load_split("test")
     with pytest.raises(stage.StageFailed, match="val.npz: not found"):
-        prepare.load_split("val")
+        splits.load_split("val")
 
 
 def test_config_tasks_generate_their_shapes():

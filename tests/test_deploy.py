@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from pipeline.inference import Predictor
+from pipeline.serving.inference import Predictor
 from tests.conftest import stages_run
 
 VARIANTS = ("fp32", "fp16", "int8")

@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 import pytest
 
-from pipeline.config import SEQUENCE_MODELS
-from pipeline.contract import OUTPUT_NAMES, PAD_VALUE
-from pipeline.export import to_onnx
-from pipeline.inference import OnnxModel
+from pipeline.core.config import SEQUENCE_MODELS
+from pipeline.core.contract import OUTPUT_NAMES, PAD_VALUE
 from pipeline.models import TaskSpec, build_model
+from pipeline.onnx.conversion import to_onnx
+from pipeline.serving.inference import OnnxModel
 from tests import golden_models
 from tests.conftest import parity, tiny_config
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.contract import PAD_VALUE
-from pipeline.faithfulness import (
+from pipeline.core.contract import PAD_VALUE
+from pipeline.core.faithfulness import (
     baseline_values,
     delete,
     distinct_weights,
@@ -15,7 +15,7 @@ from pipeline.faithfulness import (
     ranks,
     valid_positions,
 )
-from pipeline.inference import OnnxModel
+from pipeline.serving.inference import OnnxModel
 
 STEPS, USED = 6, 2
 
@@ -120,7 +120,7 @@ def test_uniform_attention_orders_nothing():
 def test_uniform_attention_is_not_occluded_at_all():
     """Occlusion serves a rank correlation that constant attention cannot have: no occluded input
     reaches the model (MiniRocket on a long series spent minutes on them)."""
-    from pipeline.faithfulness import Task, occlusion_spearman
+    from pipeline.core.faithfulness import Task, occlusion_spearman
 
     x, y = _data(8)
     batches = []
@@ -137,7 +137,7 @@ def test_uniform_attention_is_not_occluded_at_all():
 def test_uniform_attention_over_windows_of_unequal_size_has_no_rank_correlation():
     """156 steps in 64 windows of 2 or 3 steps: float32 means of the same weight 1/156 over them
     differ in the last bits, which must not pass for an order that correlates with occlusion."""
-    from pipeline.faithfulness import Task, occlusion_spearman
+    from pipeline.core.faithfulness import Task, occlusion_spearman
 
     steps = 156
     x = np.random.default_rng(0).uniform(0.1, 0.9, (4, steps, 1)).astype(np.float32)
@@ -216,7 +216,7 @@ def test_deletions_never_touch_padded_steps():
 
 
 def test_pad_baseline_needs_variable_length_data():
-    from pipeline.config import ConfigError
+    from pipeline.core.config import ConfigError
     from tests.conftest import tiny_config
 
     with pytest.raises(ConfigError, match="evaluate.baseline=pad .*fixed-length"):
@@ -232,7 +232,7 @@ def test_a_trained_planted_task_model_fails_without_its_top_attended_position(tm
     model)."""
     import json
 
-    from pipeline import stage
+    from pipeline.core import stage
     from tests.conftest import stages_run
 
     with stages_run(

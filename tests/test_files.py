@@ -11,15 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import prepare, stage
-from pipeline.contract import PAD_VALUE
-from pipeline.data.files import (
-    DataFileError,
-    bundled_ucr_files,
-    file_splits,
-    read_series,
-    stratified_val_index,
-)
+from pipeline.core import stage
+from pipeline.core.contract import PAD_VALUE
+from pipeline.data.files import DataFileError, bundled_ucr_files, file_splits, read_series, stratified_val_index
+from pipeline.stages import prepare
 from tests.conftest import REPO_ROOT, subprocess_env, tiny_config
 
 TS_HEADER = """# a comment
@@ -239,7 +234,7 @@ def test_prepare_stage_with_a_bad_file_exits_2_and_keeps_the_previous_splits(sta
     before = {p: p.read_bytes() for p in stage.PREPARED_DIR.iterdir()}
     _write(raw / "u_TEST.ts", TS_HEADER + TS_ROWS[0] + "\n1,2,3:b\n")  # a ragged row
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.prepare"],
+        [sys.executable, "-m", "pipeline.stages.prepare"],
         cwd=stage_dir,
         env={**subprocess_env(), "PYTHONPATH": str(REPO_ROOT)},
         capture_output=True,

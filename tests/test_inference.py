@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pipeline.contract import PAD_VALUE
-from pipeline.export import to_onnx
-from pipeline.inference import InputError, OnnxModel, Predictor, ProviderUnavailable
+from pipeline.core.contract import PAD_VALUE
 from pipeline.models import TaskSpec, build_model
-from pipeline.variants import VARIANTS, convert, gate_failures, gate_report, gated_variant
+from pipeline.onnx.conversion import to_onnx
+from pipeline.onnx.variants import VARIANTS, convert, gate_failures, gate_report, gated_variant
+from pipeline.serving.inference import InputError, OnnxModel, Predictor, ProviderUnavailable
 from tests.conftest import REPO_ROOT, subprocess_env, tiny_config
 
 LABELS = ["walk", "run", "sit", "jump"]
@@ -297,7 +297,7 @@ def test_intra_op_threads_default_to_the_cpus_this_process_may_use(binary_varian
 
 def _predict_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.predict", *args],
+        [sys.executable, "-m", "pipeline.serving.predict", *args],
         cwd=REPO_ROOT,
         env=subprocess_env(),
         capture_output=True,
@@ -344,7 +344,7 @@ def test_predict_command_refuses_bad_inputs_with_exit_2(tmp_path, multiclass_var
 
 def test_flop_count_of_an_lstm_attention_graph(binary_variants):
     """LSTM: 2 * T * B * 4H * (F + H); the location score and the head add their MatMuls."""
-    from pipeline.bench import count_flops
+    from pipeline.tools.bench import count_flops
 
     fp32 = binary_variants[1]["fp32"]
     hidden = tiny_config("model=lstm_attention").model.units

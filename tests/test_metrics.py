@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.metrics import attention_metrics, binary_task_metrics, regression_task_metrics
+from pipeline.core.metrics import attention_metrics, binary_task_metrics, regression_task_metrics
 
 
 def test_attention_metrics_on_known_rows():

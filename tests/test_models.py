@@ -6,11 +6,11 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.config import SEQUENCE_MODELS
-from pipeline.contract import PAD_VALUE
+from pipeline.core.config import SEQUENCE_MODELS
+from pipeline.core.contract import PAD_VALUE
+from pipeline.core.stage import StageFailed
 from pipeline.models import TaskSpec, build_model, load_model
 from pipeline.models.layers import InputAttention, MultiHeadAttentionPooling, TemporalAttention
-from pipeline.stage import StageFailed
 from tests.conftest import tiny_config
 
 CASES = [("lstm_attention", (20, 2), (6, 20, 2)), ("dense_attention", (32,), (6, 32))]

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pipeline import oip
+from pipeline.serving import oip
 
 OUTPUTS = ("prediction", "attention", "label")
 

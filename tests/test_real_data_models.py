@@ -11,12 +11,13 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline import prepare, stage
-from pipeline.contract import PAD_VALUE
-from pipeline.export import to_onnx
-from pipeline.inference import OnnxModel
+from pipeline.core import stage
+from pipeline.core.contract import PAD_VALUE
+from pipeline.data.splits import prepared
 from pipeline.models import TaskSpec, build_model
 from pipeline.models.layers import Standardize
+from pipeline.onnx.conversion import to_onnx
+from pipeline.serving.inference import OnnxModel
 from tests.conftest import parity, stages_run, tiny_config
 
 SMALL_CONV = ("model=conv_attention", "model.filters=[8,8]", "model.kernel_sizes=[5,3]")
@@ -50,7 +51,7 @@ def japanese_vowels_model():
     """A small conv_attention model on JapaneseVowels (12 channels, 7 to 29 steps, 9 classes),
     per-channel normalization fitted on the training split, untrained."""
     cfg = tiny_config("data=ucr", "data.name=JapaneseVowels", "data.normalization=per_channel", *SMALL_CONV)
-    splits, meta = prepare.prepared(cfg)
+    splits, meta = prepared(cfg)
     keras.utils.set_random_seed(7)
     model = build_model(cfg.model, TaskSpec.from_meta(meta))
     return model, to_onnx(model, 17), splits["test"].x[:40], meta

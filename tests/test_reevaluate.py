@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline import reevaluate, study
-from pipeline.config import compose_defaults, validate
-from pipeline.inference import OnnxModel
-from pipeline.metrics import TASK_METRICS
-from pipeline.prepare import prepared
+from pipeline.core.config import compose_defaults, validate
+from pipeline.core.metrics import TASK_METRICS
+from pipeline.data.splits import prepared
+from pipeline.serving.inference import OnnxModel
+from pipeline.tools import reevaluate, study
 
 DATASET, STEPS, USED = "ItalyPowerDemand", 24, 5
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.inference import Predictor
-from pipeline.promote import main as promote
+from pipeline.serving.inference import Predictor
+from pipeline.tracking.promote import main as promote
 from tests.conftest import stages_run
 
 NAME = "attention-planted_step"

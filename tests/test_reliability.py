@@ -74,7 +74,7 @@ def _export_report(folder: Path) -> dict:
 
 
 def _onnx_outputs(folder: Path) -> dict[str, np.ndarray]:
-    from pipeline.inference import OnnxModel
+    from pipeline.serving.inference import OnnxModel
 
     with np.load(folder / "data/prepared/test.npz", allow_pickle=False) as test:
         return OnnxModel(folder / "models/model.onnx").run(test["x"])
@@ -176,8 +176,8 @@ def _epochs_backed_up(metadata: Path) -> int:
 
 def test_a_backup_of_another_config_is_not_resumed(stage_dir):
     """A stale backup (other params or data) is discarded, not mixed into a new training."""
-    from pipeline import stage
-    from pipeline.train import TrainingBackup
+    from pipeline.core import stage
+    from pipeline.stages.train import TrainingBackup
 
     backup = stage_dir / stage.TRAIN_BACKUP_DIR
     backup.mkdir(parents=True)
@@ -192,7 +192,7 @@ def test_a_backup_of_another_config_is_not_resumed(stage_dir):
 def test_onnx_model_with_an_operator_outside_the_standard_domains_is_refused(tmp_path):
     from onnx import TensorProto, helper, save
 
-    from pipeline.inference import OnnxModel, UnsafeModel
+    from pipeline.serving.inference import OnnxModel, UnsafeModel
 
     body = helper.make_graph(
         [helper.make_node("Spy", ["v"], ["w"], domain="com.example")],

@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.search import Dimension, optuna_storage, parse_dimension
+from pipeline.core.errors import ConfigError
+from pipeline.tools.search import Dimension, optuna_storage, parse_dimension
 from tests.conftest import TINY, TINY_SAMPLES, dvc, git_copy, start_command
 
 
@@ -41,7 +41,7 @@ def test_postgresql_studies_go_through_psycopg_3():
 
 OPEN_AND_TRY = """
 import sys
-from pipeline.search import open_study
+from pipeline.tools.search import open_study
 study = open_study("race", sys.argv[1], None)
 for _ in range(5):
     trial = study.ask()
@@ -84,7 +84,7 @@ def test_two_workers_share_one_study_and_every_trial_is_a_logged_dvc_experiment(
     import optuna
 
     fixed = [*TINY, f"data.n_samples={TINY_SAMPLES}"]
-    command = [sys.executable, "-m", "pipeline.search", "--study", "tiny", "--storage", study_storage]
+    command = [sys.executable, "-m", "pipeline.tools.search", "--study", "tiny", "--storage", study_storage]
     command += ["--trials", "3", "--space", "model.units=int:4:16"]
     command += [part for override in fixed for part in ("-S", override)]
     clones = [git_copy(tmp_path / f"machine{i}") for i in (1, 2)]

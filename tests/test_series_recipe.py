@@ -9,14 +9,14 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import stage
-from pipeline.config import ConfigError
+from pipeline.core import stage
+from pipeline.core.config import ConfigError
 from pipeline.data.files import bundled_ucr_files, read_series, to_arrays
-from pipeline.inference import OnnxModel
 from pipeline.models import TaskSpec, build_model
 from pipeline.models.layers import MiniRocketFeatures
 from pipeline.models.minirocket import transform_weights
-from pipeline.train import EpochBatches, batch_size_for
+from pipeline.serving.inference import OnnxModel
+from pipeline.stages.train import EpochBatches, batch_size_for
 from tests.conftest import stages_run, tiny_config
 
 
@@ -100,8 +100,8 @@ def _switched_on_and_off(n_series: int, length: int, seed: int) -> tuple[np.ndar
 def test_minirocket_onnx_features_equal_keras_on_series_with_flat_stretches(monkeypatch):
     """Flat stretches put many convolution outputs on a bias up to float rounding, where TensorFlow
     and ONNX Runtime can round apart; the fitted transform counts those ties alike in both."""
-    from pipeline.export import to_onnx
     from pipeline.models.minirocket import fit_minirocket
+    from pipeline.onnx.conversion import to_onnx
 
     cfg = tiny_config("experiment=ucr", "model=minirocket", "model.num_kernels=840")
     task = TaskSpec((400, 1), "multiclass", n_classes=2, normalization={"mode": "per_series"})

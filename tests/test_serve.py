@@ -12,9 +12,9 @@ import onnx
 import pytest
 from hypothesis import HealthCheck, settings
 
-from pipeline.export import to_onnx
-from pipeline.loadbench import free_port, start_service
 from pipeline.models import TaskSpec, build_model
+from pipeline.onnx.conversion import to_onnx
+from pipeline.tools.loadbench import free_port, start_service
 from tests.conftest import REPO_ROOT, subprocess_env, tiny_config
 
 MAX_BODY = 200_000
@@ -22,7 +22,7 @@ MAX_BATCH = 64
 
 
 def _start_server(model_path, *options: str):
-    """`python -m pipeline.serve` on a free port, once it answers /health: (process, port)."""
+    """`python -m pipeline.serving.serve` on a free port, once it answers /health: (process, port)."""
     port = free_port()
     return start_service(model_path, port, *options, cwd=REPO_ROOT, env=subprocess_env()), port
 
@@ -124,7 +124,7 @@ def test_unknown_routes_and_methods_are_4xx(server):
 
 
 def test_service_binds_loopback_by_default():
-    from pipeline.serve import build_parser
+    from pipeline.serving.serve import build_parser
 
     assert build_parser().parse_args([]).host == "127.0.0.1"
 
@@ -134,7 +134,7 @@ def test_open_inference_protocol_with_a_triton_client(server, model_file):
     process, with JSON tensors and with the binary tensor extension."""
     import tritonclient.http as triton
 
-    from pipeline.inference import Predictor
+    from pipeline.serving.inference import Predictor
 
     port, _ = server
     client = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
@@ -362,11 +362,11 @@ def test_the_service_answers_after_the_fuzzing(server):
 
 
 def test_a_soak_in_miniature_counts_every_request_and_finds_no_5xx(server):
-    """pipeline.loadbench's client and request mix (good and bad, JSON and binary) against the
+    """pipeline.tools.loadbench's client and request mix (good and bad, JSON and binary) against the
     service: every request answered, 2xx or 4xx, the bad ones refused."""
     import asyncio
 
-    from pipeline.loadbench import load, soak_requests
+    from pipeline.tools.loadbench import load, soak_requests
 
     port, _ = server
     x = np.random.default_rng(3).standard_normal((16, 20, 2)).astype(np.float32)

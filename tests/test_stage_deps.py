@@ -14,19 +14,19 @@ def test_every_stage_lists_exactly_the_code_it_imports():
 
 
 def test_the_closure_follows_imports_through_other_modules_and_inside_functions():
-    closure = import_closure("pipeline.export")
+    closure = import_closure("pipeline.stages.export")
     assert "pipeline/models/layers.py" in closure  # export -> models -> layers (custom layers)
     assert "pipeline/data/synthetic.py" in closure  # export -> prepare -> data -> synthetic
-    assert "pipeline/errors.py" in closure and "pipeline/__init__.py" in closure
-    assert "pipeline/serve.py" not in closure and "pipeline/train.py" not in closure
+    assert "pipeline/core/errors.py" in closure and "pipeline/__init__.py" in closure
+    assert "pipeline/serving/serve.py" not in closure and "pipeline/stages/train.py" not in closure
 
 
 @pytest.mark.parametrize(
     "stage, removed",
     [
         ("export", "pipeline/models/layers.py"),
-        ("train", "pipeline/config.py"),
-        ("evaluate", "pipeline/tracking.py"),
+        ("train", "pipeline/core/config.py"),
+        ("evaluate", "pipeline/tracking/__init__.py"),
     ],
 )
 def test_a_stage_missing_a_module_it_imports_is_reported(stage, removed):
@@ -39,9 +39,9 @@ def test_a_stage_missing_a_module_it_imports_is_reported(stage, removed):
 
 def test_a_stage_listing_code_it_does_not_import_is_reported():
     dvc_yaml = copy.deepcopy(load_dvc_yaml())
-    dvc_yaml["stages"]["deploy"]["deps"].append("pipeline/serve.py")
+    dvc_yaml["stages"]["deploy"]["deps"].append("pipeline/serving/serve.py")
     assert deps_problems(dvc_yaml) == [
-        "stage deploy: deps list ['pipeline/serve.py'], which pipeline.deploy does not import"
+        "stage deploy: deps list ['pipeline/serving/serve.py'], which pipeline.stages.deploy does not import"
     ]
 
 

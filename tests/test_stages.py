@@ -10,27 +10,29 @@ import mlflow
 import pytest
 import yaml
 
-from pipeline import stage
+from pipeline.core import stage
 from tests.conftest import REPO_ROOT, stages_run, subprocess_env
 
 TENSORFLOW_FREE = (
-    "pipeline.prepare",
-    "pipeline.evaluate",
-    "pipeline.inference",
-    "pipeline.config",
-    "pipeline.metrics",
-    "pipeline.faithfulness",
+    "pipeline.stages.prepare",
+    "pipeline.stages.evaluate",
+    "pipeline.serving.inference",
+    "pipeline.core.config",
+    "pipeline.core.metrics",
+    "pipeline.core.faithfulness",
     "pipeline.tracking",
     "pipeline.data",
-    "pipeline.compare",
-    "pipeline.predict",
-    "pipeline.variants",
-    "pipeline.serve",
-    "pipeline.promote",
-    "pipeline.sync",
-    "pipeline.team_server",
-    "pipeline.stability",
-    "pipeline.sweep",
+    "pipeline.data.splits",
+    "pipeline.tools.params",
+    "pipeline.tools.compare",
+    "pipeline.serving.predict",
+    "pipeline.onnx.variants",
+    "pipeline.serving.serve",
+    "pipeline.tracking.promote",
+    "pipeline.tracking.sync",
+    "pipeline.tracking.team_server",
+    "pipeline.tools.stability",
+    "pipeline.tools.sweep",
 )
 
 
@@ -120,7 +122,7 @@ def test_failed_parity_gate_exits_2_and_keeps_the_previous_model(pipeline_run):
         strict["export"]["parity_tolerance"] = 1e-15
         params.write_text(yaml.safe_dump(strict, sort_keys=False))
         result = subprocess.run(
-            [sys.executable, "-m", "pipeline.export"],
+            [sys.executable, "-m", "pipeline.stages.export"],
             cwd=pipeline_run,
             env={
                 **subprocess_env(),
@@ -145,7 +147,7 @@ def test_bad_params_exit_2_with_the_key_and_write_nothing(pipeline_run):
     try:
         params.write_text(original.replace("n_samples: 300", "n_samples: many"))
         result = subprocess.run(
-            [sys.executable, "-m", "pipeline.prepare"],
+            [sys.executable, "-m", "pipeline.stages.prepare"],
             cwd=pipeline_run,
             env={**subprocess_env(), "PYTHONPATH": str(REPO_ROOT)},
             capture_output=True,

@@ -9,9 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from pipeline import export, stage
-from pipeline.errors import StageFailed
-from pipeline.inference import OnnxModel
+from pipeline.core import stage
+from pipeline.core.errors import StageFailed
+from pipeline.serving.inference import OnnxModel
+from pipeline.stages import export
 from tests.conftest import stages_run
 
 QDQ = (

@@ -7,8 +7,8 @@ import itertools
 import keras
 import pytest
 
-from pipeline.config import ConfigError
-from pipeline.train import cosine_learning_rate, stopping_callbacks
+from pipeline.core.config import ConfigError
+from pipeline.stages.train import cosine_learning_rate, stopping_callbacks
 from tests.conftest import tiny_config
 
 
@@ -41,7 +41,7 @@ def test_a_series_step_budget_trains_long_or_large_sets_fewer_epochs():
     import numpy as np
 
     from pipeline.data.synthetic import Dataset
-    from pipeline.train import epochs_for
+    from pipeline.stages.train import epochs_for
 
     def split(series, steps):
         return Dataset(
@@ -84,7 +84,7 @@ def test_multi_worker_training_over_several_workers_is_refused_before_anything_r
     (keras-team/keras#20585): the stage says so in one line instead of a traceback mid-fit."""
     import json
 
-    from pipeline.train import distribution_strategy
+    from pipeline.stages.train import distribution_strategy
 
     cluster = {"cluster": {"worker": ["localhost:12345", "localhost:12346"]}, "task": {"type": "worker", "index": 0}}
     monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))

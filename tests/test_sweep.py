@@ -7,8 +7,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline import study, sweep
-from pipeline.config import compose_defaults, validate
+from pipeline.core.config import compose_defaults, validate
+from pipeline.tools import study, sweep
 from tests.conftest import REPO_ROOT
 
 

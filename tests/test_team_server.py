@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.loadbench import free_port
+from pipeline.tools.loadbench import free_port
 from tests.conftest import REPO_ROOT, dvc, git_copy, stages_run, subprocess_env, tiny_params
 
 POSTGRES = os.environ.get("PIPELINE_TEST_POSTGRES")
@@ -40,7 +40,7 @@ def get_json(url: str) -> dict:
 
 
 class TeamServer:
-    """`python -m pipeline.team_server` in its own process group, on a loopback port."""
+    """`python -m pipeline.tracking.team_server` in its own process group, on a loopback port."""
 
     def __init__(self, db: str, artifacts: Path, port: int | None = None):
         self.db, self.artifacts, self.port = db, artifacts, port or free_port()
@@ -54,7 +54,7 @@ class TeamServer:
                 [
                     sys.executable,
                     "-m",
-                    "pipeline.team_server",
+                    "pipeline.tracking.team_server",
                     "--db",
                     self.db,
                     "--artifacts",
@@ -156,11 +156,11 @@ def test_rest_api_serves_the_run_metrics_and_registry(server, team_run):
 def test_predictor_loads_the_champion_from_the_team_server(server, team_run, monkeypatch):
     import numpy as np
 
-    from pipeline.inference import Predictor
+    from pipeline.serving.inference import Predictor
 
     workdir, _ = team_run
     subprocess.run(
-        [sys.executable, "-m", "pipeline.promote", "--name", EXPERIMENT, "--tracking-uri", server.uri],
+        [sys.executable, "-m", "pipeline.tracking.promote", "--name", EXPERIMENT, "--tracking-uri", server.uri],
         cwd=REPO_ROOT,
         env=subprocess_env(),
         check=True,
@@ -186,7 +186,7 @@ def test_team_server_refuses_a_bad_database_with_a_clear_error(db, message, tmp_
         [
             sys.executable,
             "-m",
-            "pipeline.team_server",
+            "pipeline.tracking.team_server",
             "--db",
             db,
             "--artifacts",
@@ -206,7 +206,7 @@ def test_team_server_refuses_a_bad_database_with_a_clear_error(db, message, tmp_
 
 def _sync(workdir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.sync"],
+        [sys.executable, "-m", "pipeline.tracking.sync"],
         cwd=workdir,
         env={**subprocess_env(), "PYTHONPATH": str(REPO_ROOT)},
         capture_output=True,
@@ -266,7 +266,7 @@ def test_server_killed_mid_training_loses_neither_model_nor_dvc_outputs(database
         repro.kill()
         server.kill()
     assert repro.returncode == 0, output[-3000:]
-    assert "is unreachable" in output and "pipeline.sync" in output
+    assert "is unreachable" in output and "pipeline.tracking.sync" in output
     assert json.loads((repo / "reports/train.json").read_text())["train/epochs"] == 25
     assert (repo / "models/model.keras").exists() and (repo / "models/model.onnx").exists()
     status = dvc(repo, "status", "--json")

@@ -37,7 +37,7 @@ def test_parallel_stages_can_create_one_fresh_store_and_experiment(tmp_path):
 
 def test_experiments_open_in_the_ui_s_training_view(tracked_run, tmp_path):
     """The pipeline's experiments are tagged as training experiments (MLflow's kind tag), also one
-    created before the tag was set. (3.17's UI takes its view from the address: see pipeline/ui.py.)"""
+    created before the tag was set. (3.17's UI takes its view from the address: see pipeline/tracking/ui.py.)"""
     assert mlflow.get_experiment(tracked_run.info.experiment_id).tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
     uri = f"sqlite:///{tmp_path / 'older.db'}"
     untagged = mlflow.MlflowClient(uri).create_experiment("older", artifact_location=(tmp_path / "a").as_uri())
@@ -74,13 +74,13 @@ def _rendered_text(url: str) -> str:
 def test_make_ui_prints_the_training_view_where_the_runs_table_and_comparison_show_the_metrics(tracked_run):
     import urllib.request
 
-    from pipeline.loadbench import free_port
-    from pipeline.ui import compare_url
+    from pipeline.tools.loadbench import free_port
+    from pipeline.tracking.ui import compare_url
 
     store = mlflow.get_tracking_uri().removeprefix("sqlite:///")
     port = free_port()
     ui = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.ui", "--store", store, "--port", str(port)],
+        [sys.executable, "-m", "pipeline.tracking.ui", "--store", store, "--port", str(port)],
         cwd=REPO_ROOT,
         env=subprocess_env(),
         stdout=subprocess.PIPE,
@@ -146,7 +146,8 @@ def test_unreachable_tracking_server_fails_fast_before_training(stage_dir):
     import socket
     import time
 
-    from pipeline import prepare, stage
+    from pipeline.core import stage
+    from pipeline.stages import prepare
 
     with socket.socket() as probe:  # a loopback port nobody listens on
         probe.bind(("127.0.0.1", 0))
@@ -155,7 +156,7 @@ def test_unreachable_tracking_server_fails_fast_before_training(stage_dir):
     prepare.main()
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.train"],
+        [sys.executable, "-m", "pipeline.stages.train"],
         cwd=stage_dir,
         env={**subprocess_env(), "PYTHONPATH": str(REPO_ROOT)},
         capture_output=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.config import AddTwoNumbersData, FindMaxData, PlantedFeatureData, PlantedRegionData, PlantedStepData
+from pipeline.core.config import AddTwoNumbersData, FindMaxData, PlantedFeatureData, PlantedRegionData, PlantedStepData
 from pipeline.data.synthetic import (
     Dataset,
     add_two_numbers,

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import INNER_FOLDS
-from pipeline.contract import PAD_VALUE
+from pipeline.core.config import INNER_FOLDS
+from pipeline.core.contract import PAD_VALUE
+from pipeline.core.errors import StageFailed
 from pipeline.data.synthetic import Dataset
-from pipeline.errors import StageFailed
 
 MISSING_TOKENS = ("?", "nan", "NaN", "NAN")
 COMMENT_MARKS = ("#", "%")  # comment lines of the .ts format (and of ARFF, which some UEA files keep)

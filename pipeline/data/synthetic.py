@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.contract import PAD_VALUE
+from pipeline.core.contract import PAD_VALUE
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from pipeline.config import (
+from pipeline.core.config import (
     ConvAttentionModel,
     FeatureAttentionModel,
     InputAttentionModel,
     MultiHeadPoolingModel,
     RecurrentAttentionModel,
 )
-from pipeline.contract import INPUT_NAME, PAD_VALUE
+from pipeline.core.contract import INPUT_NAME, PAD_VALUE
 from pipeline.models.layers import (
     ClassAttentionPooling,
     ConvEncoder,
@@ -208,7 +208,7 @@ def build_model(model_cfg, task: TaskSpec) -> keras.Model:
 def load_model(path) -> keras.Model:
     """A saved .keras model; safe_mode refuses Lambda layers and any pickled code (StageFailed,
     naming the file)."""
-    from pipeline.errors import StageFailed
+    from pipeline.core.errors import StageFailed
 
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)

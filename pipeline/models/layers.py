@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from pipeline.contract import HEAD_READOUTS, TEMPORAL_SCORES
+from pipeline.core.contract import HEAD_READOUTS, TEMPORAL_SCORES
 
 QUERIES = ("last", "learned")
 MASKED_SCORE = -1e9

@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from pipeline.config import MiniRocketModel
+from pipeline.core.config import MiniRocketModel
 from pipeline.models import TaskSpec, sequence_input
 from pipeline.models.layers import KERNEL_LENGTH, KERNEL_POSITIONS, MiniRocketFeatures, TemporalAttention
 

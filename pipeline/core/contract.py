@@ -1,0 +1,17 @@
+"""The names the exported models promise: tests and users bind inputs and outputs by them."""
+
+INPUT_NAME = "x"
+OUTPUT_NAMES = ("prediction", "attention")
+BATCH_DIM = "batch"
+TIME_DIM = "time"
+OPSET_MAX = 18  # tf2onnx 1.17 rejects opset 19
+PAD_VALUE = -1.0  # padded steps of variable-length sequences hold this on every feature
+# The scores of TemporalAttention (pipeline/models/layers.py). The recurrent models take any but
+# "mean"; the convolutional ones any but "last_state", and two pooling layers of their own.
+TEMPORAL_SCORES = ("location", "dot", "general", "additive", "scaled_dot", "last_state", "mean")
+# How MultiHeadAttentionPooling reads its heads out as one attention row: "norm" weighs each step
+# by the norm of the vector it adds to the pooled context (every head's share, through the value
+# and output projections); "heads_mean" averages the heads' softmax weights.
+HEAD_READOUTS = ("norm", "heads_mean")
+# The ONNX variants the export stage can write (pipeline/onnx/variants.py); fp32 is models/model.onnx.
+VARIANTS = ("fp32", "fp16", "int8", "int8_qdq")

@@ -1,0 +1,412 @@
+"""Stage `train`: fit the configured attention model, deterministically for a fixed seed on CPU.
+
+    python -m pipeline.stages.train          # reads params.yaml: seed, data, model, train, mlflow
+
+Outputs: models/model.keras, reports/train.json, reports/history.csv, reports/mlflow_run.json.
+Opens the pipeline's MLflow run: config params, per-epoch metrics, the Keras model.
+
+The monitored loss is the validation loss, or the training loss where the data has no
+validation split (a small training file); the learning rate halves on its plateaus, training
+stops early on it, and the weights of its best epoch are kept. MiniRocket is fitted instead
+(pipeline/models/minirocket.py).
+
+Resumable: after each epoch the weights, the optimizer state, the epoch number and the best
+epoch's weights are backed up in .checkpoints/train/ (Keras BackupAndRestore). A training process
+that is killed resumes from its last finished epoch on the next run with the same config and data,
+and ends with the same result as an uninterrupted run: the order of each epoch's batches is drawn from (seed, epoch)
+alone. Its outputs are written only at the end, so DVC never records a partial model.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline import tracking
+from pipeline.core import stage
+from pipeline.core.config import Config, MiniRocketModel, TrainConfig, flatten, load_config
+from pipeline.core.errors import ConfigError, run_command
+from pipeline.data.splits import load_split
+from pipeline.models import TaskSpec, build_model
+
+OPTIMIZERS = {
+    "adam": keras.optimizers.Adam,
+    "rmsprop": keras.optimizers.RMSprop,
+    "sgd": keras.optimizers.SGD,
+}
+
+
+def make_deterministic(seed: int) -> None:
+    """Same seed, same numbers on CPU: seeded Python/NumPy/TF RNGs and deterministic TF ops."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+class MlflowEpochLogger(keras.callbacks.Callback):
+    """Logs each epoch's loss and accuracy (train and val) to the active MLflow run."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        tracking.log_metrics({f"epoch/{k}": v for k, v in (logs or {}).items()}, step=epoch)
+
+
+# Loss and reported metric of each task type.
+OBJECTIVES = {
+    "binary": ("binary_crossentropy", "accuracy"),
+    "regression": ("mse", "mae"),
+    "multiclass": ("sparse_categorical_crossentropy", "accuracy"),
+}
+
+
+def monitored_loss(val) -> str:
+    """ "val_loss" where the data has a validation split, else "loss" (the training loss)."""
+    return "val_loss" if len(val) else "loss"
+
+
+def stopping_callbacks(cfg: TrainConfig, monitor: str, epochs: int) -> list[keras.callbacks.Callback]:
+    """The learning-rate schedule of train.lr_schedule over `epochs` epochs (the epoch limit) and
+    early stopping (train.early_stopping_patience epochs without a fall of train.min_delta);
+    `BestWeights` restores the best epoch's weights either way."""
+    callbacks = []
+    if cfg.lr_schedule == "cosine":
+        callbacks.append(
+            keras.callbacks.LearningRateScheduler(lambda epoch, _: cosine_learning_rate(cfg, epoch, epochs))
+        )
+    elif cfg.lr_decay_patience:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor,
+                factor=0.5,
+                patience=cfg.lr_decay_patience,
+                min_lr=cfg.min_learning_rate,
+            )
+        )  # a plateau: no fall of 1e-4 (Keras's min_delta)
+    if cfg.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor, patience=cfg.early_stopping_patience, min_delta=cfg.min_delta)
+        )
+    return callbacks
+
+
+def cosine_learning_rate(cfg: TrainConfig, epoch: int, epochs: int) -> float:
+    """train.learning_rate at the first epoch, falling along half a cosine to
+    train.min_learning_rate at the last of `epochs`."""
+    progress = epoch / max(epochs - 1, 1)
+    return cfg.min_learning_rate + (cfg.learning_rate - cfg.min_learning_rate) * (1 + math.cos(math.pi * progress)) / 2
+
+
+def batch_size_for(requested: int, n_series: int) -> int:
+    """The batch size used: `requested`, but at most a tenth of the training series and at
+    least 2 (Fawaz et al. 2019), so that a small training set still takes ten steps an epoch."""
+    return max(2, min(requested, n_series // 10))
+
+
+def epochs_for(cfg: TrainConfig, train) -> int:
+    """The epochs to train: train.epochs, or fewer where train.max_series_steps ends training
+    first; train.x [series, time, features] (or [series, features]: one step). At least one."""
+    if cfg.max_series_steps is None:
+        return cfg.epochs
+    series_steps = len(train) * int(np.prod(train.x.shape[1:-1]))
+    return max(1, min(cfg.epochs, cfg.max_series_steps // series_steps))
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the lowest `monitor` and puts them back when training
+    ends, whether it stopped early or ran all its epochs. The best weights and their epoch live
+    in `folder` (the training backup), so a resumed training still knows them."""
+
+    def __init__(self, monitor: str, folder):
+        super().__init__()
+        self.monitor = monitor
+        self.weights_file = folder / "best.weights.h5"
+        self.record_file = folder / "best.json"
+        record = json.loads(self.record_file.read_text()) if self.record_file.exists() else {}
+        self.best_epoch = record.get("epoch", -1)
+        self.best = record.get("value", float("inf"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = float((logs or {})[self.monitor])
+        if value < self.best:
+            self.best, self.best_epoch = value, epoch
+            partial = self.weights_file.with_name("best.partial.weights.h5")
+            self.model.save_weights(str(partial))
+            os.replace(partial, self.weights_file)
+            stage.write_json(self.record_file, {"epoch": epoch, "value": value, "monitor": self.monitor})
+
+    def on_train_end(self, logs=None):
+        if self.weights_file.exists():
+            self.model.load_weights(str(self.weights_file))
+
+
+def distribution_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
+    """The tf.distribute strategy of train.strategy. Call before TensorFlow runs any op: the
+    logical CPU devices of `mirrored` without GPUs must be set up first."""
+    if cfg.strategy == "multi_worker":
+        workers = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec().as_dict().get("worker", [])
+        if len(workers) > 1:
+            raise ConfigError(
+                f"train.strategy=multi_worker: TF_CONFIG names {len(workers)} workers, and Keras "
+                f"{keras.__version__} cannot fit over several workers (its first-batch reduce fails under "
+                "MultiWorkerMirroredStrategy: keras-team/keras#20585); train on one machine, with "
+                "train.strategy=mirrored for its GPUs"
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if cfg.strategy == "mirrored":
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cfg.cpu_replicas)
+        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cfg.cpu_replicas)])
+    return tf.distribute.get_strategy()  # the default: no distribution
+
+
+class EpochBatches(keras.callbacks.Callback):
+    """The training split as a tf.data pipeline with prefetch. Epoch e visits the samples in a
+    permutation drawn from (seed, e) alone, so a run resumed at epoch e sees the same batches as
+    an uninterrupted one. x [samples, ...], y [samples, ...] -> batches of `batch_size`; a last
+    batch of one sample joins the batch before it (BatchNormalization cannot normalise a batch
+    of one)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+        super().__init__()
+        self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch  # before the epoch's iterator, hence its generator, starts
+
+    def _batches(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.x))
+        for start, stop in self.bounds():
+            rows = order[start:stop]
+            yield self.x[rows], self.y[rows]
+
+    def bounds(self) -> list[tuple[int, int]]:
+        """(start, stop) of each batch in an epoch's permutation."""
+        starts = list(range(0, len(self.x), self.batch_size))
+        if len(starts) > 1 and len(self.x) - starts[-1] == 1:
+            starts.pop()  # the lone last sample goes to the batch before it
+        return list(zip(starts, [*starts[1:], len(self.x)]))
+
+    def dataset(self) -> tf.data.Dataset:
+        signature = tuple(tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in (self.x, self.y))
+        batches = len(self.bounds())
+        return (
+            tf.data.Dataset.from_generator(self._batches, output_signature=signature)
+            .apply(tf.data.experimental.assert_cardinality(batches))
+            .prefetch(tf.data.AUTOTUNE)
+        )
+
+
+def fit(
+    cfg: Config,
+    model: keras.Model,
+    task: TaskSpec,
+    train,
+    val,
+    callbacks=(),
+    strategy: tf.distribute.Strategy | None = None,
+) -> keras.callbacks.History:
+    """Train the model's `prediction` head (cross-entropy, or mean squared error for regression
+    tasks) on the training split, watching the validation split if there is one (`val` may be
+    empty); the attention is learned only through the head. `callbacks` come after the batches
+    and the learning-rate and stopping rules. Under a distribution strategy, `model` must have
+    been built in its scope."""
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        trainer = keras.Model(model.input, model.output["prediction"], name=f"{model.name}_trainer")
+        loss, metric = OBJECTIVES[task.task_type]
+        trainer.compile(
+            optimizer=OPTIMIZERS[cfg.train.optimizer](learning_rate=cfg.train.learning_rate),
+            loss=loss,
+            metrics=[metric],
+        )
+    batch_size = batch_size_for(cfg.train.batch_size, len(train))
+    batches = EpochBatches(train.x, train.y, batch_size, cfg.seed)
+    validation = None
+    if len(val):
+        validation = tf.data.Dataset.from_tensor_slices((val.x, val.y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    epochs = epochs_for(cfg.train, train)
+    return trainer.fit(
+        batches.dataset(),
+        validation_data=validation,
+        epochs=epochs,
+        shuffle=False,  # EpochBatches shuffles, by (seed, epoch)
+        callbacks=[batches, *stopping_callbacks(cfg.train, monitored_loss(val), epochs), *callbacks],
+        verbose=2,
+    )
+
+
+def training_digest(cfg: Config) -> str:
+    """sha256 of everything that decides the trained weights: seed, the data, model and train
+    sections, and the prepared splits. A backup is resumed only by a run with the same digest."""
+    digest = hashlib.sha256(
+        json.dumps(
+            {k: cfg.section(k) for k in ("data", "model", "train")} | {"seed": cfg.seed},
+            sort_keys=True,
+        ).encode()
+    )
+    for split in stage.SPLITS:
+        digest.update(stage.split_file(split).read_bytes())
+    return digest.hexdigest()
+
+
+class TrainingBackup(keras.callbacks.Callback):
+    """.checkpoints/train/ of an unfinished training: Keras BackupAndRestore's weights, optimizer
+    state and epoch count, plus the per-epoch history and the MLflow run so far, so that a killed
+    training resumes where it stopped. A backup made with another config or data (another
+    `digest`) is discarded. Put it before the callbacks that log an epoch, and `keras_backup`
+    after them."""
+
+    def __init__(self, digest: str):
+        super().__init__()
+        self.folder = stage.TRAIN_BACKUP_DIR
+        owner = self.folder / "digest.txt"
+        if self.folder.exists() and (not owner.exists() or owner.read_text() != digest):
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        owner.write_text(digest)
+        self.keras_backup = keras.callbacks.BackupAndRestore(
+            str(self.folder), save_freq="epoch", delete_checkpoint=False, double_checkpoint=True
+        )
+        self.history: dict[str, list[float]] = self._read("history.json") or {}
+        self.mlflow_run: dict | None = self._read("mlflow_run.json")
+
+    def _read(self, name: str) -> dict | None:
+        path = self.folder / name
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def record_mlflow_run(self, run: dict) -> None:
+        stage.write_json(self.folder / "mlflow_run.json", run)
+
+    def on_train_begin(self, logs=None):
+        self._first_epoch = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch and epoch:
+            print(f"resumed from {self.folder}: {epoch} of {self.params['epochs']} epochs were done")
+        self._first_epoch = False
+        self.history = {k: v[:epoch] for k, v in self.history.items()}  # epochs after the backup redo
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        stage.write_json(self.folder / "history.json", self.history)
+
+    def finish(self) -> None:
+        """Training is complete and its outputs written: the next run starts from scratch."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def write_history(history: dict[str, list[float]], path=stage.HISTORY_CSV) -> None:
+    """reports/history.csv: one row per epoch, the columns DVC plots."""
+    keys = sorted(history)
+    with stage.atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", *keys])
+        for epoch in range(len(history[keys[0]])):
+            writer.writerow([epoch, *(f"{history[k][epoch]:.6f}" for k in keys)])
+
+
+def train_by_gradient(
+    cfg: Config, task: TaskSpec, train, val, backup: TrainingBackup, strategy: tf.distribute.Strategy
+) -> tuple[keras.Model, dict, dict]:
+    """Fit a Keras model of the config: (model, report, per-epoch history)."""
+    with strategy.scope():
+        model = build_model(cfg.model, task)
+    tracking.log_params({"param_count": model.count_params()})
+    best = BestWeights(monitored_loss(val), backup.folder)
+    started = time.perf_counter()
+    fit(
+        cfg,
+        model,
+        task,
+        train,
+        val,
+        strategy=strategy,
+        callbacks=[backup, MlflowEpochLogger(), best, backup.keras_backup],
+    )
+    history = backup.history
+    report = {
+        "train/seconds": round(time.perf_counter() - started, 3),
+        "train/param_count": model.count_params(),
+        "train/epochs": len(history["loss"]),
+        "train/epoch_limit": epochs_for(cfg.train, train),
+        "train/batch_size": batch_size_for(cfg.train.batch_size, len(train)),
+        "train/replicas": strategy.num_replicas_in_sync,
+        **{f"train/final_{k}": v[-1] for k, v in history.items()},
+        "train/best_epoch": best.best_epoch,
+        f"train/best_{best.monitor}": best.best,
+    }
+    return model, report, history
+
+
+def train_minirocket(cfg: Config, task: TaskSpec, train, val) -> tuple[keras.Model, dict, dict]:
+    """Fit MiniRocket on the training and validation splits together (its ridge chooses its
+    regularisation by cross-validation): (model, report, a one-row history)."""
+    from pipeline.models.minirocket import fit_minirocket
+
+    x, y = np.concatenate([train.x, val.x]), np.concatenate([train.y, val.y])
+    started = time.perf_counter()
+    model, fitted = fit_minirocket(cfg.model, task, x, y, cfg.seed)
+    report = {
+        "train/seconds": round(time.perf_counter() - started, 3),
+        "train/param_count": model.get_layer("prediction").count_params(),
+        "train/epochs": 0,
+        **fitted,
+    }
+    return model, report, {"accuracy": [fitted["train/final_accuracy"]]}
+
+
+def main() -> None:
+    cfg = load_config()
+    strategy = distribution_strategy(cfg.train)
+    train, val = load_split("train"), load_split("val")
+    meta = stage.read_json(stage.META_FILE)
+    task = TaskSpec.from_meta(meta)
+    make_deterministic(cfg.seed)
+    backup = TrainingBackup(training_digest(cfg))
+    with tracking.start_pipeline_run(cfg, run_name=cfg.model.name, resume=backup.mlflow_run):
+        backup.record_mlflow_run(tracking.current_run())
+        tracking.log_params(flatten({k: cfg.section(k) for k in ("data", "model", "train")}))
+        tracking.log_params({"seed": cfg.seed})
+        tracking.log_prepared_data([stage.split_file(s) for s in stage.SPLITS], cfg.data.name)
+        if meta.get("labels"):
+            tracking.log_labels(meta["labels"])
+        if isinstance(cfg.model, MiniRocketModel):
+            model, report, history = train_minirocket(cfg, task, train, val)
+        else:
+            model, report, history = train_by_gradient(cfg, task, train, val, backup, strategy)
+        with stage.atomic_path(stage.KERAS_MODEL) as tmp_model:
+            model.save(tmp_model)
+        write_history(history)
+        stage.write_json(stage.TRAIN_REPORT, report)
+        tracking.log_metrics(report)
+        tracking.log_artifacts([stage.KERAS_MODEL], artifact_path="keras_model")
+        tracking.log_artifacts([stage.HISTORY_CSV], artifact_path="reports")
+    backup.finish()
+    finals = ", ".join(
+        f"{k.removeprefix('train/final_')} {v:.4g}"
+        for k, v in report.items()
+        if k.startswith("train/final_") and k != "train/final_learning_rate"
+    )
+    epochs = (
+        f", {report['train/epochs']} of {report['train/epoch_limit']} epochs" if "train/epoch_limit" in report else ""
+    )  # MiniRocket trains no epochs
+    print(
+        f"trained {cfg.model.name} in {report['train/seconds']:.1f}s{epochs}: {finals} "
+        f"({stage.TRAIN_REPORT} has the rest)"
+    )
+
+
+if __name__ == "__main__":
+    run_command(main)

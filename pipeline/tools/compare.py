@@ -1,0 +1,393 @@
+"""Compare runs from an MLflow store: one row per run, as markdown and CSV.
+
+    python -m pipeline.tools.compare                          # the repository's store, every experiment
+    python -m pipeline.tools.compare --experiment attention-find_max --out docs/results
+    python -m pipeline.tools.compare --tracking-uri http://127.0.0.1:5000
+
+Synthetic tasks: one row per model and seed at the task's own size (its latest run) with the task
+metric (accuracy or MAE), the attention and faithfulness metrics, the parameter count, the epochs
+trained, the training time and the run id. UCR/UEA data sets: the study of
+pipeline/tools/study.py, each model's accuracy as mean ± std over seeds beside the published FCN, the
+training times, mean ranks with Friedman and Wilcoxon-Holm tests, and a critical-difference
+diagram (OUT_cd.png). With --out, the real-data runs are also written to OUT_runs.csv, the
+ledger pipeline.tools.study reads (runs in it are not trained again), and synthetic rows of an earlier
+OUT.csv that the store lacks are kept. No TensorFlow import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from pipeline.core.errors import run_command
+from pipeline.tools import stability, study
+from pipeline.tracking import DEFAULT_STORE, evaluated_runs, repository_root
+
+COLUMNS = (
+    ("task", "tags.task"),
+    ("model", "tags.model"),
+    ("seed", "params.seed"),
+    ("test/accuracy", "metrics.test/accuracy"),
+    ("test/mae", "metrics.test/mae"),
+    ("attention/mass_at_target", "metrics.attention/mass_at_target"),
+    ("attention/argmax_hit", "metrics.attention/argmax_hit"),
+    ("attention/lift", "metrics.attention/lift"),
+    ("attention/entropy", "metrics.attention/entropy"),
+    ("attention/topk_precision", "metrics.attention/topk_precision"),
+    ("faithfulness/deletion_aopc_gain", "metrics.faithfulness/deletion_aopc_gain"),
+    ("faithfulness/uniform_drop", "metrics.faithfulness/uniform_drop"),
+    ("params", "metrics.train/param_count"),
+    ("epochs", "metrics.train/epochs"),
+    ("train seconds", "metrics.train/seconds"),
+    ("run", "run_id"),
+)
+
+
+def default_data_params(task: str) -> dict[str, str] | None:
+    """The data.* MLflow params of a run of `task` at the size conf/data/<task>.yaml sets (None
+    for a data set without such a file)."""
+    from pipeline.core.config import CONF_DIR, compose_defaults, flatten
+
+    if not (CONF_DIR / "data" / f"{task}.yaml").exists():
+        return None
+    data = compose_defaults(overrides=[f"data={task}"])["data"]
+    return {k: str(v) for k, v in flatten(data, "data.").items()}
+
+
+def comparison_rows(tracking_uri: str, experiments: list[str] | None = None) -> list[dict]:
+    """One dict per model and seed of each synthetic task with the COLUMNS, from its latest finished
+    run on the task's own data config (the size sweep, pipeline/tools/sweep.py, has its own table);
+    best attention/argmax_hit first per task."""
+    latest: dict[tuple, object] = {}
+    defaults: dict[str, dict | None] = {}
+    for run in evaluated_runs(tracking_uri, experiments):
+        params = run.data.params
+        if params.get("data.source"):  # real data: see ucr_rows
+            continue
+        task = run.data.tags.get("task", "")
+        if task not in defaults:
+            defaults[task] = default_data_params(task)
+        expected = defaults[task]
+        if expected is not None and any(params.get(k, v) != v for k, v in expected.items()):
+            continue  # another size or planted position
+        key = (task, run.data.tags.get("model"), params.get("seed"))
+        if key not in latest or run.info.start_time > latest[key].info.start_time:
+            latest[key] = run
+    rows = []
+    for run in latest.values():
+        flat = {
+            "run_id": run.info.run_id,
+            **{f"params.{k}": v for k, v in run.data.params.items()},
+            **{f"tags.{k}": v for k, v in run.data.tags.items()},
+            **{f"metrics.{k}": v for k, v in run.data.metrics.items()},
+        }
+        rows.append({column: flat.get(source) for column, source in COLUMNS})
+    return sorted(rows, key=lambda r: (r["task"] or "", -(r["attention/argmax_hit"] or 0)))
+
+
+def with_earlier_rows(rows: list[dict], earlier_csv: Path) -> list[dict]:
+    """`rows` and the synthetic rows of an earlier OUT.csv for the (task, model) pairs that the
+    store does not hold: a table rebuilt from a fresh store keeps what it cannot remake."""
+    if not earlier_csv.exists():
+        return rows
+    held = {(r["task"], r["model"]) for r in rows}
+    with open(earlier_csv, newline="") as handle:
+        earlier = [
+            r for r in csv.DictReader(handle) if r["table"] == "synthetic" and (r["task"], r["model"]) not in held
+        ]
+    kept = [
+        {
+            column: _number(row.get(column) or "") if source.startswith("metrics.") else row.get(column)
+            for column, source in COLUMNS
+        }
+        for row in earlier
+    ]  # a column added since is empty
+    return sorted(rows + kept, key=lambda r: (r["task"] or "", -(r["attention/argmax_hit"] or 0)))
+
+
+def _number(text: str) -> float | None:
+    """A metric's CSV cell back as it was: None when empty."""
+    return None if text == "" else float(text)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.0f}" if value.is_integer() and abs(value) >= 100 else f"{value:.4g}"
+    return str(value)
+
+
+def to_markdown(rows: list[dict], names: list[str] | None = None) -> str:
+    names = names or [c for c, _ in COLUMNS]
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    lines += ["| " + " | ".join(_cell(row[n]).replace("|", "\\|") for n in names) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict], real_rows: list[dict], path: Path, selection_rows: list[dict] = ()) -> None:
+    """Every table in one CSV: a `table` column says which (synthetic; real: one row per data set
+    and model, accuracy mean and std over seeds in %; selection: the same over inner folds)."""
+    names = ["table", *[c for c, _ in COLUMNS], *REAL_COLUMNS]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=names, restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({"table": "synthetic", **row} for row in rows)
+        writer.writerows({"table": "real", "task": row["data set"], **row} for row in real_rows)
+        writer.writerows({"table": "selection", "task": row["data set"], **row} for row in selection_rows)
+
+
+REAL_COLUMNS = (
+    "data set",
+    "model",
+    "seeds",
+    "accuracy mean",
+    "accuracy std",
+    "train seconds mean",
+    "train seconds max",
+    "train cpus",
+    *(f"{c} mean" for c in study.FAITHFULNESS_COLUMNS.values()),
+    "FCN",
+    "goal",
+    "command",
+    "runs",
+)
+
+
+def _mean_std(row: dict | None) -> str:
+    if row is None:
+        return "–"
+    return f"{row['accuracy mean']:.2f} ± {row['accuracy std']:.2f} ({len(row['seeds'].split(','))})"
+
+
+def real_data_markdown(real_rows: list[dict], statistics: dict | None, diagram: str | None) -> str:
+    """The real-data section: per data set, each model's accuracy mean ± std (seeds) beside
+    FCN and the goal; then training times; then the rank statistics and the diagram."""
+    models = [m for m in study.MODELS if any(r["model"] == m for r in real_rows)]
+    models += sorted({r["model"] for r in real_rows} - set(models))
+    by_cell = {(r["data set"], r["model"]): r for r in real_rows}
+    datasets = list(dict.fromkeys(r["data set"] for r in real_rows))
+    lines = [
+        "Test accuracy (%) as mean ± sample std over seeds (the number of seeds in brackets). Each "
+        "seed of each cell is one DVC experiment logged to MLflow, `dvc exp run -S experiment=ucr "
+        "-S data.name=<data set> -S model=<model> -S seed=<seed>`; the CSV lists the run ids. "
+        "FCN: Fawaz et al. 2019 (dl-4-tsc). goal: for the attention model's mean.",
+        "",
+        "| data set | " + " | ".join(models) + " | FCN | goal | goal met |",
+        "|---|" + "---|" * (len(models) + 3),
+    ]
+    for name in datasets:
+        reference = study.REFERENCES.get(name, {})
+        attention = by_cell.get((name, "conv_attention"))
+        goal = reference.get("goal")
+        met = "" if goal is None or attention is None else ("yes" if attention["accuracy mean"] >= goal else "no")
+        fcn = reference.get("FCN")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_mean_std(by_cell.get((name, m))) for m in models)
+            + f" | {'' if fcn is None else fcn} | {'' if goal is None else f'≥ {goal:g}'} | {met} |"
+        )
+    cpus = list(dict.fromkeys(r["train cpus"] for r in real_rows))  # [n]: the CPUs of a cell's runs
+    lines += [
+        "",
+        "Training seconds per run (mean / max over seeds; 2 CPU cores; [n]: the CPU, below):",
+        "",
+        "| data set | " + " | ".join(models) + " |",
+        "|---|" + "---|" * len(models),
+    ]
+    for name in datasets:
+        cells = [by_cell.get((name, m)) for m in models]
+        times = [
+            "–"
+            if c is None
+            else f"{c['train seconds mean']:.0f} / {c['train seconds max']:.0f} [{cpus.index(c['train cpus']) + 1}]"
+            for c in cells
+        ]
+        lines.append(f"| {name} | " + " | ".join(times) + " |")
+    unrecorded = any(study.UNRECORDED_CPU in c for c in cpus)
+    lines += [
+        "",
+        "; ".join(f"[{i}] {cpu}" for i, cpu in enumerate(cpus, 1))
+        + (f" ({study.UNRECORDED_CPU}: runs logged before the CPU was)" if unrecorded else "")
+        + ". Times compare within one CPU.",
+    ]
+    lines += faithfulness_lines(real_rows, models, datasets)
+    if statistics:
+        lines += [
+            "",
+            f"Across the {statistics['data sets']} data sets where every model has its seeds: mean rank "
+            "(1 = best), Friedman test p = "
+            + (f"{statistics['friedman p']:.3g}" if statistics["friedman p"] is not None else "–")
+            + "; two-sided Wilcoxon signed-rank tests with Holm's correction, p per pair.",
+            "",
+            "| model | mean rank | " + " | ".join(f"p vs {m}" for m in statistics["mean rank"]) + " |",
+            "|---|---|" + "---|" * len(statistics["mean rank"]),
+        ]
+        for model, rank in statistics["mean rank"].items():
+            pairs = statistics["wilcoxon holm p"][model]
+            lines.append(
+                f"| {model} | {rank:.2f} | "
+                + " | ".join("" if other == model else f"{pairs[other]:.3g}" for other in statistics["mean rank"])
+                + " |"
+            )
+    if diagram:
+        lines += [
+            "",
+            f"![critical-difference diagram]({diagram})",
+            "",
+            "Critical-difference diagram (autorank, Nemenyi test, alpha 0.05): models joined by "
+            "a bar do not differ significantly.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# The faithfulness table's figures: summary column, scale, decimals.
+FAITHFULNESS_CELL = (
+    ("aopc gain mean", 1, 3),
+    ("uniform drop mean", 100, 1),
+    ("occlusion rho mean", 1, 2),
+    ("seed rho mean", 1, 2),
+)
+
+
+def _figure(value: float, scale: float, digits: int) -> str:
+    return "–" if np.isnan(value) else f"{scale * value:.{digits}f}"
+
+
+def add_seed_agreement(tracking_uri: str, done: dict) -> None:
+    """faithfulness/seed_spearman (pipeline/tools/stability.py) for the real-data runs of each cell
+    with two or more seeds in the MLflow store, where one of them lacks it: kept in the runs'
+    records (hence the ledger) and logged to the runs."""
+    runs = {run.info.run_id: run for run in study.evaluated_runs(tracking_uri)}
+    cells: dict[tuple[str, str], list] = {}
+    for combination, record in done.items():
+        if combination.inner_fold is None and record.run_id in runs:
+            cells.setdefault((combination.dataset, combination.label), []).append((combination, record))
+    client = mlflow.MlflowClient(tracking_uri)
+    for members in cells.values():
+        if len(members) < 2 or all(stability.METRIC in record.faithfulness for _, record in members):
+            continue
+        x = stability.test_inputs(members[0][0].overrides)
+        members_runs = {record.run_id: runs[record.run_id] for _, record in members}
+        agreement = stability.cell_agreement(tracking_uri, members_runs, x)
+        for _, record in members:  # nan (constant attention, no model) is kept too: computed once
+            value = agreement.get(record.run_id, float("nan"))
+            record.faithfulness[stability.METRIC] = value
+            client.log_metric(record.run_id, stability.METRIC, value)
+
+
+def faithfulness_lines(real_rows: list[dict], models: list[str], datasets: list[str]) -> list[str]:
+    """The faithfulness table: per data set and model, the means over seeds of the deletion
+    AOPC gain, the uniform-attention drop (points), the occlusion and the between-seed rank
+    correlations; none if no run has them."""
+    columns = [f"{c} mean" for c in study.FAITHFULNESS_COLUMNS.values()]
+    rows = [r for r in real_rows if any(not np.isnan(r.get(c, float("nan"))) for c in columns)]
+    if not rows:
+        return []
+    lines = [
+        "",
+        'Faithfulness of the attention (the `faithfulness/*` metrics, README "Is the attention '
+        'faithful?"), mean over the seeds that have them: deletion AOPC gain over random positions / '
+        "accuracy lost with uniform attention (points) / occlusion rank correlation / rank correlation "
+        "between seeds (– where undefined: constant attention, or runs that predate the metric).",
+        "",
+        "| data set | " + " | ".join(models) + " |",
+        "|---|" + "---|" * len(models),
+    ]
+    by_cell = {(r["data set"], r["model"]): r for r in rows}
+    for name in datasets:
+        cells = []
+        for model in models:
+            row = by_cell.get((name, model))
+            cells.append(
+                "–"
+                if row is None
+                else " / ".join(_figure(row[column], scale, digits) for column, scale, digits in FAITHFULNESS_CELL)
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def selection_markdown(rows: list[dict]) -> str:
+    """The settings compared on inner folds of the training files: per data set, each setting's
+    accuracy on the held-out folds (mean ± std over the folds), and the mean over data sets."""
+    labels = list(dict.fromkeys(r["model"] for r in rows))
+    by_cell = {(r["data set"], r["model"]): r for r in rows}
+    datasets = list(dict.fromkeys(r["data set"] for r in rows))
+    lines = [
+        "Accuracy (%) on held-out inner folds of the TRAIN files (`-S data.inner_fold=K`, K = 0, 1, 2; "
+        "the TEST files are not read), mean ± std over the folds, seed 1; "
+        "`python -m pipeline.tools.study queue --selection` runs what is missing.",
+        "",
+        "| data set | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
+    for name in datasets:
+        lines.append(f"| {name} | " + " | ".join(_mean_std(by_cell.get((name, label))) for label in labels) + " |")
+    complete = [d for d in datasets if all((d, label) in by_cell for label in labels)]
+    if complete:
+        means = [sum(by_cell[(d, label)]["accuracy mean"] for d in complete) / len(complete) for label in labels]
+        lines.append(f"| mean of {len(complete)} | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tracking-uri", default=f"sqlite:///{repository_root() / DEFAULT_STORE}")
+    parser.add_argument("--experiment", action="append", help="MLflow experiment name (repeatable)")
+    parser.add_argument("--out", type=Path, help="write OUT.md, OUT.csv and OUT_cd.png instead of printing")
+    args = parser.parse_args(argv)
+    rows = comparison_rows(args.tracking_uri, args.experiment)
+    if args.out is not None:
+        rows = with_earlier_rows(rows, args.out.with_suffix(".csv"))
+    ledger = (
+        args.out.with_name(args.out.name + "_runs.csv") if args.out is not None else repository_root() / study.LEDGER
+    )
+    done = study.done_runs(args.tracking_uri, study.combinations() + study.selection_combinations(), ledger)
+    add_seed_agreement(args.tracking_uri, done)
+    real_rows = study.summary({c: r for c, r in done.items() if c.inner_fold is None})
+    for row in real_rows:
+        reference = study.REFERENCES.get(row["data set"], {})
+        row["FCN"], row["goal"] = reference.get("FCN"), reference.get("goal")
+    table_of_means = study.accuracy_table(real_rows)
+    comparable = table_of_means.shape[0] >= 2 and table_of_means.shape[1] >= 2  # data sets, models
+    statistics = study.rank_statistics(table_of_means) if comparable else None
+    diagram = None
+    if args.out is not None:
+        diagram_path = args.out.with_name(args.out.name + "_cd.png")
+        if statistics and table_of_means.shape[0] >= 5 and table_of_means.shape[1] >= 3:  # Nemenyi: 3 models
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            study.critical_difference_diagram(table_of_means, diagram_path)
+            diagram = diagram_path.name
+        else:
+            diagram_path.unlink(missing_ok=True)  # a diagram of earlier runs no longer holds
+    selection_rows = study.summary({c: r for c, r in done.items() if c.inner_fold is not None})
+    table = to_markdown(rows)
+    if real_rows:
+        table = (
+            f"## Synthetic tasks\n\n{table}\n## Time-series classification: UCR/UEA data sets\n\n"
+            + real_data_markdown(real_rows, statistics, diagram)
+        )
+    if selection_rows:
+        table += "\n### Settings compared on training data only\n\n" + selection_markdown(selection_rows)
+    if args.out is None:
+        sys.stdout.write(table)
+        return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    command = "python -m pipeline.tools.compare " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.out.with_suffix(".md").write_text(f"<!-- made by: {command} -->\n\n{table}")
+    write_csv(rows, real_rows, args.out.with_suffix(".csv"), selection_rows)
+    study.write_ledger(ledger, done)
+    print(
+        f"wrote {args.out.with_suffix('.md')}, .csv and {ledger.name} ({len(rows)} synthetic runs, "
+        f"{len(real_rows)} real-data rows, {len(done)} real-data runs{', the diagram' if diagram else ''})"
+    )
+
+
+if __name__ == "__main__":
+    run_command(main)
