@@ -43,8 +43,9 @@ def mode_environment(mode: str) -> dict[str, str]:
     return {**subprocess_env(), **CPU_MODES[mode]}
 
 
-def run_pipeline(folder: Path, params: dict, mode: str) -> subprocess.Popen:
-    """Start prepare, train, export and evaluate in `folder`, in a process of the given mode."""
+def run_pipeline(folder: Path, params: dict, mode: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start prepare, train, export and evaluate in `folder`, in a process of the given mode,
+    with the variables `env` added to its environment."""
     from tests.conftest import REPO_ROOT
 
     folder.mkdir(parents=True)
@@ -53,6 +54,7 @@ def run_pipeline(folder: Path, params: dict, mode: str) -> subprocess.Popen:
         **mode_environment(mode),
         "PYTHONPATH": str(REPO_ROOT),
         "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+        **(env or {}),
     }
     return subprocess.Popen(
         [sys.executable, "-c", RUN_STAGES],

@@ -1,7 +1,7 @@
 """Reliability: the same seed gives the same numbers in separate processes, and within the stated
 tolerance with another CPU's kernels; a training killed with SIGKILL resumes on the next
-`dvc repro` to the same result, data-parallel training on two logical CPUs agrees with one
-device, and nothing unsafe is loaded."""
+`dvc repro` to the same result, data-parallel training on two logical CPUs or two worker
+processes agrees with one process, and nothing unsafe is loaded."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT, dvc, git_copy, subprocess_env, tiny_params
+from pipeline.tools.loadbench import free_port
+from tests.conftest import REPO_ROOT, dvc, git_copy, run_command, subprocess_env, tiny_params
 from tests.cpu_modes import CPU_MODES, run_pipeline
 
 # Long enough to kill mid-training: 12 epochs of 30 small batches.
@@ -27,23 +28,33 @@ TRAINING = ("train.epochs=12", "train.batch_size=8")
 CONV = ("experiment=ucr", "data.name=UnitTest", "model.filters=[16,32,16]", "seed=1")
 
 
+# Trained again by two worker processes: the planted LSTM and the convolutional model.
+MULTI_WORKER_RUNS = {"first": (), "conv_first": CONV}
+# Two workers against one process: every training figure within this relative difference
+# (measured: 3e-7 at most), the ONNX outputs within this absolute one (measured: 3e-7 for the
+# LSTM, 2.8e-5 for the convolutional model, whose synchronized BatchNormalization computes the
+# variance as E[x^2] - E[x]^2); README "Scaling up".
+MULTI_WORKER_TOLERANCE = {"figures": 1e-5, "outputs": 1e-4}
+
 # Fixed-epoch training of a planted task under another CPU's kernels (tests/cpu_modes.py): every
 # figure within this relative difference, the ONNX outputs (probabilities, attention weights)
 # within this absolute one (measured: at most 1.8e-7, README "Reliability").
 CROSS_CPU_TOLERANCE = 1e-5
 
 
-def _pipeline_process(folder: Path, *overrides: str, cpu_mode: str = "native") -> subprocess.Popen:
+def _pipeline_process(
+    folder: Path, *overrides: str, cpu_mode: str = "native", env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """The pipeline on tiny data in a fresh process of its own, in `folder`, with oneDNN as
-    `cpu_mode` (tests/cpu_modes.py) says."""
-    return run_pipeline(folder, tiny_params(*TRAINING, *overrides), cpu_mode)
+    `cpu_mode` (tests/cpu_modes.py) says and the variables `env` added."""
+    return run_pipeline(folder, tiny_params(*TRAINING, *overrides), cpu_mode, env)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Two runs with the same seed (of the planted LSTM and of the convolutional model), one under
-    MirroredStrategy on 2 logical CPU devices, and one per other CPU mode (oneDNN limited to
-    AVX2, oneDNN off)."""
+    MirroredStrategy on 2 logical CPU devices, one per other CPU mode (oneDNN limited to AVX2,
+    oneDNN off), and the two workers of one MultiWorkerMirroredStrategy training on loopback."""
     base = tmp_path_factory.mktemp("runs")
     variants = {
         "first": (),
@@ -55,6 +66,16 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     }
     processes = {name: _pipeline_process(base / name, *extra) for name, extra in variants.items()}
     processes |= {mode: _pipeline_process(base / mode, cpu_mode=mode) for mode in CPU_MODES if mode != "native"}
+    for name, extra in MULTI_WORKER_RUNS.items():
+        workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+        for index in range(2):
+            cluster = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+            processes[f"{name}_worker_{index}"] = _pipeline_process(
+                base / f"{name}_worker_{index}",
+                *extra,
+                "train.strategy=multi_worker",
+                env={"TF_CONFIG": json.dumps(cluster)},
+            )
     for name, process in processes.items():
         output, _ = process.communicate(timeout=900)
         assert process.returncode == 0, f"{name}: {output[-3000:]}"
@@ -123,6 +144,43 @@ def test_mirrored_strategy_on_two_cpus_matches_the_default_strategy(runs):
         assert mirrored[key] == pytest.approx(default[key], rel=1e-3), key
     for name, values in _onnx_outputs(runs["first"]).items():
         np.testing.assert_allclose(_onnx_outputs(runs["mirrored"])[name], values, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", MULTI_WORKER_RUNS)
+def test_two_workers_on_loopback_train_as_one_process_does(runs, name):
+    """MultiWorkerMirroredStrategy over two processes (TF_CONFIG, loopback): both workers end with
+    the same model, and it is the single process's within the stated tolerance; for the
+    convolutional model too, whose batches of 2 reach each worker's BatchNormalization as one
+    series (its statistics are synchronized)."""
+    import mlflow
+
+    single = _train_report(runs[name])
+    workers = [_train_report(runs[f"{name}_worker_{index}"]) for index in range(2)]
+    assert workers[0] == workers[1]
+    assert workers[0]["train/replicas"] == 2 and single["train/replicas"] == 1
+    assert workers[0].keys() == single.keys()
+    for key, value in single.items():
+        if key != "train/replicas":
+            assert workers[0][key] == pytest.approx(value, rel=MULTI_WORKER_TOLERANCE["figures"], abs=1e-12), key
+    for output, values in _onnx_outputs(runs[name]).items():
+        for index in range(2):
+            worker_values = _onnx_outputs(runs[f"{name}_worker_{index}"])[output]
+            tolerance = MULTI_WORKER_TOLERANCE["outputs"]
+            np.testing.assert_allclose(worker_values, values, rtol=0, atol=tolerance, err_msg=output)
+    for index in range(2):
+        client = mlflow.MlflowClient(f"sqlite:///{runs[f'{name}_worker_{index}'] / 'mlflow.db'}")
+        (run,) = client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
+        assert run.data.tags["train.worker"] == f"{index} of 2"
+
+
+def test_a_batch_smaller_than_the_replicas_is_refused_before_training(tmp_path):
+    params = tiny_params(*TRAINING, "train.strategy=mirrored", "train.cpu_replicas=3", "train.batch_size=2")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_command([sys.executable, "-m", "pipeline.stages.prepare"], tmp_path)
+    result = run_command([sys.executable, "-m", "pipeline.stages.train"], tmp_path, check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error: train.batch_size: a batch of 2 series cannot be split over 3 replicas" in result.stderr
+    assert not (tmp_path / "models/model.keras").exists()
 
 
 @pytest.mark.slow

@@ -45,6 +45,31 @@ def test_no_batch_of_one_reaches_batch_normalization(n_series, batch_size):
     assert len(sizes) == len(batches.bounds())
 
 
+@pytest.mark.parametrize("workers, replicas_per_worker", [(2, 1), (2, 2), (3, 1)])
+def test_the_replicas_of_all_workers_share_each_batch_exactly_once(workers, replicas_per_worker):
+    """Under several workers each input pipeline yields its replicas' parts of every batch; the
+    parts of one step, over all pipelines, are the batch, each part with the batch's size."""
+    import tensorflow as tf
+
+    x = np.arange(23 * 2, dtype="float32").reshape(23, 2, 1)
+    batches = EpochBatches(x, np.arange(23, dtype="float32"), batch_size=8, seed=3)
+    replicas = workers * replicas_per_worker
+    pipelines = [
+        list(batches.replica_dataset(tf.distribute.InputContext(workers, worker, replicas)).as_numpy_iterator())
+        for worker in range(workers)
+    ]
+    whole = list(batches._batches())
+    assert all(len(parts) == len(whole) * replicas_per_worker for parts in pipelines)
+    for step, (batch_x, batch_y) in enumerate(whole):
+        parts = [
+            part for parts in pipelines for part in parts[step * replicas_per_worker : (step + 1) * replicas_per_worker]
+        ]
+        np.testing.assert_array_equal(np.concatenate([y for _, y, _ in parts]), batch_y)
+        np.testing.assert_array_equal(np.concatenate([x for x, _, _ in parts]), batch_x)
+        assert {int(size) for _, _, size in parts} == {len(batch_y)}
+        assert max(len(y) for _, y, _ in parts) - min(len(y) for _, y, _ in parts) <= 1
+
+
 def test_conv_gap_is_the_global_average_of_the_same_encoder():
     """conv_gap weights every valid step alike: its attention is uniform on the valid steps and 0
     on padding, and the prediction is the head on the mean of the encoder's states."""

@@ -77,16 +77,3 @@ def test_the_cosine_schedule_ends_at_the_least_rate_on_the_last_epoch_the_run_ma
 def test_cosine_with_a_plateau_patience_is_refused():
     with pytest.raises(ConfigError, match="lr_decay_patience=4 .* lr_schedule=cosine set it to 0"):
         tiny_config("train.lr_schedule=cosine")
-
-
-def test_multi_worker_training_over_several_workers_is_refused_before_anything_runs(monkeypatch):
-    """Keras's fit fails under MultiWorkerMirroredStrategy with more than one worker
-    (keras-team/keras#20585): the stage says so in one line instead of a traceback mid-fit."""
-    import json
-
-    from pipeline.stages.train import distribution_strategy
-
-    cluster = {"cluster": {"worker": ["localhost:12345", "localhost:12346"]}, "task": {"type": "worker", "index": 0}}
-    monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
-    with pytest.raises(ConfigError, match=r"names 2 workers.*keras-team/keras#20585"):
-        distribution_strategy(tiny_config("train.strategy=multi_worker").train)

@@ -509,12 +509,23 @@ class ClassAttentionPooling(keras.layers.Layer):
         return {**super().get_config(), "outputs": self.outputs, "task_type": self.task_type, "uniform": self.uniform}
 
 
+def replicas_in_sync() -> int:
+    """The replicas that train the layers built now: those of the tf.distribute strategy in
+    whose scope this runs, 1 outside any."""
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
 @keras.saving.register_keras_serializable(package="pipeline")
 class ConvEncoder(keras.layers.Layer):
     """The fully convolutional encoder of time-series classification (Wang et al. 2017):
     blocks of Conv1D ("same" padding) -> BatchNormalization -> ReLU, one per filter count.
     Padded steps are set to 0 after every block, so a series gives the same states whatever
-    its padding.
+    its padding. Built in the scope of a tf.distribute strategy of several replicas, the
+    BatchNormalization statistics are the global batch's (synchronized over the replicas), so
+    a batch split over replicas or workers is normalised as in one process, and no replica
+    normalises a part of one series alone.
 
     Args:
         filters: filters of each block, e.g. [128, 256, 128].
@@ -537,10 +548,11 @@ class ConvEncoder(keras.layers.Layer):
         if min(filters + kernel_sizes) < 1:
             raise ValueError(f"filters and kernel sizes must be positive, got {filters}, {kernel_sizes}")
         self.filters, self.kernel_sizes, self.norm_folded = filters, kernel_sizes, norm_folded
+        distributed = replicas_in_sync() > 1
         self.blocks = [
             (
                 keras.layers.Conv1D(f, k, padding="same", name=f"conv{i}"),
-                None if norm_folded else keras.layers.BatchNormalization(name=f"norm{i}"),
+                None if norm_folded else keras.layers.BatchNormalization(name=f"norm{i}", synchronized=distributed),
             )
             for i, (f, k) in enumerate(zip(filters, kernel_sizes))
         ]

@@ -58,11 +58,18 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         tracking.log_metrics({f"epoch/{k}": v for k, v in (logs or {}).items()}, step=epoch)
 
 
-# Loss and reported metric of each task type.
+# Loss and reported metric of each task type, as Keras's compile names them.
 OBJECTIVES = {
     "binary": ("binary_crossentropy", "accuracy"),
     "regression": ("mse", "mae"),
     "multiclass": ("sparse_categorical_crossentropy", "accuracy"),
+}
+# The same loss and metric per sample, (y_true, y_pred) -> [batch], for the training loop
+# written out for several workers (fit_across_workers).
+PER_SAMPLE_OBJECTIVES = {
+    "binary": (keras.losses.binary_crossentropy, keras.metrics.binary_accuracy),
+    "regression": (keras.losses.mean_squared_error, keras.metrics.mean_absolute_error),
+    "multiclass": (keras.losses.sparse_categorical_crossentropy, keras.metrics.sparse_categorical_accuracy),
 }
 
 
@@ -148,16 +155,9 @@ class BestWeights(keras.callbacks.Callback):
 
 def distribution_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
     """The tf.distribute strategy of train.strategy. Call before TensorFlow runs any op: the
-    logical CPU devices of `mirrored` without GPUs must be set up first."""
+    logical CPU devices of `mirrored` without GPUs must be set up first, and `multi_worker`
+    connects to the other workers that TF_CONFIG names (it waits for them)."""
     if cfg.strategy == "multi_worker":
-        workers = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec().as_dict().get("worker", [])
-        if len(workers) > 1:
-            raise ConfigError(
-                f"train.strategy=multi_worker: TF_CONFIG names {len(workers)} workers, and Keras "
-                f"{keras.__version__} cannot fit over several workers (its first-batch reduce fails under "
-                "MultiWorkerMirroredStrategy: keras-team/keras#20585); train on one machine, with "
-                "train.strategy=mirrored for its GPUs"
-            )
         return tf.distribute.MultiWorkerMirroredStrategy()
     if cfg.strategy == "mirrored":
         gpus = tf.config.list_physical_devices("GPU")
@@ -167,6 +167,14 @@ def distribution_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cfg.cpu_replicas)
         return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cfg.cpu_replicas)])
     return tf.distribute.get_strategy()  # the default: no distribution
+
+
+def worker_of(strategy: tf.distribute.Strategy) -> tuple[int, int] | None:
+    """(this worker's index, the number of workers) under MultiWorkerMirroredStrategy, else None."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return None
+    resolver = strategy.cluster_resolver
+    return resolver.task_id, max(1, len(resolver.cluster_spec().as_dict().get("worker", [])))
 
 
 class EpochBatches(keras.callbacks.Callback):
@@ -197,14 +205,35 @@ class EpochBatches(keras.callbacks.Callback):
             starts.pop()  # the lone last sample goes to the batch before it
         return list(zip(starts, [*starts[1:], len(self.x)]))
 
+    def _signature(self) -> tuple[tf.TensorSpec, tf.TensorSpec]:
+        return tuple(tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in (self.x, self.y))
+
     def dataset(self) -> tf.data.Dataset:
-        signature = tuple(tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in (self.x, self.y))
         batches = len(self.bounds())
         return (
-            tf.data.Dataset.from_generator(self._batches, output_signature=signature)
+            tf.data.Dataset.from_generator(self._batches, output_signature=self._signature())
             .apply(tf.data.experimental.assert_cardinality(batches))
             .prefetch(tf.data.AUTOTUNE)
         )
+
+    def replica_dataset(self, context: tf.distribute.InputContext) -> tf.data.Dataset:
+        """One input pipeline's share of every batch, for Strategy.distribute_datasets_from_function:
+        each batch is cut into one part per replica of all workers (sizes differing by at most
+        one), and this pipeline yields the parts of its own replicas, each as (x part, y part,
+        the batch's size), so that a step over all replicas covers the batch exactly once."""
+        replicas = context.num_replicas_in_sync
+        local = replicas // context.num_input_pipelines
+        first = context.input_pipeline_id * local
+
+        def parts():
+            for x, y in self._batches():
+                count = np.int32(len(x))
+                for part in range(first, first + local):
+                    rows = np.array_split(np.arange(count), replicas)[part]
+                    yield x[rows], y[rows], count
+
+        signature = (*self._signature(), tf.TensorSpec((), tf.int32))
+        return tf.data.Dataset.from_generator(parts, output_signature=signature).prefetch(tf.data.AUTOTUNE)
 
 
 def fit(
@@ -231,19 +260,108 @@ def fit(
             metrics=[metric],
         )
     batch_size = batch_size_for(cfg.train.batch_size, len(train))
+    if batch_size < strategy.num_replicas_in_sync:
+        raise ConfigError(
+            f"train.batch_size: a batch of {batch_size} series cannot be split over "
+            f"{strategy.num_replicas_in_sync} replicas; train with fewer replicas or more data"
+        )
     batches = EpochBatches(train.x, train.y, batch_size, cfg.seed)
     validation = None
     if len(val):
         validation = tf.data.Dataset.from_tensor_slices((val.x, val.y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
     epochs = epochs_for(cfg.train, train)
+    callbacks = [batches, *stopping_callbacks(cfg.train, monitored_loss(val), epochs), *callbacks]
+    if worker_of(strategy):
+        return fit_across_workers(trainer, task, batches, validation, epochs, callbacks, strategy)
     return trainer.fit(
         batches.dataset(),
         validation_data=validation,
         epochs=epochs,
         shuffle=False,  # EpochBatches shuffles, by (seed, epoch)
-        callbacks=[batches, *stopping_callbacks(cfg.train, monitored_loss(val), epochs), *callbacks],
+        callbacks=callbacks,
         verbose=2,
     )
+
+
+def fit_across_workers(
+    trainer: keras.Model,
+    task: TaskSpec,
+    batches: EpochBatches,
+    validation: tf.data.Dataset | None,
+    epochs: int,
+    callbacks: list[keras.callbacks.Callback],
+    strategy: tf.distribute.MultiWorkerMirroredStrategy,
+) -> keras.callbacks.History:
+    """Keras's `fit` written out for MultiWorkerMirroredStrategy, where Keras 3's own fails
+    (keras-team/keras#20585). Each of the epoch's batches is split over the replicas of all
+    workers; each replica's loss is its share of the batch's mean loss, so the optimizer's
+    all-reduce of the gradients gives the whole batch's gradient. The epoch's loss and metric are
+    summed over the workers; the validation split is scored on each worker's copy of the model
+    (the copies are equal). `trainer` was compiled in the strategy's scope; the callbacks see the
+    epochs and logs that fit would give them, so every worker takes the same decisions."""
+    per_sample_loss, per_sample_metric = PER_SAMPLE_OBJECTIVES[task.task_type]
+    _, metric_name = OBJECTIVES[task.task_type]
+    optimizer = trainer.optimizer
+    with strategy.scope():
+        optimizer.build(trainer.trainable_variables)
+
+    def sums(x, y, training: bool):
+        """One part of a batch, x [part, ...], y [part, ...]: (the sum of its per-sample losses,
+        the model's regularization loss, the sum of its per-sample metric, its size)."""
+        prediction = trainer(x, training=training)
+        if task.task_type != "multiclass":  # targets shaped as the predictions, [part, outputs]
+            y = tf.reshape(tf.cast(y, prediction.dtype), tf.shape(prediction))
+        penalty = tf.add_n(trainer.losses) if trainer.losses else tf.constant(0.0, prediction.dtype)
+        metric = tf.cast(per_sample_metric(y, prediction), prediction.dtype)
+        count = tf.cast(tf.shape(x)[0], prediction.dtype)
+        return tf.reduce_sum(per_sample_loss(y, prediction)), penalty, tf.reduce_sum(metric), count
+
+    def replica_step(x, y, batch_size):
+        with tf.GradientTape() as tape:
+            data_loss, penalty, metric, count = sums(x, y, training=True)
+            replicas = tf.cast(strategy.num_replicas_in_sync, data_loss.dtype)
+            share = data_loss / tf.cast(batch_size, data_loss.dtype) + penalty / replicas
+        gradients = tape.gradient(share, trainer.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, trainer.trainable_variables))
+        return tf.stack([data_loss + penalty * count, metric, count])
+
+    @tf.function
+    def train_step(part):
+        return strategy.reduce("SUM", strategy.run(replica_step, args=part), axis=None)
+
+    @tf.function
+    def validation_step(x, y):
+        data_loss, penalty, metric, count = sums(x, y, training=False)
+        return tf.stack([data_loss + penalty * count, metric, count])
+
+    def mean_logs(totals, prefix: str = "") -> dict[str, float]:
+        loss, metric, count = (float(v) for v in totals)
+        return {f"{prefix}loss": loss / count, f"{prefix}{metric_name}": metric / count}
+
+    data = strategy.distribute_datasets_from_function(batches.replica_dataset)
+    callback_list = keras.callbacks.CallbackList(
+        callbacks, add_history=True, add_progbar=True, verbose=2, epochs=epochs, steps=len(batches.bounds())
+    )
+    callback_list.set_model(trainer)
+    trainer.stop_training = False
+    callback_list.on_train_begin()
+    logs: dict[str, float] = {}
+    first_epoch = getattr(trainer, "_initial_epoch", None) or 0  # where BackupAndRestore resumes, as fit reads it
+    for epoch in range(first_epoch, epochs):
+        callback_list.on_epoch_begin(epoch)  # before the iterator: EpochBatches draws the epoch's order
+        totals = np.zeros(3)
+        for step, part in enumerate(data):
+            callback_list.on_train_batch_begin(step)
+            totals += train_step(part).numpy()
+            callback_list.on_train_batch_end(step, mean_logs(totals))
+        logs = mean_logs(totals)
+        if validation is not None:
+            logs |= mean_logs(sum(validation_step(x, y).numpy() for x, y in validation), prefix="val_")
+        callback_list.on_epoch_end(epoch, logs)
+        if trainer.stop_training:
+            break
+    callback_list.on_train_end(logs)
+    return trainer.history
 
 
 def training_digest(cfg: Config) -> str:
@@ -379,6 +497,9 @@ def main() -> None:
         backup.record_mlflow_run(tracking.current_run())
         tracking.log_params(flatten({k: cfg.section(k) for k in ("data", "model", "train")}))
         tracking.log_params({"seed": cfg.seed})
+        worker = worker_of(strategy)
+        if worker:  # every worker records its run; the chief's (worker 0) is the one to keep
+            tracking.set_tags({"train.worker": f"{worker[0]} of {worker[1]}"})
         tracking.log_prepared_data([stage.split_file(s) for s in stage.SPLITS], cfg.data.name)
         if meta.get("labels"):
             tracking.log_labels(meta["labels"])
