@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,9 +18,10 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline.core import stage
 from pipeline.tools.loadbench import free_port
 from tests.conftest import REPO_ROOT, dvc, git_copy, run_command, subprocess_env, tiny_params
-from tests.cpu_modes import CPU_MODES, run_pipeline
+from tests.cpu_modes import CPU_MODES, mode_environment, run_pipeline
 
 # Long enough to kill mid-training: 12 epochs of 30 small batches.
 TRAINING = ("train.epochs=12", "train.batch_size=8")
@@ -50,6 +52,11 @@ def _pipeline_process(
     return run_pipeline(folder, tiny_params(*TRAINING, *overrides), cpu_mode, env)
 
 
+def _cluster(workers: list[str], index: int) -> dict[str, str]:
+    """The environment of worker `index` of a MultiWorkerMirroredStrategy over `workers`."""
+    return {"TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Two runs with the same seed (of the planted LSTM and of the convolutional model), one under
@@ -69,12 +76,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     for name, extra in MULTI_WORKER_RUNS.items():
         workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
         for index in range(2):
-            cluster = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
             processes[f"{name}_worker_{index}"] = _pipeline_process(
-                base / f"{name}_worker_{index}",
-                *extra,
-                "train.strategy=multi_worker",
-                env={"TF_CONFIG": json.dumps(cluster)},
+                base / f"{name}_worker_{index}", *extra, "train.strategy=multi_worker", env=_cluster(workers, index)
             )
     for name, process in processes.items():
         output, _ = process.communicate(timeout=900)
@@ -223,6 +226,64 @@ def test_training_killed_mid_epoch_resumes_on_the_next_repro_to_the_same_result(
     [run] = mlflow.search_runs(experiment_names=["attention-planted_step"], output_format="list")
     steps = {m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "epoch/loss")}
     assert steps == set(range(12)) and run.info.status == "FINISHED", "one run holds every epoch"
+
+
+@pytest.mark.slow
+def test_two_workers_killed_mid_training_resume_together_to_the_same_result(runs, tmp_path):
+    """Both workers killed with SIGKILL and started again resume from one epoch, also when one of
+    them saved an epoch the other did not (it goes back to its previous backup), and end with the
+    model of the two workers that were never killed."""
+    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    folders = [tmp_path / f"worker_{index}" for index in range(2)]
+    killed = [
+        _pipeline_process(folder, "train.strategy=multi_worker", env=_cluster(workers, index))
+        for index, folder in enumerate(folders)
+    ]
+    backups = [folder / stage.TRAIN_BACKUP_DIR for folder in folders]
+    deadline = time.monotonic() + 300
+    while min(_epochs_backed_up(backup / "training_metadata.json") for backup in backups) < 4:
+        assert all(p.poll() is None for p in killed) and time.monotonic() < deadline, "training ended before the kill"
+        time.sleep(0.05)
+    for process in killed:
+        process.kill()
+        process.communicate(timeout=30)
+    epochs = [_epochs_backed_up(backup / "training_metadata.json") for backup in backups]
+    if epochs[0] == epochs[1]:  # as if worker 1 was killed before it saved the epoch worker 0 saved
+        for name in ("latest.weights.h5", "training_metadata.json"):
+            shutil.copyfile(backups[1] / f"{name}.bkp", backups[1] / name)
+    epochs = [_epochs_backed_up(backup / "training_metadata.json") for backup in backups]
+    assert abs(epochs[0] - epochs[1]) == 1, epochs
+
+    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    resumed = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pipeline.stages.train"],
+            cwd=folder,
+            env={
+                **mode_environment("native"),
+                "PYTHONPATH": str(REPO_ROOT),
+                "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+                **_cluster(workers, index),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for index, folder in enumerate(folders)
+    ]
+    outputs = [process.communicate(timeout=600)[0] for process in resumed]
+    for process, output in zip(resumed, outputs):
+        assert process.returncode == 0, output[-3000:]
+        assert f"{min(epochs)} of 12 epochs were done" in output, output[-3000:]
+    ahead = epochs.index(max(epochs))
+    assert f"back to the backup of epoch {min(epochs)}" in outputs[ahead]
+    uninterrupted = _train_report(runs["first_worker_0"])
+    for folder in folders:
+        report = _train_report(folder)
+        assert report.keys() == uninterrupted.keys()
+        for key, value in uninterrupted.items():
+            assert report[key] == pytest.approx(value, rel=MULTI_WORKER_TOLERANCE["figures"], abs=1e-12), key
+        assert not (folder / stage.TRAIN_BACKUP_DIR).exists(), "a finished training leaves no backup"
 
 
 def _epochs_backed_up(metadata: Path) -> int:

@@ -34,7 +34,7 @@ import tensorflow as tf
 from pipeline import tracking
 from pipeline.core import stage
 from pipeline.core.config import Config, MiniRocketModel, TrainConfig, flatten, load_config
-from pipeline.core.errors import ConfigError, run_command
+from pipeline.core.errors import ConfigError, StageFailed, run_command
 from pipeline.data.splits import load_split
 from pipeline.models import TaskSpec, build_model
 
@@ -346,7 +346,7 @@ def fit_across_workers(
     trainer.stop_training = False
     callback_list.on_train_begin()
     logs: dict[str, float] = {}
-    first_epoch = getattr(trainer, "_initial_epoch", None) or 0  # where BackupAndRestore resumes, as fit reads it
+    first_epoch = epoch_all_workers_resume_from(trainer, strategy, callbacks)
     for epoch in range(first_epoch, epochs):
         callback_list.on_epoch_begin(epoch)  # before the iterator: EpochBatches draws the epoch's order
         totals = np.zeros(3)
@@ -362,6 +362,27 @@ def fit_across_workers(
             break
     callback_list.on_train_end(logs)
     return trainer.history
+
+
+def epoch_all_workers_resume_from(
+    trainer: keras.Model, strategy: tf.distribute.MultiWorkerMirroredStrategy, callbacks: list
+) -> int:
+    """The epoch every worker starts from, once each has restored its own backup (BackupAndRestore
+    sets `_initial_epoch`, which fit reads too). A worker killed between the workers' saves of an
+    epoch is one epoch behind the others: those go back to their previous backup to meet it.
+    Workers further apart cannot meet, and are refused."""
+    own = getattr(trainer, "_initial_epoch", None) or 0
+    values = strategy.experimental_distribute_values_from_function(lambda _: tf.constant([own], tf.int64))
+    epochs = sorted(set(strategy.gather(values, axis=0).numpy().tolist()))
+    if epochs[-1] - epochs[0] > 1:
+        raise StageFailed(
+            f"the workers' training backups are at epochs {epochs} and cannot resume together: "
+            f"delete {stage.TRAIN_BACKUP_DIR} on every worker to train again from the start"
+        )
+    if own > epochs[0]:
+        backup = next(callback for callback in callbacks if isinstance(callback, TrainingBackup))
+        backup.step_back_to(trainer, epochs[0])
+    return epochs[0]
 
 
 def training_digest(cfg: Config) -> str:
@@ -419,6 +440,22 @@ class TrainingBackup(keras.callbacks.Callback):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
         stage.write_json(self.folder / "history.json", self.history)
+
+    def step_back_to(self, model: keras.Model, epoch: int) -> None:
+        """Go back to the previous backup, which BackupAndRestore keeps as *.bkp
+        (double_checkpoint) and which must be of `epoch`: for a worker that saved an epoch the
+        other workers did not. The later epoch's history and logs are redone."""
+        previous = self._read("training_metadata.json.bkp") or {}
+        if previous.get("epoch") != epoch:
+            raise StageFailed(
+                f"{self.folder}: the other workers resume from epoch {epoch}, and this worker has no "
+                f"backup of it: delete {self.folder} on every worker to train again from the start"
+            )
+        for name in ("latest.weights.h5", "training_metadata.json"):
+            shutil.copyfile(self.folder / f"{name}.bkp", self.folder / name)
+        model.load_weights(str(self.folder / "latest.weights.h5"))
+        model._initial_epoch = epoch
+        print(f"{self.folder}: back to the backup of epoch {epoch}, where the other workers resume")
 
     def finish(self) -> None:
         """Training is complete and its outputs written: the next run starts from scratch."""
