@@ -77,3 +77,35 @@ def test_the_cosine_schedule_ends_at_the_least_rate_on_the_last_epoch_the_run_ma
 def test_cosine_with_a_plateau_patience_is_refused():
     with pytest.raises(ConfigError, match="lr_decay_patience=4 .* lr_schedule=cosine set it to 0"):
         tiny_config("train.lr_schedule=cosine")
+
+
+def test_with_an_ema_momentum_the_model_keeps_the_moving_average_of_its_weights(tmp_path):
+    """A momentum near 1 holds the average at the weights of the first step: the kept weights
+    stay by the initial ones, while plain training keeps its best epoch's, far from them."""
+    import numpy as np
+
+    from pipeline.data.synthetic import Dataset
+    from pipeline.models import TaskSpec, build_model
+    from pipeline.stages.train import BestWeights, fit, make_deterministic
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 20, 2)).astype(np.float32)
+    y = (x[:, :, 0].mean(axis=1, keepdims=True) > 0).astype(np.float32)
+    train, val = Dataset(x, y, np.zeros((40, 0), np.int64)), Dataset(x[:0], y[:0], np.zeros((0, 0), np.int64))
+    task = TaskSpec((20, 2), "binary")
+
+    def distance_from_start(*overrides):
+        cfg = tiny_config("train.epochs=4", "train.learning_rate=0.05", *overrides)
+        make_deterministic(cfg.seed)
+        model = build_model(cfg.model, task)
+        start = [w.copy() for w in model.get_weights()]
+        best = BestWeights("loss", tmp_path / "-".join(overrides or ("plain",)), restore=cfg.train.ema_momentum is None)
+        best.weights_file.parent.mkdir()
+        fit(cfg, model, task, train, val, callbacks=[best])
+        assert best.weights_file.exists()  # the best epoch was recorded either way
+        return max(float(np.abs(a - b).max()) for a, b in zip(start, model.get_weights()))
+
+    plain, averaged = distance_from_start(), distance_from_start("train.ema_momentum=0.999999")
+    assert averaged < 0.2 * plain, (averaged, plain)
+    with pytest.raises(ConfigError, match="ema_momentum"):
+        tiny_config("train.ema_momentum=1")

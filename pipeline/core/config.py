@@ -292,7 +292,11 @@ class TrainConfig(_Strict):
     at most a tenth of the training series (at least 2). With
     `max_series_steps`, training also ends once that many series x time steps have passed
     through the model (an epoch over n series of T steps counts n * T): a larger or longer
-    training set trains fewer epochs, in about the same time."""
+    training set trains fewer epochs, in about the same time. With `ema_momentum`, the weights
+    kept are an exponential moving average of the weights over the training steps (the Keras
+    optimizer's `use_ema`: each step the average moves 1 - ema_momentum of the way to the new
+    weights) in place of the best epoch's; BatchNorm keeps the running statistics of the last
+    step."""
 
     epochs: int = Field(gt=0)
     max_series_steps: int | None = Field(default=None, gt=0)
@@ -305,6 +309,7 @@ class TrainConfig(_Strict):
     min_delta: float = Field(default=0.0, ge=0)
     lr_decay_patience: int = Field(ge=0)
     lr_schedule: Literal["plateau", "cosine"] = "plateau"
+    ema_momentum: float | None = Field(default=None, gt=0, lt=1)  # null: keep the best epoch's weights
     # default: one device; mirrored: synchronous data parallelism over this machine's GPUs (or,
     # without GPUs, over `cpu_replicas` logical CPU devices); multi_worker: over the machines that
     # the TF_CONFIG variable names (tf.distribute.MultiWorkerMirroredStrategy).

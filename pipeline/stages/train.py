@@ -126,13 +126,16 @@ def epochs_for(cfg: TrainConfig, train) -> int:
 
 
 class BestWeights(keras.callbacks.Callback):
-    """Keeps the weights of the epoch with the lowest `monitor` and puts them back when training
-    ends, whether it stopped early or ran all its epochs. The best weights and their epoch live
-    in `folder` (the training backup), so a resumed training still knows them."""
+    """Keeps the weights of the epoch with the lowest `monitor` and, with `restore`, puts them
+    back when training ends, whether it stopped early or ran all its epochs (without, the model
+    keeps the weights training ended with: the moving average of train.ema_momentum). The best
+    weights and their epoch live in `folder` (the training backup), so a resumed training still
+    knows them."""
 
-    def __init__(self, monitor: str, folder):
+    def __init__(self, monitor: str, folder, restore: bool = True):
         super().__init__()
         self.monitor = monitor
+        self.restore = restore
         self.weights_file = folder / "best.weights.h5"
         self.record_file = folder / "best.json"
         record = json.loads(self.record_file.read_text()) if self.record_file.exists() else {}
@@ -149,7 +152,7 @@ class BestWeights(keras.callbacks.Callback):
             stage.write_json(self.record_file, {"epoch": epoch, "value": value, "monitor": self.monitor})
 
     def on_train_end(self, logs=None):
-        if self.weights_file.exists():
+        if self.restore and self.weights_file.exists():
             self.model.load_weights(str(self.weights_file))
 
 
@@ -255,7 +258,11 @@ def fit(
         trainer = keras.Model(model.input, model.output["prediction"], name=f"{model.name}_trainer")
         loss, metric = OBJECTIVES[task.task_type]
         trainer.compile(
-            optimizer=OPTIMIZERS[cfg.train.optimizer](learning_rate=cfg.train.learning_rate),
+            optimizer=OPTIMIZERS[cfg.train.optimizer](
+                learning_rate=cfg.train.learning_rate,
+                use_ema=cfg.train.ema_momentum is not None,
+                ema_momentum=cfg.train.ema_momentum or 0.99,  # Keras's default, unused without use_ema
+            ),
             loss=loss,
             metrics=[metric],
         )
@@ -360,6 +367,7 @@ def fit_across_workers(
         callback_list.on_epoch_end(epoch, logs)
         if trainer.stop_training:
             break
+    optimizer.finalize_variable_values(trainer.trainable_variables)  # the moving average, as fit does
     callback_list.on_train_end(logs)
     return trainer.history
 
@@ -479,7 +487,7 @@ def train_by_gradient(
     with strategy.scope():
         model = build_model(cfg.model, task)
     tracking.log_params({"param_count": model.count_params()})
-    best = BestWeights(monitored_loss(val), backup.folder)
+    best = BestWeights(monitored_loss(val), backup.folder, restore=cfg.train.ema_momentum is None)
     started = time.perf_counter()
     fit(
         cfg,

@@ -66,7 +66,8 @@ REFERENCES = {
 # Settings compared on training data only (--selection): each a model config and its overrides,
 # run on every inner fold (data.inner_fold) of the training files with seed 1, with the recipe
 # shortened to SELECTION_EPOCHS epochs (settings are ranked, not measured for the results table).
-# The poolings were compared with the plateau schedule, which the cosine one replaced after them.
+# The poolings were compared with the plateau schedule, which the cosine one replaced after them;
+# then the moving average of the weights (train.ema_momentum) against the best epoch's.
 PLATEAU = ("train.lr_schedule=plateau", "train.lr_decay_patience=50")
 SELECTION_SETTINGS = (  # (model, overrides)
     ("conv_attention", ()),
@@ -74,6 +75,8 @@ SELECTION_SETTINGS = (  # (model, overrides)
     ("conv_attention", ("model.score=class", *PLATEAU)),
     ("conv_attention", ("model.score=additive", *PLATEAU)),
     ("conv_gap", PLATEAU),
+    ("conv_attention", ("train.ema_momentum=0.99",)),
+    ("conv_attention", ("train.ema_momentum=0.999",)),
 )
 SELECTION_EPOCHS = 300
 SELECTION_PROTOCOL = (f"train.epochs={SELECTION_EPOCHS}",)
@@ -81,7 +84,7 @@ SELECTION_SEED = 1
 COMPARED_SECTIONS = ("data", "model", "train")
 # Options added to the config after runs were logged, with the value those runs trained with: a
 # run or ledger row without the option matches a config that sets it to that value.
-VALUES_BEFORE_OPTIONS_EXISTED = {"train.lr_schedule": "plateau"}
+VALUES_BEFORE_OPTIONS_EXISTED = {"train.lr_schedule": "plateau", "train.ema_momentum": "None"}
 UNTRAINED_BY_GRADIENT = ("minirocket",)  # fitted in closed form: the train section does not decide them
 # The committed record of finished runs (written by `python -m pipeline.tools.compare --out docs/results`):
 # a fresh clone, or a machine whose MLflow store is gone, trains only what it lacks.
