@@ -165,8 +165,8 @@ def test_a_changed_training_recipe_leaves_minirocket_runs_current(tmp_path, monk
 
 
 def test_the_selection_study_reads_inner_fold_runs_only(tmp_path, monkeypatch):
-    """Runs on inner folds of the training file form their own table (mean over folds per
-    setting), never mixed with the test-set results."""
+    """Runs on inner folds of the training file form their own table (mean over the folds and
+    seeds per setting), never mixed with the test-set results."""
     monkeypatch.chdir(REPO_ROOT)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
@@ -182,15 +182,21 @@ def test_the_selection_study_reads_inner_fold_runs_only(tmp_path, monkeypatch):
     )
     for combination, accuracy in zip(plan, (0.7, 0.8, 0.9, 0.6, 0.6, 0.6)):
         _log_study_run(combination, accuracy, 10.0)
+    two_seeds = study.selection_combinations(["ArrowHead"], ("conv_attention",), seeds=(1, 2))
+    assert [(c.seed, c.inner_fold) for c in two_seeds] == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
+    _log_study_run(two_seeds[3], 1.0, 10.0)  # seed 2 on fold 0
     _log_study_run(study.Combination("ArrowHead", "conv_attention", 1), 0.5, 10.0)  # a test-set run
 
     main(["--tracking-uri", uri, "--out", str(tmp_path / "results")])
     markdown = (tmp_path / "results.md").read_text()
-    assert "| ArrowHead | 80.00 ± 10.00 (3) | 60.00 ± 0.00 (3) |\n| mean of 1 | 80.00 | 60.00 |" in markdown
+    assert "| ArrowHead | 85.00 ± 12.91 (4) | 60.00 ± 0.00 (3) |\n| mean of 1 | 85.00 | 60.00 |" in markdown
     assert "| ArrowHead | 50.00 ± nan (1) | 84.3 | ≥ 81.3 | no |" in markdown  # the test-set table, apart
     with open(tmp_path / "results.csv") as handle:
         selection = [row for row in csv.DictReader(handle) if row["table"] == "selection"]
-    assert [(r["model"], r["seeds"]) for r in selection] == [("conv_attention", "0,1,2"), (additive, "0,1,2")]
+    assert [(r["model"], r["seeds"]) for r in selection] == [
+        ("conv_attention", "0/1,0/2,1/1,2/1"),
+        (additive, "0/1,1/1,2/1"),
+    ]
     assert "-S data.inner_fold=K" in selection[0]["command"]
     assert len(study.missing(uri, plan)) == 3  # conv_gap's folds
 

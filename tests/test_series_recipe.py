@@ -159,8 +159,10 @@ def test_minirocket_runs_through_every_stage_and_deploys_as_onnx(tmp_path):
     np.testing.assert_allclose(outputs["attention"], 1 / 100, rtol=1e-5)  # MiniRocket weighs every step alike
 
 
-def _class_attention_model(score="class"):
-    cfg = tiny_config("experiment=ucr", "model.filters=[8,8]", "model.kernel_sizes=[3,3]", f"model.score={score}")
+def _class_attention_model(score="class", *overrides):
+    cfg = tiny_config(
+        "experiment=ucr", "model.filters=[8,8]", "model.kernel_sizes=[3,3]", f"model.score={score}", *overrides
+    )
     task = TaskSpec((12, 2), "multiclass", padded=True, n_classes=3, normalization={"mode": "per_series"})
     keras.utils.set_random_seed(1)
     model = build_model(cfg.model, task)
@@ -231,6 +233,38 @@ def test_gated_attention_is_the_mean_of_gated_states_and_its_uniform_copy_keeps_
     logits = averages @ np.asarray(head.kernel) + np.asarray(head.bias)
     np.testing.assert_allclose(uniform["prediction"], np.asarray(keras.ops.softmax(logits)), rtol=1e-4)
     np.testing.assert_allclose(np.asarray(uniform["attention"])[2:], 1 / 12, rtol=1e-6)
+
+
+def test_a_gate_floor_mixes_the_global_average_into_the_gated_mean():
+    """model.gate_floor f: gates f + (1 - f) g_t, so the context is f x the mean of the states plus
+    (1 - f) x the gated mean, and each valid step keeps attention of at least f / T."""
+    floored, x = _class_attention_model("gated", "model.gate_floor=0.5")
+    plain, _ = _class_attention_model("gated")
+    rng = np.random.default_rng(3)
+    for weight, twin in zip(floored.weights, plain.weights, strict=True):
+        value = rng.normal(0, 1.0, weight.shape).astype("float32") if weight.trainable else np.asarray(twin)
+        weight.assign(value)
+        twin.assign(value)
+    lengths = [8, 8, 12, 12, 12]
+
+    def pooled(model):
+        return np.asarray(keras.Model(model.input, model.get_layer("gated_attention").output[0])(x))
+
+    states = np.asarray(keras.Model(plain.input, plain.get_layer("conv_encoder").output)(x))
+    averages = np.stack([states[i, :n].mean(axis=0) for i, n in enumerate(lengths)])
+    np.testing.assert_allclose(pooled(floored), 0.5 * averages + 0.5 * pooled(plain), rtol=1e-4, atol=1e-6)
+    attention = np.asarray(floored(x)["attention"])
+    for i, n in enumerate(lengths):
+        assert attention[i, :n].min() >= 0.5 / n * (1 - 1e-6)
+        assert (attention[i, n:] == 0).all()
+    assert attention[2:].std(axis=1).min() > 0, "the gates still differ between steps"
+
+
+def test_gate_floor_is_refused_for_other_scores():
+    with pytest.raises(ConfigError, match="gate_floor"):
+        tiny_config("experiment=ucr", "model.score=additive", "model.gate_floor=0.5")
+    with pytest.raises(ConfigError, match="gate_floor"):
+        tiny_config("experiment=ucr", "model.gate_floor=1.0")
 
 
 def test_gated_and_class_attention_refuse_a_position_bias():

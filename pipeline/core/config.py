@@ -230,11 +230,14 @@ class ConvAttentionModel(_Strict):
     score: Literal[("gated", "class", *(s for s in TEMPORAL_SCORES if s != "last_state"))]
     query: Literal["last", "learned"]
     position_bias: StrictBool
+    gate_floor: float = Field(default=0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _gap_is_the_mean(self):
         if self.score in ("gated", "class") and self.position_bias:
             raise ValueError(f"position_bias needs a softmax-scored attention, not score {self.score!r}")
+        if self.gate_floor and self.score != "gated":
+            raise ValueError(f"gate_floor is a floor of the gates of score 'gated', not of score {self.score!r}")
         if (self.name == "conv_gap") != (self.score == "mean"):
             raise ValueError(
                 f"score 'mean' (global average pooling) is model conv_gap and only it "

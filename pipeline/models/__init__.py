@@ -183,7 +183,7 @@ def conv_attention(cfg: ConvAttentionModel, task: TaskSpec) -> keras.Model:
         prediction, attention = ClassAttentionPooling(outputs, task.task_type, name="prediction")(states)
         return keras.Model(x, {"prediction": prediction, "attention": attention}, name=cfg.name)
     if cfg.score == "gated":
-        context, attention = GatedAttentionPooling(name="gated_attention")(states)
+        context, attention = GatedAttentionPooling(floor=cfg.gate_floor, name="gated_attention")(states)
         return keras.Model(x, {"prediction": _head(context, task), "attention": attention}, name=cfg.name)
     context, attention = TemporalAttention(
         score=cfg.score, query=cfg.query, position_bias=cfg.position_bias, name="temporal_attention"

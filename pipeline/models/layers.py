@@ -201,9 +201,13 @@ class GatedAttentionPooling(_AttentionPooling):
     (a softmax over t of log g_t, scores that saturate at 0, so steps are turned down rather than
     made to compete for one winner) scaled by the mean gate ḡ. With every gate alike this is
     global average pooling up to the scale; padded steps get gate 0 and T counts valid steps.
+    A floor f keeps every step's gate in (f, 1): g_t = f + (1 - f) sigmoid(...), so the context is
+    f times the global average plus (1 - f) times the gated mean of the states, and attention stays
+    at least f / T on every valid step.
 
     Args:
         units: hidden units of the gate's scorer (W [units_in, units]).
+        floor: the least gate f in [0, 1) (0: MILLET's gates).
         uniform: weigh every valid step alike, a_t = 1/T, keeping each series' mean gate ḡ (the
             uniform-attention ablation of a trained model; its weights are kept).
 
@@ -214,12 +218,15 @@ class GatedAttentionPooling(_AttentionPooling):
         (context [batch, units_in], attention [batch, time]); each attention row sums to 1.
     """
 
-    def __init__(self, units: int = 8, uniform: bool = False, **kwargs):
+    def __init__(self, units: int = 8, floor: float = 0.0, uniform: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.uniform = _check_uniform(uniform)
         if not isinstance(units, int) or units < 1:
             raise ValueError(f"units must be a positive integer, got {units!r}")
+        if not 0 <= floor < 1:
+            raise ValueError(f"floor must be in [0, 1), got {floor!r}")
         self.units = units
+        self.floor = float(floor)
 
     def build(self, states_shape):
         units_in = states_shape[-1]
@@ -234,6 +241,8 @@ class GatedAttentionPooling(_AttentionPooling):
         # states) or a product-and-sum would read them again, and again dequantized in int8 models.
         hidden = ops.tanh(ops.matmul(states, self.gate_kernel[None]) + self.gate_bias)  # [batch, time, units]
         gates = ops.sigmoid(ops.squeeze(ops.matmul(hidden, self.gate_vector[None]), axis=-1) + self.gate_offset)
+        if self.floor:
+            gates = self.floor + (1 - self.floor) * gates
         valid = ops.ones_like(gates) if mask is None else ops.cast(mask, gates.dtype)  # [batch, time]
         gates = gates * valid
         steps = ops.sum(valid, axis=1, keepdims=True)  # [batch, 1]
@@ -243,7 +252,7 @@ class GatedAttentionPooling(_AttentionPooling):
         return weighted_sum * mean_gate, attention
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "uniform": self.uniform}
+        return {**super().get_config(), "units": self.units, "floor": self.floor, "uniform": self.uniform}
 
 
 @keras.saving.register_keras_serializable(package="pipeline")

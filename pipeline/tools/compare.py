@@ -321,7 +321,7 @@ def selection_markdown(rows: list[dict]) -> str:
     datasets = list(dict.fromkeys(r["data set"] for r in rows))
     lines = [
         "Accuracy (%) on held-out inner folds of the TRAIN files (`-S data.inner_fold=K`, K = 0, 1, 2; "
-        "the TEST files are not read), mean ± std over the folds, seed 1; "
+        "the TEST files are not read), mean ± std over the folds and seeds (runs in brackets); "
         "`python -m pipeline.tools.study queue --selection` runs what is missing.",
         "",
         "| data set | " + " | ".join(labels) + " |",
@@ -348,7 +348,9 @@ def main(argv: list[str] | None = None) -> None:
     ledger = (
         args.out.with_name(args.out.name + "_runs.csv") if args.out is not None else repository_root() / study.LEDGER
     )
-    done = study.done_runs(args.tracking_uri, study.combinations() + study.selection_combinations(), ledger)
+    done = study.done_runs(
+        args.tracking_uri, study.combinations() + study.selection_combinations(seeds=study.SEEDS), ledger
+    )
     add_seed_agreement(args.tracking_uri, done)
     real_rows = study.summary({c: r for c, r in done.items() if c.inner_fold is None})
     for row in real_rows:

@@ -29,7 +29,7 @@ import re
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,10 +64,12 @@ REFERENCES = {
     "JapaneseVowels": {"FCN": 99.3, "goal": 97.0},
 }
 # Settings compared on training data only (--selection): each a model config and its overrides,
-# run on every inner fold (data.inner_fold) of the training files with seed 1, with the recipe
-# shortened to SELECTION_EPOCHS epochs (settings are ranked, not measured for the results table).
-# The poolings were compared with the plateau schedule, which the cosine one replaced after them;
-# then the moving average of the weights (train.ema_momentum) against the best epoch's.
+# run on every inner fold (data.inner_fold) of the training files with seed 1 (--seeds: several),
+# with the recipe shortened to SELECTION_EPOCHS epochs (settings are ranked, not measured for the
+# results table). The poolings were compared with the plateau schedule, which the cosine one
+# replaced after them; then the moving average of the weights (train.ema_momentum) against the
+# best epoch's; then a floor under the gates (model.gate_floor) against the gates and the global
+# average, over seeds 1-3.
 PLATEAU = ("train.lr_schedule=plateau", "train.lr_decay_patience=50")
 SELECTION_SETTINGS = (  # (model, overrides)
     ("conv_attention", ()),
@@ -77,6 +79,8 @@ SELECTION_SETTINGS = (  # (model, overrides)
     ("conv_gap", PLATEAU),
     ("conv_attention", ("train.ema_momentum=0.99",)),
     ("conv_attention", ("train.ema_momentum=0.999",)),
+    ("conv_attention", ("model.gate_floor=0.5",)),
+    ("conv_gap", ()),
 )
 SELECTION_EPOCHS = 300
 SELECTION_PROTOCOL = (f"train.epochs={SELECTION_EPOCHS}",)
@@ -84,7 +88,11 @@ SELECTION_SEED = 1
 COMPARED_SECTIONS = ("data", "model", "train")
 # Options added to the config after runs were logged, with the value those runs trained with: a
 # run or ledger row without the option matches a config that sets it to that value.
-VALUES_BEFORE_OPTIONS_EXISTED = {"train.lr_schedule": "plateau", "train.ema_momentum": "None"}
+VALUES_BEFORE_OPTIONS_EXISTED = {
+    "train.lr_schedule": "plateau",
+    "train.ema_momentum": "None",
+    "model.gate_floor": "0.0",
+}
 UNTRAINED_BY_GRADIENT = ("minirocket",)  # fitted in closed form: the train section does not decide them
 # The committed record of finished runs (written by `python -m pipeline.tools.compare --out docs/results`):
 # a fresh clone, or a machine whose MLflow store is gone, trains only what it lacks.
@@ -159,12 +167,14 @@ def combinations(datasets=DATASETS, models=MODELS, seeds=SEEDS) -> list[Combinat
     return [Combination(d, m, s) for d in datasets for m in models for s in seeds]
 
 
-def selection_combinations(datasets=DATASETS, settings=tuple(SELECTION)) -> list[Combination]:
-    """Every setting of SELECTION on every inner fold of each data set's training file."""
+def selection_combinations(datasets=DATASETS, settings=tuple(SELECTION), seeds=(SELECTION_SEED,)) -> list[Combination]:
+    """Every setting of SELECTION on every inner fold of each data set's training file, with
+    each of `seeds`."""
     return [
-        Combination(d, SELECTION[label][0], SELECTION_SEED, fold, (*SELECTION[label][1], *SELECTION_PROTOCOL))
+        Combination(d, SELECTION[label][0], seed, fold, (*SELECTION[label][1], *SELECTION_PROTOCOL))
         for d in datasets
         for label in settings
+        for seed in seeds
         for fold in range(INNER_FOLDS)
     ]
 
@@ -181,8 +191,14 @@ def _composed_params(combination: Combination, conf_dir: Path) -> tuple[tuple[st
 def expected_params(combination: Combination, conf_dir: Path = CONF_DIR) -> dict[str, str]:
     """The MLflow params a run of `combination` logs that decide its result: its composed data,
     model and (for a model trained by gradient) train sections flattened, and the seed, as
-    strings."""
-    return dict(_composed_params(combination, Path(conf_dir)))
+    strings. Composed once per setting: the seed and the inner fold only set their own keys."""
+    fold = getattr(combination, "inner_fold", None)  # a Combination's; the planted sweep's cells have none
+    setting = replace(combination, seed=0) if fold is None else replace(combination, seed=0, inner_fold=0)
+    params = dict(_composed_params(setting, Path(conf_dir)))
+    params["seed"] = str(combination.seed)
+    if fold is not None:
+        params["data.inner_fold"] = str(fold)
+    return params
 
 
 def config_digest(combination: Combination, conf_dir: Path = CONF_DIR) -> str:
@@ -329,11 +345,11 @@ def missing(
 
 def summary(runs_by_combination: dict[Combination, RunRecord]) -> list[dict]:
     """One row per (data set, model label): test accuracy mean and std over the seeds (or the
-    inner folds) in %, sample std, the seeds or folds, the mean training seconds; in the order of
-    DATASETS, then MODELS."""
+    inner folds and their seeds) in %, sample std, the seeds (or "fold/seed" pairs), the mean
+    training seconds; in the order of DATASETS, then MODELS."""
     cells: dict[tuple[str, str], list] = {}
     for combination, record in runs_by_combination.items():
-        replicate = combination.seed if combination.inner_fold is None else combination.inner_fold
+        replicate = combination.seed if combination.inner_fold is None else (combination.inner_fold, combination.seed)
         cells.setdefault((combination.dataset, combination.label), []).append((replicate, combination, record))
     rows = []
     order = {name: i for i, name in enumerate((*DATASETS, *MODELS))}
@@ -347,7 +363,10 @@ def summary(runs_by_combination: dict[Combination, RunRecord]) -> list[dict]:
             {
                 "data set": dataset,
                 "model": model,
-                "seeds": ",".join(str(replicate) for replicate, _, _ in seeded),
+                "seeds": ",".join(
+                    str(replicate) if isinstance(replicate, int) else "/".join(map(str, replicate))
+                    for replicate, _, _ in seeded
+                ),
                 "accuracy mean": float(accuracy.mean()),
                 "accuracy std": float(accuracy.std(ddof=1)) if len(accuracy) > 1 else float("nan"),
                 "train seconds mean": float(np.nanmean(seconds)),
@@ -376,7 +395,7 @@ def _cell_command(combination: Combination) -> str:
         combination.dataset, combination.model, 0, None if combination.inner_fold is None else 0, combination.extra
     )
     return cell.command.replace("seed=0", "seed=N").replace("inner_fold=0", "inner_fold=K") + (
-        " (N: each seed)" if combination.inner_fold is None else f" (N: {SELECTION_SEED}, K: each fold)"
+        " (N: each seed)" if combination.inner_fold is None else " (N: each seed, K: each fold)"
     )
 
 
@@ -480,7 +499,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tracking-uri", default=f"sqlite:///{repository_root() / DEFAULT_STORE}")
     parser.add_argument("--datasets", nargs="+", default=DATASETS)
     parser.add_argument("--models", nargs="+", default=MODELS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, help=f"default: {' '.join(map(str, SEEDS))}; with --selection {SELECTION_SEED}"
+    )
     parser.add_argument(
         "--ledger",
         type=Path,
@@ -504,9 +525,9 @@ def main(argv: list[str] | None = None) -> None:
         print(wait_for_queue())
         return
     plan = (
-        selection_combinations(args.datasets, args.settings)
+        selection_combinations(args.datasets, args.settings, args.seeds or (SELECTION_SEED,))
         if args.selection
-        else combinations(args.datasets, args.models, args.seeds)
+        else combinations(args.datasets, args.models, args.seeds or SEEDS)
     )
     model_order = list(args.models)  # queued in the order --models names them, quick data sets first
     todo = sorted(
