@@ -257,12 +257,9 @@ def fit(
     with strategy.scope():
         trainer = keras.Model(model.input, model.output["prediction"], name=f"{model.name}_trainer")
         loss, metric = OBJECTIVES[task.task_type]
+        averaging = {} if cfg.train.ema_momentum is None else {"use_ema": True, "ema_momentum": cfg.train.ema_momentum}
         trainer.compile(
-            optimizer=OPTIMIZERS[cfg.train.optimizer](
-                learning_rate=cfg.train.learning_rate,
-                use_ema=cfg.train.ema_momentum is not None,
-                ema_momentum=cfg.train.ema_momentum or 0.99,  # Keras's default, unused without use_ema
-            ),
+            optimizer=OPTIMIZERS[cfg.train.optimizer](learning_rate=cfg.train.learning_rate, **averaging),
             loss=loss,
             metrics=[metric],
         )
