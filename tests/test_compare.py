@@ -220,6 +220,12 @@ def test_rank_statistics_on_a_known_table(tmp_path):
         assert stats["wilcoxon holm p"][pair[0]][pair[1]] < 0.05
     tied = pd.DataFrame({"a": base, "b": base}, index=table.index)
     assert study.rank_statistics(tied)["mean rank"] == {"a": 1.5, "b": 1.5}
+    same_counts = [  # 10 of 11 and 7 of 9 series right, once through float32 and once through float64
+        {"data set": name, "model": model, "seeds": "1,2,3", "accuracy mean": 100 * accuracy}
+        for name, share in (("UnitTest", 10 / 11), ("Other", 7 / 9))
+        for model, accuracy in (("a", float(np.float32(share))), ("b", share))
+    ]
+    assert study.rank_statistics(study.accuracy_table(same_counts))["mean rank"] == {"a": 1.5, "b": 1.5}
     study.critical_difference_diagram(table, tmp_path / "cd.png")
     assert (tmp_path / "cd.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -400,15 +400,17 @@ def _cell_command(combination: Combination) -> str:
 
 
 def accuracy_table(rows: list[dict], min_seeds: int = 3):
-    """pandas DataFrame [data set x model] of mean accuracies, only data sets where every model
-    has at least `min_seeds` seeds (the statistics compare complete rows only)."""
+    """pandas DataFrame [data set x model] of mean accuracies in %, rounded to 4 decimals (the
+    same count of correct series is a tie, whatever float rounding the metric went through), only
+    data sets where every model has at least `min_seeds` seeds (the statistics compare complete
+    rows only)."""
     import pandas as pd
 
     frame = pd.DataFrame([r for r in rows if len(r["seeds"].split(",")) >= min_seeds])
     if frame.empty:
         return frame
     table = frame.pivot(index="data set", columns="model", values="accuracy mean")
-    return table.dropna()
+    return table.dropna().round(4)
 
 
 def rank_statistics(table) -> dict:
