@@ -164,6 +164,19 @@ def test_a_changed_training_recipe_leaves_minirocket_runs_current(tmp_path, monk
     assert study.missing(uri, [rocket, attention]) == [attention]
 
 
+def test_how_often_training_is_backed_up_does_not_decide_a_run(tmp_path, monkeypatch):
+    """train.backup_every changes how a run is carried out, not its result (tests/test_reliability.py
+    resumes from either to the same model): a run backed up every epoch counts for a recipe that
+    backs up every 10, and a run of another learning rate does not."""
+    monkeypatch.chdir(REPO_ROOT)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    seeds = study.combinations(["GunPoint"], ["conv_attention"], [1, 2])
+    _log_study_run(seeds[0], 0.9, 10.0, **{"train.backup_every": "1"})
+    _log_study_run(seeds[1], 0.9, 10.0, **{"train.learning_rate": "0.5"})
+    assert study.missing(uri, seeds) == [seeds[1]]
+
+
 def test_the_selection_study_reads_inner_fold_runs_only(tmp_path, monkeypatch):
     """Runs on inner folds of the training file form their own table (mean over the folds and
     seeds per setting), never mixed with the test-set results."""

@@ -187,11 +187,16 @@ def test_a_batch_smaller_than_the_replicas_is_refused_before_training(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_killed_mid_epoch_resumes_on_the_next_repro_to_the_same_result(runs, tmp_path):
+@pytest.mark.parametrize("backup_every", [1, 3])
+def test_training_killed_mid_epoch_resumes_on_the_next_repro_to_the_same_result(runs, tmp_path, backup_every):
+    """Killed after its backup of epoch 4 or later (with backups every 3 epochs: of epoch 6, the
+    epochs after it trained and lost), the training resumes from that backup and ends exactly as
+    the uninterrupted run (with backups every epoch) did."""
     import mlflow
 
     repo = git_copy(tmp_path / "repo")
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(*TRAINING), sort_keys=False))
+    params = tiny_params(*TRAINING, f"train.backup_every={backup_every}")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     backup = repo / ".checkpoints/train/training_metadata.json"
     committed_report = (repo / "reports/train.json").read_bytes()  # the repository's last run
     committed_train = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["train"]

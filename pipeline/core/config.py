@@ -313,6 +313,10 @@ class TrainConfig(_Strict):
     lr_decay_patience: int = Field(ge=0)
     lr_schedule: Literal["plateau", "cosine"] = "plateau"
     ema_momentum: float | None = Field(default=None, gt=0, lt=1)  # null: keep the best epoch's weights
+    # epochs between backups of an unfinished training (.checkpoints/train): a killed training
+    # redoes at most this many epochs, to the same result; each backup costs a save of the
+    # weights and optimizer state
+    backup_every: int = Field(default=1, ge=1)
     # default: one device; mirrored: synchronous data parallelism over this machine's GPUs (or,
     # without GPUs, over `cpu_replicas` logical CPU devices); multi_worker: over the machines that
     # the TF_CONFIG variable names (tf.distribute.MultiWorkerMirroredStrategy).

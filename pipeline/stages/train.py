@@ -10,9 +10,10 @@ validation split (a small training file); the learning rate halves on its platea
 stops early on it, and the weights of its best epoch are kept. MiniRocket is fitted instead
 (pipeline/models/minirocket.py).
 
-Resumable: after each epoch the weights, the optimizer state, the epoch number and the best
-epoch's weights are backed up in .checkpoints/train/ (Keras BackupAndRestore). A training process
-that is killed resumes from its last finished epoch on the next run with the same config and data,
+Resumable: after every train.backup_every epochs the weights, the optimizer state and the epoch
+number are backed up in .checkpoints/train/ (Keras BackupAndRestore), and the best epoch's weights
+whenever it changes. A training process that is killed resumes from its last backup on the next
+run with the same config and data,
 and ends with the same result as an uninterrupted run: the order of each epoch's batches is drawn from (seed, epoch)
 alone. Its outputs are written only at the end, so DVC never records a partial model.
 """
@@ -373,19 +374,19 @@ def epoch_all_workers_resume_from(
     trainer: keras.Model, strategy: tf.distribute.MultiWorkerMirroredStrategy, callbacks: list
 ) -> int:
     """The epoch every worker starts from, once each has restored its own backup (BackupAndRestore
-    sets `_initial_epoch`, which fit reads too). A worker killed between the workers' saves of an
-    epoch is one epoch behind the others: those go back to their previous backup to meet it.
-    Workers further apart cannot meet, and are refused."""
+    sets `_initial_epoch`, which fit reads too). A worker killed between the workers' saves of a
+    backup is one backup (train.backup_every epochs) behind the others: those go back to their
+    previous backup to meet it. Workers further apart cannot meet, and are refused."""
+    backup = next(callback for callback in callbacks if isinstance(callback, TrainingBackup))
     own = getattr(trainer, "_initial_epoch", None) or 0
     values = strategy.experimental_distribute_values_from_function(lambda _: tf.constant([own], tf.int64))
     epochs = sorted(set(strategy.gather(values, axis=0).numpy().tolist()))
-    if epochs[-1] - epochs[0] > 1:
+    if epochs[-1] - epochs[0] > backup.keras_backup.every:
         raise StageFailed(
             f"the workers' training backups are at epochs {epochs} and cannot resume together: "
             f"delete {stage.TRAIN_BACKUP_DIR} on every worker to train again from the start"
         )
     if own > epochs[0]:
-        backup = next(callback for callback in callbacks if isinstance(callback, TrainingBackup))
         backup.step_back_to(trainer, epochs[0])
     return epochs[0]
 
@@ -404,6 +405,20 @@ def training_digest(cfg: Config) -> str:
     return digest.hexdigest()
 
 
+class PeriodicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras BackupAndRestore saving at the end of every `every`-th epoch only (epochs every,
+    2 every, ...): the same epochs on every worker, so workers killed together are at most one
+    backup apart."""
+
+    def __init__(self, every: int, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.every = every
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every == 0:
+            super().on_epoch_end(epoch, logs)
+
+
 class TrainingBackup(keras.callbacks.Callback):
     """.checkpoints/train/ of an unfinished training: Keras BackupAndRestore's weights, optimizer
     state and epoch count, plus the per-epoch history and the MLflow run so far, so that a killed
@@ -411,7 +426,7 @@ class TrainingBackup(keras.callbacks.Callback):
     `digest`) is discarded. Put it before the callbacks that log an epoch, and `keras_backup`
     after them."""
 
-    def __init__(self, digest: str):
+    def __init__(self, digest: str, every: int = 1):
         super().__init__()
         self.folder = stage.TRAIN_BACKUP_DIR
         owner = self.folder / "digest.txt"
@@ -419,8 +434,8 @@ class TrainingBackup(keras.callbacks.Callback):
             shutil.rmtree(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         owner.write_text(digest)
-        self.keras_backup = keras.callbacks.BackupAndRestore(
-            str(self.folder), save_freq="epoch", delete_checkpoint=False, double_checkpoint=True
+        self.keras_backup = PeriodicBackupAndRestore(
+            every, str(self.folder), save_freq="epoch", delete_checkpoint=False, double_checkpoint=True
         )
         self.history: dict[str, list[float]] = self._read("history.json") or {}
         self.mlflow_run: dict | None = self._read("mlflow_run.json")
@@ -534,7 +549,7 @@ def main() -> None:
     meta = stage.read_json(stage.META_FILE)
     task = TaskSpec.from_meta(meta)
     make_deterministic(cfg.seed)
-    backup = TrainingBackup(training_digest(cfg))
+    backup = TrainingBackup(training_digest(cfg), cfg.train.backup_every)
     with tracking.start_pipeline_run(cfg, run_name=cfg.model.name, resume=backup.mlflow_run):
         backup.record_mlflow_run(tracking.current_run())
         tracking.log_params(flatten({k: cfg.section(k) for k in ("data", "model", "train")}))

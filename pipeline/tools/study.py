@@ -93,6 +93,8 @@ VALUES_BEFORE_OPTIONS_EXISTED = {
     "train.ema_momentum": "None",
     "model.gate_floor": "0.0",
 }
+# Settings that change how a run is carried out, not what it trains to: not compared.
+RESULT_NEUTRAL = ("train.backup_every",)
 UNTRAINED_BY_GRADIENT = ("minirocket",)  # fitted in closed form: the train section does not decide them
 # The committed record of finished runs (written by `python -m pipeline.tools.compare --out docs/results`):
 # a fresh clone, or a machine whose MLflow store is gone, trains only what it lacks.
@@ -183,7 +185,7 @@ def selection_combinations(datasets=DATASETS, settings=tuple(SELECTION), seeds=(
 def _composed_params(combination: Combination, conf_dir: Path) -> tuple[tuple[str, str], ...]:
     composed = compose_defaults(conf_dir, combination.overrides)
     sections = [k for k in COMPARED_SECTIONS if k != "train" or composed["model"]["name"] not in UNTRAINED_BY_GRADIENT]
-    params = flatten({k: composed[k] for k in sections})
+    params = {k: v for k, v in flatten({k: composed[k] for k in sections}).items() if k not in RESULT_NEUTRAL}
     params["seed"] = composed["seed"]
     return tuple((k, str(v)) for k, v in params.items())
 
