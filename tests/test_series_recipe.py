@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.core import stage
 from pipeline.core.config import ConfigError
+from pipeline.data.augmentation import window_slices
 from pipeline.data.files import bundled_ucr_files, read_series, to_arrays
 from pipeline.models import TaskSpec, build_model
 from pipeline.models.layers import MiniRocketFeatures
@@ -43,6 +44,55 @@ def test_no_batch_of_one_reaches_batch_normalization(n_series, batch_size):
     sizes = [len(x) for x, _ in batches._batches()]
     assert sum(sizes) == n_series and min(sizes) >= 2 and max(sizes) <= batch_size + 1
     assert len(sizes) == len(batches.bounds())
+
+
+def test_window_slicing_stretches_a_window_of_each_series_back_to_its_length():
+    """A ramp 0..T-1 sliced to a window of w steps starting at s comes back as T evenly spaced
+    values from s to s + w - 1; padding stays, and each series draws its own start."""
+    x = np.tile(np.arange(20, dtype="float32")[None, :, None], (40, 1, 2))
+    x[:20, 12:] = -1.0  # the first 20 series: 12 steps, then padding
+    sliced = window_slices(x, 0.5, np.random.default_rng(0), padded=True)
+    assert sliced.shape == x.shape and sliced.dtype == x.dtype
+    for row, length in zip(sliced, [12] * 20 + [20] * 20, strict=True):
+        start, window = row[0, 0], round(0.5 * length)
+        np.testing.assert_allclose(row[:length, 0], np.linspace(start, start + window - 1, length), rtol=1e-6)
+        np.testing.assert_array_equal(row[:, 0], row[:, 1])  # the channels of a step move together
+        assert 0 <= start <= length - window and (row[length:] == -1.0).all()
+    assert len(np.unique(sliced[20:, 0, 0])) > 3, "the starts differ between series"
+
+
+def test_window_slices_are_drawn_from_the_seed_and_the_epoch():
+    """The same (seed, epoch) gives the same slices, so a resumed run trains on what an
+    uninterrupted one did; another epoch slices anew; the order of the series does not change."""
+    x = np.random.default_rng(2).normal(size=(30, 16, 1)).astype("float32")
+    y = np.arange(30, dtype="float32")[:, None]
+
+    def epoch_batches(epoch, window_slice=0.75, seed=4):
+        batches = EpochBatches(x, y, batch_size=8, seed=seed, window_slice=window_slice)
+        batches.on_epoch_begin(epoch)
+        return list(batches._batches())
+
+    first, again, later = epoch_batches(3), epoch_batches(3), epoch_batches(4)
+    for (x1, y1), (x2, y2) in zip(first, again, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    assert not np.array_equal(first[0][0], later[0][0])
+    for (sliced, y_sliced), (whole, y_whole) in zip(first, epoch_batches(3, window_slice=None), strict=True):
+        np.testing.assert_array_equal(y_sliced, y_whole)
+        np.testing.assert_array_equal(whole, x[y_whole[:, 0].astype(int)])
+        assert not np.allclose(sliced, whole)
+
+
+def test_window_slicing_is_refused_for_data_without_a_time_axis(stage_dir):
+    from pipeline.stages import prepare, train
+
+    stage_dir.write_params("data=planted_feature", "model=feature_attention", "train.window_slice=0.9")
+    prepare.main()
+    with pytest.raises(ConfigError, match=r"train.window_slice=0.9: .*no time axis"):
+        train.main()
+    assert not (stage_dir / stage.KERAS_MODEL).exists()
+    with pytest.raises(ConfigError, match="window_slice"):
+        tiny_config("experiment=ucr", "train.window_slice=1.0")
 
 
 @pytest.mark.parametrize("workers, replicas_per_worker", [(2, 1), (2, 2), (3, 1)])

@@ -313,6 +313,9 @@ class TrainConfig(_Strict):
     lr_decay_patience: int = Field(ge=0)
     lr_schedule: Literal["plateau", "cosine"] = "plateau"
     ema_momentum: float | None = Field(default=None, gt=0, lt=1)  # null: keep the best epoch's weights
+    # null: the series as they are | a fraction such as 0.9: each epoch each training series is a
+    # random window of that fraction of its steps, stretched back to its length (window slicing)
+    window_slice: float | None = Field(default=None, gt=0, lt=1)
     # epochs between backups of an unfinished training (.checkpoints/train): a killed training
     # redoes at most this many epochs, to the same result; each backup costs a save of the
     # weights and optimizer state

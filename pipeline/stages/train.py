@@ -36,6 +36,7 @@ from pipeline import tracking
 from pipeline.core import stage
 from pipeline.core.config import Config, MiniRocketModel, TrainConfig, flatten, load_config
 from pipeline.core.errors import ConfigError, StageFailed, run_command
+from pipeline.data.augmentation import window_slices
 from pipeline.data.splits import load_split
 from pipeline.models import TaskSpec, build_model
 
@@ -186,21 +187,36 @@ class EpochBatches(keras.callbacks.Callback):
     permutation drawn from (seed, e) alone, so a run resumed at epoch e sees the same batches as
     an uninterrupted one. x [samples, ...], y [samples, ...] -> batches of `batch_size`; a last
     batch of one sample joins the batch before it (BatchNormalization cannot normalise a batch
-    of one)."""
+    of one). With `window_slice` (series x [samples, time, channels] only), each series of a
+    batch is a random window of that fraction of its valid steps, stretched back to their
+    number (drawn from (seed, e) too; `padded`: the series end in padding)."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: int,
+        seed: int,
+        window_slice: float | None = None,
+        padded: bool = False,
+    ):
         super().__init__()
         self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
+        self.window_slice, self.padded = window_slice, padded
         self.epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch  # before the epoch's iterator, hence its generator, starts
 
     def _batches(self):
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.x))
+        draws = np.random.default_rng([self.seed, self.epoch])
+        order = draws.permutation(len(self.x))
         for start, stop in self.bounds():
             rows = order[start:stop]
-            yield self.x[rows], self.y[rows]
+            x = self.x[rows]
+            if self.window_slice:
+                x = window_slices(x, self.window_slice, draws, self.padded)
+            yield x, self.y[rows]
 
     def bounds(self) -> list[tuple[int, int]]:
         """(start, stop) of each batch in an epoch's permutation."""
@@ -270,7 +286,12 @@ def fit(
             f"train.batch_size: a batch of {batch_size} series cannot be split over "
             f"{strategy.num_replicas_in_sync} replicas; train with fewer replicas or more data"
         )
-    batches = EpochBatches(train.x, train.y, batch_size, cfg.seed)
+    if cfg.train.window_slice and train.x.ndim != 3:
+        raise ConfigError(
+            f"train.window_slice={cfg.train.window_slice}: slices series [n, time, channels]; "
+            f"this data's x is {list(train.x.shape)}, with no time axis; set it to null"
+        )
+    batches = EpochBatches(train.x, train.y, batch_size, cfg.seed, cfg.train.window_slice, task.padded)
     validation = None
     if len(val):
         validation = tf.data.Dataset.from_tensor_slices((val.x, val.y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)

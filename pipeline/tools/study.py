@@ -69,7 +69,7 @@ REFERENCES = {
 # results table). The poolings were compared with the plateau schedule, which the cosine one
 # replaced after them; then the moving average of the weights (train.ema_momentum) against the
 # best epoch's; then a floor under the gates (model.gate_floor) against the gates and the global
-# average, over seeds 1-3.
+# average, over seeds 1-3; then training both on random windows of the series (train.window_slice).
 PLATEAU = ("train.lr_schedule=plateau", "train.lr_decay_patience=50")
 SELECTION_SETTINGS = (  # (model, overrides)
     ("conv_attention", ()),
@@ -81,6 +81,8 @@ SELECTION_SETTINGS = (  # (model, overrides)
     ("conv_attention", ("train.ema_momentum=0.999",)),
     ("conv_attention", ("model.gate_floor=0.5",)),
     ("conv_gap", ()),
+    ("conv_attention", ("train.window_slice=0.9",)),
+    ("conv_gap", ("train.window_slice=0.9",)),
 )
 SELECTION_EPOCHS = 300
 SELECTION_PROTOCOL = (f"train.epochs={SELECTION_EPOCHS}",)
@@ -92,6 +94,7 @@ VALUES_BEFORE_OPTIONS_EXISTED = {
     "train.lr_schedule": "plateau",
     "train.ema_momentum": "None",
     "model.gate_floor": "0.0",
+    "train.window_slice": "None",
 }
 # Settings that change how a run is carried out, not what it trains to: not compared.
 RESULT_NEUTRAL = ("train.backup_every",)
