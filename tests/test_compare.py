@@ -195,6 +195,11 @@ def test_the_selection_study_reads_inner_fold_runs_only(tmp_path, monkeypatch):
     )
     for combination, accuracy in zip(plan, (0.7, 0.8, 0.9, 0.6, 0.6, 0.6)):
         _log_study_run(combination, accuracy, 10.0)
+    full = study.selection_combinations(["ArrowHead"], ("conv_gap epochs=1000 early_stopping_patience=0",))[0]
+    assert full.command.endswith(  # a setting's own epochs replace the selection's
+        "-S model=conv_gap -S train.epochs=1000 -S train.early_stopping_patience=0 -S seed=1 -S data.inner_fold=0"
+    )
+    assert study.expected_params(full)["train.epochs"] == "1000"
     two_seeds = study.selection_combinations(["ArrowHead"], ("conv_attention",), seeds=(1, 2))
     assert [(c.seed, c.inner_fold) for c in two_seeds] == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
     _log_study_run(two_seeds[3], 1.0, 10.0)  # seed 2 on fold 0

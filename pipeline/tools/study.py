@@ -69,8 +69,11 @@ REFERENCES = {
 # results table). The poolings were compared with the plateau schedule, which the cosine one
 # replaced after them; then the moving average of the weights (train.ema_momentum) against the
 # best epoch's; then a floor under the gates (model.gate_floor) against the gates and the global
-# average, over seeds 1-3; then training both on random windows of the series (train.window_slice).
+# average, over seeds 1-3; then training both on random windows of the series (train.window_slice);
+# then both with the recipe's full epochs (a setting's own train.epochs replaces SELECTION_EPOCHS),
+# with early stopping on the training loss and without.
 PLATEAU = ("train.lr_schedule=plateau", "train.lr_decay_patience=50")
+FULL_RECIPE = ("train.epochs=1000",)  # the recipe's own epochs, where SELECTION_EPOCHS is too few to stop early
 SELECTION_SETTINGS = (  # (model, overrides)
     ("conv_attention", ()),
     ("conv_attention", PLATEAU),
@@ -83,6 +86,8 @@ SELECTION_SETTINGS = (  # (model, overrides)
     ("conv_gap", ()),
     ("conv_attention", ("train.window_slice=0.9",)),
     ("conv_gap", ("train.window_slice=0.9",)),
+    *((model, FULL_RECIPE) for model in ("conv_attention", "conv_gap")),
+    *((model, (*FULL_RECIPE, "train.early_stopping_patience=0")) for model in ("conv_attention", "conv_gap")),
 )
 SELECTION_EPOCHS = 300
 SELECTION_PROTOCOL = (f"train.epochs={SELECTION_EPOCHS}",)
@@ -176,12 +181,18 @@ def selection_combinations(datasets=DATASETS, settings=tuple(SELECTION), seeds=(
     """Every setting of SELECTION on every inner fold of each data set's training file, with
     each of `seeds`."""
     return [
-        Combination(d, SELECTION[label][0], seed, fold, (*SELECTION[label][1], *SELECTION_PROTOCOL))
+        Combination(d, SELECTION[label][0], seed, fold, (*SELECTION[label][1], *_protocol_for(SELECTION[label][1])))
         for d in datasets
         for label in settings
         for seed in seeds
         for fold in range(INNER_FOLDS)
     ]
+
+
+def _protocol_for(setting: tuple[str, ...]) -> tuple[str, ...]:
+    """SELECTION_PROTOCOL less the keys that the setting's overrides set themselves."""
+    keys = {o.split("=", 1)[0] for o in setting}
+    return tuple(o for o in SELECTION_PROTOCOL if o.split("=", 1)[0] not in keys)
 
 
 @functools.cache
