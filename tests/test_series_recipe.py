@@ -11,13 +11,12 @@ import pytest
 
 from pipeline.core import stage
 from pipeline.core.config import ConfigError
-from pipeline.data.augmentation import window_slices
 from pipeline.data.files import bundled_ucr_files, read_series, to_arrays
 from pipeline.models import TaskSpec, build_model
 from pipeline.models.layers import MiniRocketFeatures
 from pipeline.models.minirocket import transform_weights
 from pipeline.serving.inference import OnnxModel
-from pipeline.stages.train import EpochBatches, batch_size_for
+from pipeline.stages.train import EpochBatches, batch_size_for, window_slices
 from tests.conftest import stages_run, tiny_config
 
 
