@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.core.contract import PAD_VALUE
+from pipeline.core.contract import PAD_VALUE, valid_positions
 from pipeline.core.faithfulness import (
     baseline_values,
     delete,
     distinct_weights,
     faithfulness_metrics,
     ranks,
-    valid_positions,
 )
 from pipeline.serving.inference import OnnxModel
 

@@ -1,5 +1,7 @@
 """The names the exported models promise: tests and users bind inputs and outputs by them."""
 
+import numpy as np
+
 INPUT_NAME = "x"
 OUTPUT_NAMES = ("prediction", "attention")
 BATCH_DIM = "batch"
@@ -15,3 +17,11 @@ TEMPORAL_SCORES = ("location", "dot", "general", "additive", "scaled_dot", "last
 HEAD_READOUTS = ("norm", "heads_mean")
 # The ONNX variants the export stage can write (pipeline/onnx/variants.py); fp32 is models/model.onnx.
 VARIANTS = ("fp32", "fp16", "int8", "int8_qdq")
+
+
+def valid_positions(x: np.ndarray) -> np.ndarray:
+    """bool [n, positions]: the positions a model sees in x [n, time, channels] (padded steps are
+    PAD_VALUE on every channel) or x [n, features] (every feature)."""
+    if x.ndim == 2:
+        return np.ones(x.shape, dtype=bool)
+    return ~(x == PAD_VALUE).all(axis=-1)

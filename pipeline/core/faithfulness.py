@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.core.contract import PAD_VALUE
+from pipeline.core.contract import PAD_VALUE, valid_positions
 from pipeline.core.errors import StageFailed
 from pipeline.core.metrics import TASK_METRICS, predicted_classes
 
@@ -47,13 +47,6 @@ def distinct_weights(attention: np.ndarray) -> np.ndarray:
     """The attention rounded to WEIGHT_DECIMALS: a uniform softmax computed in float32 is constant
     again, so it orders nothing."""
     return np.round(attention, WEIGHT_DECIMALS)
-
-
-def valid_positions(x: np.ndarray) -> np.ndarray:
-    """bool [n, positions]: the positions a model sees (padded steps are PAD_VALUE on every channel)."""
-    if x.ndim == 2:
-        return np.ones(x.shape, dtype=bool)
-    return ~(x == PAD_VALUE).all(axis=-1)
 
 
 def baseline_values(mode: str, train_x: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.config import INNER_FOLDS
-from pipeline.core.contract import PAD_VALUE
+from pipeline.core.contract import PAD_VALUE, valid_positions
 from pipeline.core.errors import StageFailed
 from pipeline.data.synthetic import Dataset
 
@@ -279,7 +279,7 @@ def fit_normalization(mode: str, x: np.ndarray, padded: bool) -> dict:
     training split x [n, time, channels] for "per_channel"; nothing to fit otherwise."""
     if mode != "per_channel":
         return {"mode": mode}
-    values = x[~np.all(x == PAD_VALUE, axis=2)] if padded else x.reshape(-1, x.shape[2])
+    values = x[valid_positions(x)] if padded else x.reshape(-1, x.shape[2])
     std = values.std(axis=0)
     std = np.where(std > 1e-8, std, 1.0)  # a constant channel stays constant
     return {"mode": mode, "mean": values.mean(axis=0).tolist(), "std": std.tolist()}

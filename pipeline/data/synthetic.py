@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.core.contract import PAD_VALUE
+from pipeline.core.contract import PAD_VALUE, valid_positions
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def add_two_numbers(
 
 def sequence_lengths(x: np.ndarray) -> np.ndarray:
     """[n] number of valid (not padded) steps of each sequence x [n, time, features]."""
-    return (x != PAD_VALUE).any(axis=-1).sum(axis=1)
+    return valid_positions(x).sum(axis=1)
 
 
 def _valid_steps(n_samples: int, time_steps: int, min_length: int | None, rng: np.random.Generator) -> np.ndarray:

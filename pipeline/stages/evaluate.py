@@ -20,7 +20,7 @@ import numpy as np
 from pipeline import tracking
 from pipeline.core import stage
 from pipeline.core.config import load_config
-from pipeline.core.contract import PAD_VALUE
+from pipeline.core.contract import valid_positions
 from pipeline.core.errors import run_command
 from pipeline.core.faithfulness import Task, measure_faithfulness, uniform_ablation
 from pipeline.core.metrics import TASK_METRICS, attention_metrics, predicted_classes
@@ -152,7 +152,7 @@ def plot_attention_on_series(
     import matplotlib.pyplot as plt
 
     series = x if x.ndim == 3 else x[:, :, None]
-    series = np.where((series == PAD_VALUE).all(axis=-1, keepdims=True), np.nan, series)
+    series = np.where(valid_positions(series)[..., None], series, np.nan)
     if task_type == "regression":
         groups = [("all test samples", np.arange(len(y)))]
     else:

@@ -35,8 +35,8 @@ import tensorflow as tf
 from pipeline import tracking
 from pipeline.core import stage
 from pipeline.core.config import Config, MiniRocketModel, TrainConfig, flatten, load_config
-from pipeline.core.contract import PAD_VALUE
 from pipeline.core.errors import ConfigError, StageFailed, run_command
+from pipeline.data import sequence_lengths
 from pipeline.data.splits import load_split
 from pipeline.models import TaskSpec, build_model
 
@@ -182,22 +182,14 @@ def worker_of(strategy: tf.distribute.Strategy) -> tuple[int, int] | None:
     return resolver.task_id, max(1, len(resolver.cluster_spec().as_dict().get("worker", [])))
 
 
-def valid_lengths(x: np.ndarray, padded: bool) -> np.ndarray:
-    """int [n]: each series' steps before its padding (x [n, time, channels]); padded steps hold
-    PAD_VALUE on every channel, as the model's masking reads them. Without `padded`: time."""
-    if not padded:
-        return np.full(len(x), x.shape[1])
-    valid = ~np.all(x == PAD_VALUE, axis=2)  # [n, time]
-    return np.where(valid.any(axis=1), x.shape[1] - np.argmax(valid[:, ::-1], axis=1), 0)
-
-
 def window_slices(x: np.ndarray, fraction: float, rng: np.random.Generator, padded: bool = False) -> np.ndarray:
     """Window slicing (Le Guennec et al. 2016): each series of x [n, time, channels] replaced by a
     window of `fraction` of its valid steps, at a start drawn from `rng`, stretched back by linear
     interpolation to the series' valid length; padding stays where it was. Series of fewer than
     3 valid steps are kept as they are."""
     out = x.copy()
-    for row, length in enumerate(valid_lengths(x, padded)):
+    lengths = sequence_lengths(x) if padded else np.full(len(x), x.shape[1])
+    for row, length in enumerate(lengths):
         if length < 3:
             continue
         window = max(2, round(fraction * length))

@@ -12,7 +12,8 @@ from itertools import combinations
 
 import numpy as np
 
-from pipeline.core.faithfulness import distinct_weights, valid_positions
+from pipeline.core.contract import valid_positions
+from pipeline.core.faithfulness import distinct_weights
 
 METRIC = "faithfulness/seed_spearman"
 
