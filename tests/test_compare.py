@@ -204,16 +204,25 @@ def test_the_selection_study_reads_inner_fold_runs_only(tmp_path, monkeypatch):
     assert [(c.seed, c.inner_fold) for c in two_seeds] == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
     _log_study_run(two_seeds[3], 1.0, 10.0)  # seed 2 on fold 0
     _log_study_run(study.Combination("ArrowHead", "conv_attention", 1), 0.5, 10.0)  # a test-set run
+    second_set = study.selection_combinations(["GunPoint"], ("conv_attention", additive))[::3]  # fold 0
+    for combination, accuracy in zip(second_set, (1.0, 0.5)):
+        _log_study_run(combination, accuracy, 10.0)
 
     main(["--tracking-uri", uri, "--out", str(tmp_path / "results")])
     markdown = (tmp_path / "results.md").read_text()
-    assert "| ArrowHead | 85.00 ± 12.91 (4) | 60.00 ± 0.00 (3) |\n| mean of 1 | 85.00 | 60.00 |" in markdown
+    assert (  # one row per setting; the mean over the sets that every setting ran
+        "| setting | GunPoint | ArrowHead | mean of the 2 sets all ran |\n|---|---|---|---|\n"
+        "| conv_attention | 100.00 ± nan (1) | 85.00 ± 12.91 (4) | 92.50 |\n"
+        f"| {additive} | 50.00 ± nan (1) | 60.00 ± 0.00 (3) | 55.00 |\n"
+    ) in markdown
     assert "| ArrowHead | 50.00 ± nan (1) | 84.3 | ≥ 81.3 | no |" in markdown  # the test-set table, apart
     with open(tmp_path / "results.csv") as handle:
         selection = [row for row in csv.DictReader(handle) if row["table"] == "selection"]
-    assert [(r["model"], r["seeds"]) for r in selection] == [
-        ("conv_attention", "0/1,0/2,1/1,2/1"),
-        (additive, "0/1,1/1,2/1"),
+    assert [(r["data set"], r["model"], r["seeds"]) for r in selection] == [
+        ("GunPoint", "conv_attention", "0/1"),
+        ("GunPoint", additive, "0/1"),
+        ("ArrowHead", "conv_attention", "0/1,0/2,1/1,2/1"),
+        ("ArrowHead", additive, "0/1,1/1,2/1"),
     ]
     assert "-S data.inner_fold=K" in selection[0]["command"]
     assert len(study.missing(uri, plan)) == 3  # conv_gap's folds

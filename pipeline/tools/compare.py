@@ -314,25 +314,27 @@ def faithfulness_lines(real_rows: list[dict], models: list[str], datasets: list[
 
 
 def selection_markdown(rows: list[dict]) -> str:
-    """The settings compared on inner folds of the training files: per data set, each setting's
-    accuracy on the held-out folds (mean ± std over the folds), and the mean over data sets."""
+    """The settings compared on inner folds of the training files: one row per setting, its
+    accuracy on the held-out folds of each data set (mean ± std over the folds and seeds), and
+    its mean over the data sets that every setting ran, where there are two or more."""
     labels = list(dict.fromkeys(r["model"] for r in rows))
     by_cell = {(r["data set"], r["model"]): r for r in rows}
     datasets = list(dict.fromkeys(r["data set"] for r in rows))
+    shared = [d for d in datasets if all((d, label) in by_cell for label in labels)]
+    mean_column = [f"mean of the {len(shared)} sets all ran"] if len(shared) > 1 else []
     lines = [
         "Accuracy (%) on held-out inner folds of the TRAIN files (`-S data.inner_fold=K`, K = 0, 1, 2; "
         "the TEST files are not read), mean ± std over the folds and seeds (runs in brackets); "
         "`python -m pipeline.tools.study queue --selection` runs what is missing.",
         "",
-        "| data set | " + " | ".join(labels) + " |",
-        "|---|" + "---|" * len(labels),
+        "| setting | " + " | ".join([*datasets, *mean_column]) + " |",
+        "|---|" + "---|" * (len(datasets) + len(mean_column)),
     ]
-    for name in datasets:
-        lines.append(f"| {name} | " + " | ".join(_mean_std(by_cell.get((name, label))) for label in labels) + " |")
-    complete = [d for d in datasets if all((d, label) in by_cell for label in labels)]
-    if complete:
-        means = [sum(by_cell[(d, label)]["accuracy mean"] for d in complete) / len(complete) for label in labels]
-        lines.append(f"| mean of {len(complete)} | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+    for label in labels:
+        cells = [_mean_std(by_cell.get((name, label))) for name in datasets]
+        if mean_column:
+            cells.append(f"{sum(by_cell[(d, label)]['accuracy mean'] for d in shared) / len(shared):.2f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
