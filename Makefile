@@ -43,11 +43,13 @@ test-portable: $(STAMP)
 	$(ONEDNN_ENV_$(ONEDNN_MODE)) $(BIN)/python -m pytest -m "not slow"
 
 # Inference benchmarks of the pipeline's model (reproduced first if needed), then the HTTP
-# service under load and a soak -> reports/bench.json.
+# service under load and a soak -> reports/bench.json; the training input pipelines ->
+# reports/trainbench.json.
 bench: $(STAMP)
 	$(BIN)/dvc repro
 	$(BIN)/python -m pipeline.tools.bench
 	$(BIN)/python -m pipeline.tools.loadbench
+	$(BIN)/python -m pipeline.tools.trainbench
 
 # The real-data study (pipeline/tools/study.py): every bundled UCR/UEA set x conv_attention, conv_gap,
 # MiniRocket x seeds 1-3 as queued DVC experiments, then docs/results.md, .csv and _cd.png from

@@ -16,7 +16,8 @@ from pipeline.models import TaskSpec, build_model
 from pipeline.models.layers import MiniRocketFeatures
 from pipeline.models.minirocket import transform_weights
 from pipeline.serving.inference import OnnxModel
-from pipeline.stages.train import EpochBatches, batch_size_for, window_slices
+from pipeline.stages.train import batch_size_for
+from pipeline.training import EpochBatches, window_slices
 from tests.conftest import stages_run, tiny_config
 
 
@@ -80,6 +81,38 @@ def test_window_slices_are_drawn_from_the_seed_and_the_epoch():
         np.testing.assert_array_equal(y_sliced, y_whole)
         np.testing.assert_array_equal(whole, x[y_whole[:, 0].astype(int)])
         assert not np.allclose(sliced, whole)
+
+
+@pytest.mark.parametrize("window_slice", [None, 0.75])
+def test_fit_trains_each_epoch_on_the_batches_drawn_for_it(window_slice):
+    """Keras's fit over EpochBatches.dataset() sees, in epoch e, the batches of (seed, e) in their
+    order (a lone last sample joined to the batch before it), also when it starts at a later
+    epoch as a resumed run does."""
+
+    current_epoch = {}  # set by Keras's own epoch count, apart from EpochBatches
+
+    class Recorder(keras.Model):
+        def train_step(self, data):
+            seen.append((current_epoch["e"], *(np.asarray(part) for part in data)))
+            return {"batches": float(len(seen))}
+
+    x = np.random.default_rng(1).normal(size=(17, 6, 1)).astype("float32")
+    y = np.arange(17, dtype="float32")[:, None]
+    inputs = keras.Input((6, 1))
+    for initial_epoch in (0, 2):
+        seen = []
+        recorder = Recorder(inputs, keras.layers.Flatten()(inputs))
+        recorder.compile(run_eagerly=True)
+        batches = EpochBatches(x, y, batch_size=4, seed=5, window_slice=window_slice)
+        epoch_of = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: current_epoch.update(e=epoch))
+        recorder.fit(batches.dataset(), epochs=4, initial_epoch=initial_epoch, callbacks=[batches, epoch_of], verbose=0)
+        assert [epoch for epoch, _, _ in seen] == [e for e in range(initial_epoch, 4) for _ in range(4)]
+        for epoch in range(initial_epoch, 4):
+            batches.on_epoch_begin(epoch)
+            drawn = [(e, bx, by) for e, bx, by in seen if e == epoch]
+            for (_, got_x, got_y), (want_x, want_y) in zip(drawn, batches._batches(), strict=True):
+                np.testing.assert_array_equal(got_x, want_x)
+                np.testing.assert_array_equal(got_y, want_y)
 
 
 def test_window_slicing_is_refused_for_data_without_a_time_axis(stage_dir):

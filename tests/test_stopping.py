@@ -86,7 +86,8 @@ def test_with_an_ema_momentum_the_model_keeps_the_moving_average_of_its_weights(
 
     from pipeline.data.synthetic import Dataset
     from pipeline.models import TaskSpec, build_model
-    from pipeline.stages.train import BestWeights, fit, make_deterministic
+    from pipeline.stages.train import BestWeights, fit
+    from pipeline.training import make_deterministic
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 20, 2)).astype(np.float32)
