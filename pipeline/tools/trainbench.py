@@ -53,9 +53,8 @@ def epoch_seconds(input_name: str) -> list[float]:
     if input_name == "epoch_batches":
         dataset = batches.dataset()
     elif input_name == "from_generator":
-        signature = tuple(tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in (x, y))
         dataset = (
-            tf.data.Dataset.from_generator(batches._batches, output_signature=signature)
+            tf.data.Dataset.from_generator(batches._batches, output_signature=batches._signature())
             .apply(tf.data.experimental.assert_cardinality(len(batches.bounds())))
             .prefetch(tf.data.AUTOTUNE)
         )
