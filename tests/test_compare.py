@@ -200,6 +200,9 @@ def test_the_selection_study_reads_inner_fold_runs_only(tmp_path, monkeypatch):
         "-S model=conv_gap -S train.epochs=1000 -S train.early_stopping_patience=0 -S seed=1 -S data.inner_fold=0"
     )
     assert study.expected_params(full)["train.epochs"] == "1000"
+    wide = study.selection_combinations(["ArrowHead"], ("conv_attention filters=[128,256,128]",))[0]
+    assert "-S 'model.filters=[128,256,128]' " in wide.command  # quoted: the shell must not glob it
+    assert study.expected_params(wide)["model.filters"] == "[128, 256, 128]"
     two_seeds = study.selection_combinations(["ArrowHead"], ("conv_attention",), seeds=(1, 2))
     assert [(c.seed, c.inner_fold) for c in two_seeds] == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
     _log_study_run(two_seeds[3], 1.0, 10.0)  # seed 2 on fold 0

@@ -71,9 +71,11 @@ REFERENCES = {
 # best epoch's; then a floor under the gates (model.gate_floor) against the gates and the global
 # average, over seeds 1-3; then training both on random windows of the series (train.window_slice);
 # then both with the recipe's full epochs (a setting's own train.epochs replaces SELECTION_EPOCHS),
-# with early stopping on the training loss and without.
+# with early stopping on the training loss and without; then the encoder at the FCN's full width
+# (128-256-128, as dl-4-tsc) against the recipe's half width.
 PLATEAU = ("train.lr_schedule=plateau", "train.lr_decay_patience=50")
 FULL_RECIPE = ("train.epochs=1000",)  # the recipe's own epochs, where SELECTION_EPOCHS is too few to stop early
+FCN_WIDTH = "model.filters=[128,256,128]"  # the filters of the FCN of dl-4-tsc; the recipe's are half
 SELECTION_SETTINGS = (  # (model, overrides)
     ("conv_attention", ()),
     ("conv_attention", PLATEAU),
@@ -88,6 +90,7 @@ SELECTION_SETTINGS = (  # (model, overrides)
     ("conv_gap", ("train.window_slice=0.9",)),
     *((model, FULL_RECIPE) for model in ("conv_attention", "conv_gap")),
     *((model, (*FULL_RECIPE, "train.early_stopping_patience=0")) for model in ("conv_attention", "conv_gap")),
+    *((model, (FCN_WIDTH,)) for model in ("conv_attention", "conv_gap")),
 )
 SELECTION_EPOCHS = 300
 SELECTION_PROTOCOL = (f"train.epochs={SELECTION_EPOCHS}",)
@@ -166,7 +169,7 @@ class Combination:
 
     @property
     def command(self) -> str:
-        return "dvc exp run " + " ".join(f"-S {o}" for o in self.overrides)
+        return "dvc exp run " + " ".join(f"-S {shlex.quote(o)}" for o in self.overrides)
 
 
 # Each selection setting by its label, e.g. "conv_attention score=class lr_schedule=plateau ...".
