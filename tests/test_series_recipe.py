@@ -342,6 +342,27 @@ def test_a_gate_floor_mixes_the_global_average_into_the_gated_mean():
     assert attention[2:].std(axis=1).min() > 0, "the gates still differ between steps"
 
 
+def test_state_dropout_drops_encoder_states_in_training_only():
+    """model.state_dropout p: while training, a fraction p of the encoder's states is zeroed (the
+    rest scaled by 1 / (1 - p)) before the pooling; at inference the model is the one without it,
+    padded steps still masked."""
+    dropped, x = _class_attention_model("gated", "model.state_dropout=0.5")
+    plain, _ = _class_attention_model("gated")
+    for weight, twin in zip(dropped.weights, plain.weights, strict=True):
+        twin.assign(weight)
+    inference = dropped(x)
+    np.testing.assert_allclose(inference["prediction"], plain(x)["prediction"], rtol=1e-6)
+    np.testing.assert_array_equal(inference["attention"], plain(x)["attention"])
+    assert (np.asarray(inference["attention"])[:2, 8:] == 0).all()
+    trained = np.asarray(keras.Model(dropped.input, dropped.get_layer("state_dropout").output)(x, training=True))
+    encoder = keras.Model(dropped.input, dropped.get_layer("conv_encoder").output)
+    encoded = np.asarray(encoder(x, training=True))  # batch statistics in BatchNorm, as in training
+    active, kept = encoded != 0, trained != 0  # ReLU states: zeros before any dropout
+    assert 0.3 < (active & ~kept).sum() / active.sum() < 0.7
+    np.testing.assert_allclose(trained[kept], 2 * encoded[kept], rtol=1e-5)
+    assert not np.allclose(dropped(x, training=True)["prediction"], inference["prediction"])
+
+
 def test_gate_floor_is_refused_for_other_scores():
     with pytest.raises(ConfigError, match="gate_floor"):
         tiny_config("experiment=ucr", "model.score=additive", "model.gate_floor=0.5")

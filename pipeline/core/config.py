@@ -231,6 +231,7 @@ class ConvAttentionModel(_Strict):
     query: Literal["last", "learned"]
     position_bias: StrictBool
     gate_floor: float = Field(default=0.0, ge=0, lt=1)
+    state_dropout: float = Field(default=0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _gap_is_the_mean(self):

@@ -173,11 +173,16 @@ def conv_attention(cfg: ConvAttentionModel, task: TaskSpec) -> keras.Model:
     GatedAttentionPooling then the head, with score "class" ClassAttentionPooling (the head at
     every step, pooled per class), else TemporalAttention then the head.
 
+    `state_dropout` drops that fraction of the encoder's states [batch, time, filters] while
+    training, before the pooling (an identity at inference and in the exported model).
+
     x [batch, time, features] -> prediction, attention [batch, time]. Time is dynamic unless
     `position_bias`.
     """
     x, h = sequence_input(task, fixed_time=cfg.position_bias)
     states = ConvEncoder(cfg.filters, cfg.kernel_sizes, name="conv_encoder")(h)
+    if cfg.state_dropout:  # MILLET's dropout of the instance embeddings before its pooling
+        states = keras.layers.Dropout(cfg.state_dropout, name="state_dropout")(states)
     if cfg.score == "class":
         outputs = task.n_classes if task.task_type == "multiclass" else 1
         prediction, attention = ClassAttentionPooling(outputs, task.task_type, name="prediction")(states)

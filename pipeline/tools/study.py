@@ -72,7 +72,8 @@ REFERENCES = {
 # average, over seeds 1-3; then training both on random windows of the series (train.window_slice);
 # then both with the recipe's full epochs (a setting's own train.epochs replaces SELECTION_EPOCHS),
 # with early stopping on the training loss and without; then the encoder at the FCN's full width
-# (128-256-128, as dl-4-tsc) against the recipe's half width.
+# (128-256-128, as dl-4-tsc) against the recipe's half width; then MILLET's dropout of the
+# encoder's states before the pooling (its published 0.1), on the inner folds of several sets.
 PLATEAU = ("train.lr_schedule=plateau", "train.lr_decay_patience=50")
 FULL_RECIPE = ("train.epochs=1000",)  # the recipe's own epochs, where SELECTION_EPOCHS is too few to stop early
 FCN_WIDTH = "model.filters=[128,256,128]"  # the filters of the FCN of dl-4-tsc; the recipe's are half
@@ -91,6 +92,7 @@ SELECTION_SETTINGS = (  # (model, overrides)
     *((model, FULL_RECIPE) for model in ("conv_attention", "conv_gap")),
     *((model, (*FULL_RECIPE, "train.early_stopping_patience=0")) for model in ("conv_attention", "conv_gap")),
     *((model, (FCN_WIDTH,)) for model in ("conv_attention", "conv_gap")),
+    *((model, ("model.state_dropout=0.1",)) for model in ("conv_attention", "conv_gap")),
 )
 SELECTION_EPOCHS = 300
 SELECTION_PROTOCOL = (f"train.epochs={SELECTION_EPOCHS}",)
@@ -103,6 +105,7 @@ VALUES_BEFORE_OPTIONS_EXISTED = {
     "train.ema_momentum": "None",
     "model.gate_floor": "0.0",
     "train.window_slice": "None",
+    "model.state_dropout": "0.0",
 }
 # Settings that change how a run is carried out, not what it trains to: not compared.
 RESULT_NEUTRAL = ("train.backup_every",)
