@@ -344,8 +344,10 @@ def test_a_gate_floor_mixes_the_global_average_into_the_gated_mean():
 
 def test_state_dropout_drops_encoder_states_in_training_only():
     """model.state_dropout p: while training, a fraction p of the encoder's states is zeroed (the
-    rest scaled by 1 / (1 - p)) before the pooling; at inference the model is the one without it,
-    padded steps still masked."""
+    rest scaled by 1 / (1 - p)) before the pooling; at inference, and in the exported ONNX model,
+    it is the model without it, padded steps still masked."""
+    from pipeline.onnx.conversion import to_onnx
+
     dropped, x = _class_attention_model("gated", "model.state_dropout=0.5")
     plain, _ = _class_attention_model("gated")
     for weight, twin in zip(dropped.weights, plain.weights, strict=True):
@@ -354,13 +356,18 @@ def test_state_dropout_drops_encoder_states_in_training_only():
     np.testing.assert_allclose(inference["prediction"], plain(x)["prediction"], rtol=1e-6)
     np.testing.assert_array_equal(inference["attention"], plain(x)["attention"])
     assert (np.asarray(inference["attention"])[:2, 8:] == 0).all()
+    exported = to_onnx(dropped, opset=17)
+    assert not {node.op_type for node in exported.graph.node} & {"Dropout", "RandomUniform", "RandomUniformLike"}
+    from_onnx = OnnxModel(exported.SerializeToString()).run(x)
+    for name in ("prediction", "attention"):
+        np.testing.assert_allclose(from_onnx[name], inference[name], rtol=1e-5, atol=1e-6)
+
+    # training mode (its BatchNorm uses the batch's statistics, and updates the moving ones)
     trained = np.asarray(keras.Model(dropped.input, dropped.get_layer("state_dropout").output)(x, training=True))
-    encoder = keras.Model(dropped.input, dropped.get_layer("conv_encoder").output)
-    encoded = np.asarray(encoder(x, training=True))  # batch statistics in BatchNorm, as in training
+    encoded = np.asarray(keras.Model(dropped.input, dropped.get_layer("conv_encoder").output)(x, training=True))
     active, kept = encoded != 0, trained != 0  # ReLU states: zeros before any dropout
     assert 0.3 < (active & ~kept).sum() / active.sum() < 0.7
     np.testing.assert_allclose(trained[kept], 2 * encoded[kept], rtol=1e-5)
-    assert not np.allclose(dropped(x, training=True)["prediction"], inference["prediction"])
 
 
 def test_gate_floor_is_refused_for_other_scores():
