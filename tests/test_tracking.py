@@ -167,3 +167,40 @@ def test_unreachable_tracking_server_fails_fast_before_training(stage_dir):
     assert f"MLflow tracking server http://127.0.0.1:{port} is unreachable" in result.stderr
     assert not (stage_dir / stage.KERAS_MODEL).exists(), "nothing trained, nothing written"
     assert time.monotonic() - started < 60
+
+
+def test_a_dataset_inserted_by_a_parallel_run_between_lookup_and_insert_is_linked(tmp_path, monkeypatch):
+    """Two queued runs log the same prepared data at once: the one whose insert loses the race
+    (the store's unique key on experiment, name and digest) links the dataset the other inserted."""
+    from mlflow.entities import Dataset, DatasetInput
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import _log_dataset_input
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("parallel")
+    ours, theirs = (client.create_run(experiment).info.run_id for _ in range(2))
+    dataset = DatasetInput(Dataset(name="find_max", digest="1e8e1dad720d141a", source_type="local", source="{}"))
+    real_insert = SqlAlchemyStore._log_inputs_impl
+    calls = []
+
+    def racing_insert(store, experiment_id, run_id, datasets=None, models=None):
+        calls.append(run_id)
+        if len(calls) == 1:  # the other run inserts the dataset after our lookup missed it
+            real_insert(store, experiment_id, theirs, datasets, models)
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id")
+        return real_insert(store, experiment_id, run_id, datasets, models)
+
+    monkeypatch.setattr(SqlAlchemyStore, "_log_inputs_impl", racing_insert)
+    _log_dataset_input(client, ours, dataset)
+    for run_id in (ours, theirs):
+        assert [d.dataset.digest for d in client.get_run(run_id).inputs.dataset_inputs] == ["1e8e1dad720d141a"]
+
+    def other_failure(*args, **kwargs):
+        raise MlflowException("the store is read-only")
+
+    monkeypatch.setattr(SqlAlchemyStore, "_log_inputs_impl", other_failure)
+    with pytest.raises(MlflowException, match="read-only"):  # only the lost race is retried
+        _log_dataset_input(client, ours, dataset)

@@ -339,6 +339,21 @@ def lineage_tags() -> dict[str, str]:
     return tags
 
 
+def _log_dataset_input(client: MlflowClient, run_id: str, dataset) -> None:
+    """client.log_inputs for one DatasetInput. MLflow looks the dataset up, then inserts it if
+    missing: when a parallel run (`dvc queue start -j 2`) inserts the same one in between, the
+    insert breaks the store's unique key and rolls back, and a second call finds the dataset and
+    links it to this run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.log_inputs(run_id, datasets=[dataset])
+    except MlflowException as err:
+        if "unique constraint" not in str(err).lower():
+            raise
+        client.log_inputs(run_id, datasets=[dataset])
+
+
 def log_prepared_data(split_files: list[Path], name: str) -> str:
     """The prepared splits as the run's training dataset input, identified by the sha256 of
     their files (the tag `data.digest`): runs on the same data share it. Returns the digest."""
@@ -355,7 +370,7 @@ def log_prepared_data(split_files: list[Path], name: str) -> str:
         Dataset(name=name, digest=hexdigest[:16], source_type="local", source=source.to_json()),
         tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")],
     )
-    _record(lambda client, run_id: client.log_inputs(run_id, datasets=[dataset]))
+    _record(lambda client, run_id: _log_dataset_input(client, run_id, dataset))
     set_tags({"data.digest": hexdigest})
     return hexdigest
 
