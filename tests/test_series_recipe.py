@@ -370,6 +370,35 @@ def test_state_dropout_drops_encoder_states_in_training_only():
     np.testing.assert_allclose(trained[kept], 2 * encoded[kept], rtol=1e-5)
 
 
+def test_positional_encoding_adds_each_steps_sinusoid_to_the_states_and_exports_at_any_length():
+    """model.positional_encoding: the pooling sees state_t + PE[t], PE[t, 2i] = sin(t / 10000^(2i/d)),
+    PE[t, 2i+1] = cos(...); the exported ONNX model computes it for the input's own length, and
+    padded steps stay masked."""
+    from pipeline.onnx.conversion import to_onnx
+
+    model, x = _class_attention_model("gated", "model.positional_encoding=true")
+    states = np.asarray(keras.Model(model.input, model.get_layer("conv_encoder").output)(x))
+    encoded = np.asarray(keras.Model(model.input, model.get_layer("positional_encoding").output)(x))
+    steps, units = np.arange(12)[:, None], np.arange(8)
+    angles = steps / 10000.0 ** (2 * (units // 2) / 8)
+    expected = np.where(units % 2 == 0, np.sin(angles), np.cos(angles))
+    np.testing.assert_allclose(encoded - states, np.broadcast_to(expected, states.shape), atol=1e-6)
+    out = model(x)
+    assert (np.asarray(out["attention"])[:2, 8:] == 0).all()
+
+    exported = OnnxModel(to_onnx(model, opset=17).SerializeToString())
+    longer = np.random.default_rng(2).normal(size=(3, 20, 2)).astype("float32")
+    for series in (x, longer):
+        from_onnx, from_keras = exported.run(series), model(series)
+        for name in ("prediction", "attention"):
+            np.testing.assert_allclose(from_onnx[name], from_keras[name], rtol=1e-5, atol=1e-6)
+
+
+def test_positional_encoding_is_refused_for_the_global_average():
+    with pytest.raises(ConfigError, match="positional_encoding"):
+        tiny_config("experiment=ucr", "model=conv_gap", "model.positional_encoding=true")
+
+
 def test_gate_floor_is_refused_for_other_scores():
     with pytest.raises(ConfigError, match="gate_floor"):
         tiny_config("experiment=ucr", "model.score=additive", "model.gate_floor=0.5")

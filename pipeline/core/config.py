@@ -232,11 +232,14 @@ class ConvAttentionModel(_Strict):
     position_bias: StrictBool
     gate_floor: float = Field(default=0.0, ge=0, lt=1)
     state_dropout: float = Field(default=0.0, ge=0, lt=1)
+    positional_encoding: StrictBool = False
 
     @model_validator(mode="after")
     def _gap_is_the_mean(self):
         if self.score in ("gated", "class") and self.position_bias:
             raise ValueError(f"position_bias needs a softmax-scored attention, not score {self.score!r}")
+        if self.positional_encoding and self.score == "mean":
+            raise ValueError("positional_encoding needs an attention pooling: the mean of the positions is constant")
         if self.gate_floor and self.score != "gated":
             raise ValueError(f"gate_floor is a floor of the gates of score 'gated', not of score {self.score!r}")
         if (self.name == "conv_gap") != (self.score == "mean"):

@@ -32,6 +32,7 @@ from pipeline.models.layers import (
     GatedAttentionPooling,
     InputAttention,
     MultiHeadAttentionPooling,
+    SinusoidalPositions,
     Standardize,
     TemporalAttention,
     WeightedSum,
@@ -173,7 +174,8 @@ def conv_attention(cfg: ConvAttentionModel, task: TaskSpec) -> keras.Model:
     GatedAttentionPooling then the head, with score "class" ClassAttentionPooling (the head at
     every step, pooled per class), else TemporalAttention then the head.
 
-    `state_dropout` drops that fraction of the encoder's states [batch, time, filters] while
+    `positional_encoding` adds the sinusoidal encoding of each step's position to the encoder's
+    states [batch, time, filters]; `state_dropout` then drops that fraction of the states while
     training, before the pooling (an identity at inference and in the exported model).
 
     x [batch, time, features] -> prediction, attention [batch, time]. Time is dynamic unless
@@ -181,6 +183,8 @@ def conv_attention(cfg: ConvAttentionModel, task: TaskSpec) -> keras.Model:
     """
     x, h = sequence_input(task, fixed_time=cfg.position_bias)
     states = ConvEncoder(cfg.filters, cfg.kernel_sizes, name="conv_encoder")(h)
+    if cfg.positional_encoding:  # MILLET's positions, added to the instance embeddings before its dropout
+        states = SinusoidalPositions(name="positional_encoding")(states)
     if cfg.state_dropout:  # MILLET's dropout of the instance embeddings before its pooling
         states = keras.layers.Dropout(cfg.state_dropout, name="state_dropout")(states)
     if cfg.score == "class":

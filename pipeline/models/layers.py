@@ -256,6 +256,35 @@ class GatedAttentionPooling(_AttentionPooling):
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
+class SinusoidalPositions(keras.layers.Layer):
+    """Adds the sinusoidal encoding of each step's position (Vaswani et al. 2017) to the states,
+    as MILLET does to its instance embeddings before the pooling, so the gates and the head can
+    tell where in the series a state lies: PE[t, 2i] = sin(t / 10000^(2i/d)), PE[t, 2i+1] =
+    cos(t / 10000^(2i/d)), d the number of units. Computed for the input's own number of steps
+    (time stays dynamic); the mask passes through.
+
+    states [batch, time, units] -> [batch, time, units].
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, states):
+        units = states.shape[-1]  # static: the encoder's filters
+        steps = ops.cast(ops.arange(ops.shape(states)[1]), states.dtype)[:, None]  # [time, 1]
+        pair = np.arange(units) // 2  # i of each unit
+        frequencies = np.exp(-math.log(10000.0) * 2 * pair / units).astype("float32")  # [units]
+        angles = steps * frequencies  # [time, units]
+        is_sine = (np.arange(units) % 2 == 0).astype("float32")
+        encoding = is_sine * ops.sin(angles) + (1 - is_sine) * ops.cos(angles)
+        return states + encoding[None]
+
+    def compute_output_shape(self, states_shape):
+        return states_shape
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
 class InputAttention(keras.layers.Layer):
     """Attention over time on the raw inputs (the classic "attention before the LSTM").
 

@@ -73,7 +73,8 @@ REFERENCES = {
 # then both with the recipe's full epochs (a setting's own train.epochs replaces SELECTION_EPOCHS),
 # with early stopping on the training loss and without; then the encoder at the FCN's full width
 # (128-256-128, as dl-4-tsc) against the recipe's half width; then MILLET's dropout of the
-# encoder's states before the pooling (its published 0.1), on the inner folds of several sets.
+# encoder's states before the pooling (its published 0.1), on the inner folds of several sets;
+# then MILLET's positional encoding of the states, alone and with that dropout (its whole pooling).
 PLATEAU = ("train.lr_schedule=plateau", "train.lr_decay_patience=50")
 FULL_RECIPE = ("train.epochs=1000",)  # the recipe's own epochs, where SELECTION_EPOCHS is too few to stop early
 FCN_WIDTH = "model.filters=[128,256,128]"  # the filters of the FCN of dl-4-tsc; the recipe's are half
@@ -93,6 +94,8 @@ SELECTION_SETTINGS = (  # (model, overrides)
     *((model, (*FULL_RECIPE, "train.early_stopping_patience=0")) for model in ("conv_attention", "conv_gap")),
     *((model, (FCN_WIDTH,)) for model in ("conv_attention", "conv_gap")),
     *((model, ("model.state_dropout=0.1",)) for model in ("conv_attention", "conv_gap")),
+    ("conv_attention", ("model.positional_encoding=true",)),
+    ("conv_attention", ("model.positional_encoding=true", "model.state_dropout=0.1")),
 )
 SELECTION_EPOCHS = 300
 SELECTION_PROTOCOL = (f"train.epochs={SELECTION_EPOCHS}",)
@@ -106,6 +109,7 @@ VALUES_BEFORE_OPTIONS_EXISTED = {
     "model.gate_floor": "0.0",
     "train.window_slice": "None",
     "model.state_dropout": "0.0",
+    "model.positional_encoding": "False",
 }
 # Settings that change how a run is carried out, not what it trains to: not compared.
 RESULT_NEUTRAL = ("train.backup_every",)
