@@ -189,10 +189,16 @@ def test_the_selection_study_reads_inner_fold_runs_only(tmp_path, monkeypatch):
     )
     plan = study.selection_combinations(["ArrowHead"], ("conv_attention", additive, gap))
     assert [c.label for c in plan[::3]] == ["conv_attention", additive, gap]
-    assert plan[3].command.endswith(
-        "-S model.score=additive -S train.lr_schedule=plateau -S train.lr_decay_patience=50"
-        " -S train.epochs=300 -S seed=1 -S data.inner_fold=0"
+    assert plan[3].command.endswith(  # the recipe the settings were compared against, pinned
+        "-S model.score=additive -S train.lr_schedule=plateau -S train.lr_decay_patience=50 -S train.epochs=300"
+        " -S model.positional_encoding=false -S model.state_dropout=0.0 -S seed=1 -S data.inner_fold=0"
     )
+    millet = study.selection_combinations(["ArrowHead"], ("conv_attention positional_encoding=true",))[0]
+    assert millet.label == "conv_attention positional_encoding=true"  # a setting's own key is not pinned
+    assert {k: study.expected_params(millet)[k] for k in ("model.positional_encoding", "model.state_dropout")} == {
+        "model.positional_encoding": "True",
+        "model.state_dropout": "0.0",
+    }
     for combination, accuracy in zip(plan, (0.7, 0.8, 0.9, 0.6, 0.6, 0.6)):
         _log_study_run(combination, accuracy, 10.0)
     full = study.selection_combinations(["ArrowHead"], ("conv_gap epochs=1000 early_stopping_patience=0",))[0]

@@ -236,17 +236,17 @@ class ConvAttentionModel(_Strict):
 
     @model_validator(mode="after")
     def _gap_is_the_mean(self):
+        if (self.name == "conv_gap") != (self.score == "mean"):
+            raise ValueError(
+                f"score 'mean' (global average pooling) is model conv_gap and only it "
+                f"(got name {self.name!r} with score {self.score!r})"
+            )
         if self.score in ("gated", "class") and self.position_bias:
             raise ValueError(f"position_bias needs a softmax-scored attention, not score {self.score!r}")
         if self.positional_encoding and self.score == "mean":
             raise ValueError("positional_encoding needs an attention pooling: the mean of the positions is constant")
         if self.gate_floor and self.score != "gated":
             raise ValueError(f"gate_floor is a floor of the gates of score 'gated', not of score {self.score!r}")
-        if (self.name == "conv_gap") != (self.score == "mean"):
-            raise ValueError(
-                f"score 'mean' (global average pooling) is model conv_gap and only it "
-                f"(got name {self.name!r} with score {self.score!r})"
-            )
         return self
 
     @model_validator(mode="after")

@@ -100,6 +100,10 @@ SELECTION_SETTINGS = (  # (model, overrides)
 SELECTION_EPOCHS = 300
 SELECTION_PROTOCOL = (f"train.epochs={SELECTION_EPOCHS}",)
 SELECTION_SEED = 1
+# The recipe the settings were compared against, where the model's config has changed since: MILLET's
+# positions and state dropout joined conv_attention's defaults after the comparisons. A selection run
+# sets these unless its setting sets the key itself, so each setting stays the one that was run.
+SELECTION_BASE = {"conv_attention": ("model.positional_encoding=false", "model.state_dropout=0.0")}
 COMPARED_SECTIONS = ("data", "model", "train")
 # Options added to the config after runs were logged, with the value those runs trained with: a
 # run or ledger row without the option matches a config that sets it to that value.
@@ -141,9 +145,10 @@ UNRECORDED_CPU = "unrecorded"  # runs logged before the CPU was
 
 
 def setting_label(model: str, overrides: tuple[str, ...]) -> str:
-    """The model and its overrides, section names and the selection protocol dropped, e.g.
+    """The model and its overrides, section names, the selection protocol and base dropped, e.g.
     "conv_attention score=additive" (the SELECTION key; a Combination's label)."""
-    return " ".join([model, *(o.split(".", 1)[1] for o in overrides if o not in SELECTION_PROTOCOL)])
+    implied = (*SELECTION_PROTOCOL, *SELECTION_BASE.get(model, ()))
+    return " ".join([model, *(o.split(".", 1)[1] for o in overrides if o not in implied)])
 
 
 @dataclass(frozen=True)
@@ -191,18 +196,24 @@ def selection_combinations(datasets=DATASETS, settings=tuple(SELECTION), seeds=(
     """Every setting of SELECTION on every inner fold of each data set's training file, with
     each of `seeds`."""
     return [
-        Combination(d, SELECTION[label][0], seed, fold, (*SELECTION[label][1], *_protocol_for(SELECTION[label][1])))
+        Combination(
+            d,
+            model,
+            seed,
+            fold,
+            (*setting, *_unless_set(SELECTION_PROTOCOL, setting), *_unless_set(SELECTION_BASE.get(model, ()), setting)),
+        )
         for d in datasets
-        for label in settings
+        for model, setting in (SELECTION[label] for label in settings)
         for seed in seeds
         for fold in range(INNER_FOLDS)
     ]
 
 
-def _protocol_for(setting: tuple[str, ...]) -> tuple[str, ...]:
-    """SELECTION_PROTOCOL less the keys that the setting's overrides set themselves."""
+def _unless_set(overrides: tuple[str, ...], setting: tuple[str, ...]) -> tuple[str, ...]:
+    """`overrides` less the keys that the setting's overrides set themselves."""
     keys = {o.split("=", 1)[0] for o in setting}
-    return tuple(o for o in SELECTION_PROTOCOL if o.split("=", 1)[0] not in keys)
+    return tuple(o for o in overrides if o.split("=", 1)[0] not in keys)
 
 
 @functools.cache
