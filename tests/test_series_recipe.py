@@ -242,8 +242,12 @@ def test_minirocket_runs_through_every_stage_and_deploys_as_onnx(tmp_path):
 
 
 def _class_attention_model(score="class", *overrides):
+    """The pooling straight on the encoder's states: the recipe's positions and state dropout
+    off unless `overrides` set them."""
+    keys = {o.split("=", 1)[0] for o in overrides}
+    plain = [o for o in ("model.positional_encoding=false", "model.state_dropout=0.0") if o.split("=")[0] not in keys]
     cfg = tiny_config(
-        "experiment=ucr", "model.filters=[8,8]", "model.kernel_sizes=[3,3]", f"model.score={score}", *overrides
+        "experiment=ucr", "model.filters=[8,8]", "model.kernel_sizes=[3,3]", f"model.score={score}", *plain, *overrides
     )
     task = TaskSpec((12, 2), "multiclass", padded=True, n_classes=3, normalization={"mode": "per_series"})
     keras.utils.set_random_seed(1)
