@@ -17,6 +17,7 @@ from pipeline.models.layers import MiniRocketFeatures
 from pipeline.models.minirocket import transform_weights
 from pipeline.serving.inference import OnnxModel
 from pipeline.stages.train import batch_size_for
+from pipeline.tools.study import SELECTION_BASE, unless_set
 from pipeline.training import EpochBatches, window_slices
 from tests.conftest import stages_run, tiny_config
 
@@ -244,8 +245,7 @@ def test_minirocket_runs_through_every_stage_and_deploys_as_onnx(tmp_path):
 def _class_attention_model(score="class", *overrides):
     """The pooling straight on the encoder's states: the recipe's positions and state dropout
     off unless `overrides` set them."""
-    keys = {o.split("=", 1)[0] for o in overrides}
-    plain = [o for o in ("model.positional_encoding=false", "model.state_dropout=0.0") if o.split("=")[0] not in keys]
+    plain = unless_set(SELECTION_BASE["conv_attention"], overrides)
     cfg = tiny_config(
         "experiment=ucr", "model.filters=[8,8]", "model.kernel_sizes=[3,3]", f"model.score={score}", *plain, *overrides
     )

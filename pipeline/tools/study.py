@@ -201,7 +201,7 @@ def selection_combinations(datasets=DATASETS, settings=tuple(SELECTION), seeds=(
             model,
             seed,
             fold,
-            (*setting, *_unless_set(SELECTION_PROTOCOL, setting), *_unless_set(SELECTION_BASE.get(model, ()), setting)),
+            (*setting, *unless_set(SELECTION_PROTOCOL, setting), *unless_set(SELECTION_BASE.get(model, ()), setting)),
         )
         for d in datasets
         for model, setting in (SELECTION[label] for label in settings)
@@ -210,7 +210,7 @@ def selection_combinations(datasets=DATASETS, settings=tuple(SELECTION), seeds=(
     ]
 
 
-def _unless_set(overrides: tuple[str, ...], setting: tuple[str, ...]) -> tuple[str, ...]:
+def unless_set(overrides: tuple[str, ...], setting: tuple[str, ...]) -> tuple[str, ...]:
     """`overrides` less the keys that the setting's overrides set themselves."""
     keys = {o.split("=", 1)[0] for o in setting}
     return tuple(o for o in overrides if o.split("=", 1)[0] not in keys)
