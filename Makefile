@@ -26,21 +26,23 @@ lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests
 	$(BIN)/ruff format --check pipeline tests
 
+# Every tier; the 20 slowest tests are listed at the end, so that the next slow one shows.
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=20
 
-# Everything but the end-to-end runs of the real pipeline.
+# The inner loop: unit and integration tests, no subprocess, server or real dvc (tier e2e).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not e2e"
 
-# The fast tests with TensorFlow's kernels of another CPU: oneDNN off (ONEDNN_MODE=off, the
-# default) or limited to AVX2 (ONEDNN_MODE=avx2). A test that holds on one CPU only fails here.
+# The tests that compare numbers (marker numeric: golden outputs, export parity, determinism,
+# cross-mode tolerances) with TensorFlow's kernels of another CPU: oneDNN off (ONEDNN_MODE=off,
+# the default) or limited to AVX2 (ONEDNN_MODE=avx2). A test that holds on one CPU only fails here.
 ONEDNN_MODE ?= off
 ONEDNN_ENV_off := TF_ENABLE_ONEDNN_OPTS=0
 ONEDNN_ENV_avx2 := ONEDNN_MAX_CPU_ISA=AVX2
 test-portable: $(STAMP)
 	$(if $(ONEDNN_ENV_$(ONEDNN_MODE)),,$(error ONEDNN_MODE must be off or avx2, got '$(ONEDNN_MODE)'))
-	$(ONEDNN_ENV_$(ONEDNN_MODE)) $(BIN)/python -m pytest -m "not slow"
+	$(ONEDNN_ENV_$(ONEDNN_MODE)) $(BIN)/python -m pytest -m numeric --durations=10
 
 # Inference benchmarks of the pipeline's model (reproduced first if needed), then the HTTP
 # service under load and a soak -> reports/bench.json; the training input pipelines ->

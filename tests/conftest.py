@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import shutil
+import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +23,14 @@ TINY_SAMPLES = 300  # synthetic data sets; real ones keep the size of their file
 
 
 def tiny_params(*overrides: str) -> dict:
-    """The composed conf/ defaults, shrunk for tests, plus any Hydra overrides."""
+    """The composed conf/ defaults, shrunk for tests, plus any Hydra overrides (a fresh copy: the
+    caller may change it)."""
+    return copy.deepcopy(_composed_tiny(overrides))
+
+
+@functools.cache
+def _composed_tiny(overrides: tuple[str, ...]) -> dict:
+    """Hydra's composition costs a tenth of a second: once per distinct list of overrides."""
     params = compose_defaults(REPO_ROOT / "conf", [*TINY, *overrides])
     if "n_samples" in params["data"] and not any(o.startswith("data.n_samples=") for o in overrides):
         params["data"]["n_samples"] = TINY_SAMPLES
@@ -65,6 +75,58 @@ def stages_run(workdir: Path, *overrides: str) -> Iterator[StageDir]:
         for stage_module in (prepare, train, export, evaluate, deploy):
             stage_module.main()
         yield StageDir(workdir)
+
+
+def _move_store(folder: Path, old: Path) -> None:
+    """Point the MLflow store in `folder` (a copy of `old`) at its own artifacts: the store
+    records absolute paths and URIs, so every text value that names `old` is rewritten."""
+    with sqlite3.connect(folder / "mlflow.db") as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            columns = [row[1] for row in db.execute(f'PRAGMA table_info("{table}")') if "CHAR" in row[2].upper()]
+            for column in columns:
+                db.execute(
+                    f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE instr("{column}", ?) > 0',
+                    (str(old), str(folder), str(old)),
+                )
+    db.close()
+
+
+# The session's runs are trained as `dvc exp run` runs a stage: in an experiment of this name
+# and baseline, which the run's tags must carry.
+EXPERIMENT_ENV = {"DVC_EXP_NAME": "tidy-gnus", "DVC_EXP_BASELINE_REV": "0123abc"}
+
+
+class TrainedRuns:
+    """Tiny pipeline runs (every stage, in-process: `stages_run`, with EXPERIMENT_ENV) trained
+    once per pytest session, one per distinct list of overrides; each test gets a copy of its own."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._runs: dict[tuple[str, ...], Path] = {}
+
+    def copy(self, destination: Path, *overrides: str) -> StageDir:
+        """A copy of the run of `overrides` (trained now if this session has none yet) in
+        `destination`, with an MLflow store that names its own folder."""
+        if overrides not in self._runs:
+            folder = self.root / f"run{len(self._runs)}"
+            folder.mkdir()
+            with pytest.MonkeyPatch.context() as patch:
+                for name, value in EXPERIMENT_ENV.items():
+                    patch.setenv(name, value)
+                with stages_run(folder, *overrides):
+                    pass
+            self._runs[overrides] = folder
+        source = self._runs[overrides]
+        shutil.copytree(source, destination, dirs_exist_ok=True)
+        _move_store(destination, source)
+        return StageDir(destination)
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory) -> TrainedRuns:
+    """Tiny pipeline runs shared by the session: `trained_runs.copy(folder, *overrides)`."""
+    return TrainedRuns(tmp_path_factory.mktemp("trained"))
 
 
 @pytest.fixture

@@ -43,9 +43,12 @@ def mode_environment(mode: str) -> dict[str, str]:
     return {**subprocess_env(), **CPU_MODES[mode]}
 
 
-def run_pipeline(folder: Path, params: dict, mode: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+def run_pipeline(
+    folder: Path, params: dict, mode: str, env: dict[str, str] | None = None, log: Path | None = None
+) -> subprocess.Popen:
     """Start prepare, train, export and evaluate in `folder`, in a process of the given mode,
-    with the variables `env` added to its environment."""
+    with the variables `env` added to its environment; its output goes to the file `log`, or to
+    a pipe (read it with `.communicate()`)."""
     from tests.conftest import REPO_ROOT
 
     folder.mkdir(parents=True)
@@ -56,14 +59,12 @@ def run_pipeline(folder: Path, params: dict, mode: str, env: dict[str, str] | No
         "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
         **(env or {}),
     }
-    return subprocess.Popen(
-        [sys.executable, "-c", RUN_STAGES],
-        cwd=folder,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    command = [sys.executable, "-c", RUN_STAGES]
+    if log is None:
+        pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+        return subprocess.Popen(command, cwd=folder, env=env, **pipe)
+    with open(log, "w") as output:  # the process keeps its own copy of the file
+        return subprocess.Popen(command, cwd=folder, env=env, stdout=output, stderr=subprocess.STDOUT)
 
 
 def pipeline_metrics(folder: Path) -> dict[str, float]:

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import stages_run, tiny_params
+from tests.conftest import tiny_params
 from tests.test_files import TS_HEADER, TS_ROWS
+
+pytestmark = pytest.mark.integration
 
 Case = tuple[str, str, Callable, str]  # (name, kind, make the bad input, fragment of the error)
 
@@ -120,11 +122,11 @@ REQUESTS: list[Case] = [
 MATRIX = CONFIGS + DATA_FILES + REQUESTS
 
 
-@pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory):
-    """A complete pipeline run, tiny, with its MLflow store; the cases must leave it as it is."""
-    with stages_run(tmp_path_factory.mktemp("complete")) as workdir:
-        yield workdir
+@pytest.fixture
+def pipeline_dir(trained_runs, tmp_path):
+    """A complete pipeline run, tiny, with its MLflow store (a copy of the session's); the case
+    must leave it as it is."""
+    return trained_runs.copy(tmp_path / "complete")
 
 
 def snapshot(folder: Path) -> dict[str, str]:

@@ -104,6 +104,7 @@ def test_every_command_reports_bad_input_through_one_runner():
         (["data.planted_step=99"], "data"),
     ],
 )
+@pytest.mark.e2e
 def test_the_config_command_prints_one_error_line_and_exits_2(args, key):
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.tools.params", *args],
@@ -130,6 +131,7 @@ def test_the_config_command_prints_one_error_line_and_exits_2(args, key):
         (["pipeline.stages.deploy"], "params.yaml: not found"),
     ],
 )
+@pytest.mark.e2e
 def test_commands_refuse_bad_input_with_one_error_line_and_exit_2(tmp_path, args, fragment):
     args = [a.format(tmp=tmp_path) for a in args]
     result = subprocess.run(
@@ -142,6 +144,7 @@ def test_commands_refuse_bad_input_with_one_error_line_and_exit_2(tmp_path, args
 
 
 @pytest.mark.parametrize("verbose", ["", "1"])
+@pytest.mark.e2e
 def test_third_party_notices_stay_silent_unless_pipeline_verbose_is_set(tmp_path, verbose):
     """A new MLflow store logs INFO lines as MLflow creates its tables: shown with PIPELINE_VERBOSE=1 only."""
     script = (

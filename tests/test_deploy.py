@@ -11,22 +11,23 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from pipeline.serving.inference import Predictor
-from tests.conftest import stages_run
+
+pytestmark = pytest.mark.integration
 
 VARIANTS = ("fp32", "fp16", "int8")
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
+@pytest.fixture
+def bundle(trained_runs, tmp_path):
     """The pipeline on tiny data with all three variants (int8 gate loosened for an untrained
     model: this tests the bundle, test_inference tests the gates)."""
-    with stages_run(
-        tmp_path_factory.mktemp("deploy"),
+    workdir = trained_runs.copy(
+        tmp_path,
         "export.variants=[fp32,fp16,int8]",
         "export.variant_tolerance.int8=0.2",
         "export.min_class_agreement=0.8",
-    ) as workdir:
-        yield workdir / "deploy"
+    )
+    return workdir / "deploy"
 
 
 def test_bundle_holds_every_variant_with_its_metadata(bundle):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 
@@ -17,6 +18,8 @@ from pipeline.onnx.conversion import to_onnx
 from pipeline.serving.inference import OnnxModel
 from tests import golden_models
 from tests.conftest import parity, tiny_config
+
+pytestmark = pytest.mark.numeric
 
 
 def _runtime(onnx_model) -> OnnxModel:
@@ -65,16 +68,26 @@ def test_sequence_parity_at_any_length(lstm_export, length):
     np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-5)
 
 
+@functools.cache
+def _golden_export(case: str):
+    """(Keras model, ONNX model) of a golden case's stored weights: built and exported once per
+    session, for the parity and the golden tests alike."""
+    model = golden_models.stored_model(case)
+    return model, to_onnx(model, golden_models.OPSET)
+
+
 @pytest.mark.parametrize("variant", SEQUENCE_MODELS)
 def test_every_sequence_model_exports_with_parity(variant):
-    model, onnx_model = _export(f"model={variant}")
-    cfg_model = tiny_config(f"model={variant}").model
+    """Every sequence model (its golden case's trained weights) gives Keras's outputs in ONNX."""
+    model, onnx_model = _golden_export(variant)
+    cfg_model = json.loads((golden_models.GOLDEN_DIR / f"{variant}.json").read_text())["model"]
+    assert cfg_model["name"] == variant
     lengths = (20,) if model.input.shape[1] else (20, 9)  # fixed-length models take 20 only
     for length in lengths:
         x = np.random.default_rng(length).standard_normal((16, length, 2)).astype("float32")
         assert max(parity(model, _runtime(onnx_model), x).values()) <= 1e-5
     ops = {n.op_type for n in onnx_model.graph.node}
-    if getattr(cfg_model, "cell", None) == "lstm":  # tf2onnx 1.17 turns Keras GRUs into a Loop
+    if cfg_model.get("cell") == "lstm":  # tf2onnx 1.17 turns Keras GRUs into a Loop
         assert "LSTM" in ops and "Loop" not in ops
 
 
@@ -107,7 +120,7 @@ def test_exported_outputs_match_the_golden_files(case):
     """Stored weights through today's model definition, tf2onnx and ONNX Runtime give the stored
     outputs: no training on this path, so the comparison holds on any CPU."""
     golden = golden_models.load(case)
-    outputs = _runtime(golden_models.exported(case)).run(golden["x"])
+    outputs = _runtime(_golden_export(case)[1]).run(golden["x"])
     for name in OUTPUT_NAMES:
         np.testing.assert_allclose(
             outputs[name],

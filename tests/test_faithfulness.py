@@ -223,7 +223,7 @@ def test_pad_baseline_needs_variable_length_data():
     assert tiny_config("evaluate.baseline=pad", "data=find_max", "data.min_length=5").evaluate.baseline == "pad"
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_trained_planted_task_model_fails_without_its_top_attended_position(tmp_path):
     """Feature attention trained briefly on planted_feature: deleting each sample's most
     attended feature leaves about chance, deleting a random one barely matters, and uniform

@@ -222,6 +222,7 @@ def test_bundled_files_come_from_the_installed_sktime():
     assert train.name == "GunPoint_TRAIN.ts" and "sktime" in train.parts and test.is_file()
 
 
+@pytest.mark.e2e
 def test_prepare_stage_with_a_bad_file_exits_2_and_keeps_the_previous_splits(stage_dir):
     raw = stage_dir / "data" / "raw"
     raw.mkdir(parents=True)

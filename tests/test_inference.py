@@ -63,6 +63,7 @@ def _inputs(n: int, time: int, features: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("variant", RECURRENT_VARIANTS)
+@pytest.mark.numeric
 def test_predictor_runs_every_variant_with_float32_outputs(binary_variants, variant):
     model, variants = binary_variants
     predictor = Predictor(variants[variant].SerializeToString())
@@ -79,6 +80,7 @@ def test_predictor_runs_every_variant_with_float32_outputs(binary_variants, vari
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.numeric
 def test_predictor_gives_labels_of_a_masked_multiclass_variant(multiclass_variants, variant):
     _, variants = multiclass_variants
     predictor = Predictor(variants[variant].SerializeToString())
@@ -305,6 +307,7 @@ def _predict_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.e2e
 def test_predict_command_reads_npy_json_and_csv(tmp_path, multiclass_variants):
     model_path = tmp_path / "model.onnx"
     onnx.save(multiclass_variants[1]["int8"], model_path)
@@ -334,6 +337,7 @@ def test_predict_command_reads_npy_json_and_csv(tmp_path, multiclass_variants):
         ("[[[1, 2]]]", "2 features per step, the model takes 3"),
     ],
 )
+@pytest.mark.e2e
 def test_predict_command_refuses_bad_inputs_with_exit_2(tmp_path, multiclass_variants, inputs, fragment):
     model_path = tmp_path / "model.onnx"
     onnx.save(multiclass_variants[1]["fp32"], model_path)

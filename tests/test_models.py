@@ -13,6 +13,8 @@ from pipeline.models import TaskSpec, build_model, load_model
 from pipeline.models.layers import InputAttention, MultiHeadAttentionPooling, TemporalAttention
 from tests.conftest import tiny_config
 
+pytestmark = pytest.mark.numeric
+
 CASES = [("lstm_attention", (20, 2), (6, 20, 2)), ("dense_attention", (32,), (6, 32))]
 
 

@@ -18,7 +18,7 @@ from tests.conftest import git_copy as _git_copy
 from tests.conftest import run_command as _run
 from tests.conftest import tiny_params
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 STAGES = ("prepare", "train", "export", "evaluate", "deploy")
 
 
@@ -204,9 +204,9 @@ def _exp_show_once(repo: Path) -> dict[str, dict]:
 
 
 def test_parallel_queued_sweep_logs_complete_runs_into_the_repository_store(repo):
-    """4 variants through `dvc queue start -j 2`: they run in temporary copies, two at a time,
-    and must land, complete, in <repo>/mlflow.db, agreeing with `dvc exp show`."""
-    models = ["luong_dot", "lstm_baseline", "bahdanau", "gru_attention"]
+    """2 variants through `dvc queue start -j 2` (one per core): they run in temporary copies at
+    the same time and must land, complete, in <repo>/mlflow.db, agreeing with `dvc exp show`."""
+    models = ["luong_dot", "gru_attention"]
     _dvc(
         repo,
         "exp",
@@ -230,7 +230,7 @@ def test_parallel_queued_sweep_logs_complete_runs_into_the_repository_store(repo
         if "Queued" not in status and "Running" not in status:
             break
         time.sleep(5)
-    assert status.count("Success") >= 4, status
+    assert status.count("Success") >= len(models), status
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["attention-find_max"], output_format="list")
     assert sorted(r.info.run_name for r in runs) == sorted(models)

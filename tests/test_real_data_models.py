@@ -18,11 +18,12 @@ from pipeline.models import TaskSpec, build_model
 from pipeline.models.layers import Standardize
 from pipeline.onnx.conversion import to_onnx
 from pipeline.serving.inference import OnnxModel
-from tests.conftest import parity, stages_run, tiny_config
+from tests.conftest import parity, tiny_config
 
 SMALL_CONV = ("model=conv_attention", "model.filters=[8,8]", "model.kernel_sizes=[5,3]")
 
 
+@pytest.mark.numeric
 def test_standardize_per_series_uses_valid_steps_only_and_zeroes_padding():
     x = np.array([[[1.0], [3.0], [PAD_VALUE]], [[2.0], [2.0], [2.0]]], dtype="float32")
     mask = np.array([[True, True, False], [True, True, True]])
@@ -31,6 +32,7 @@ def test_standardize_per_series_uses_valid_steps_only_and_zeroes_padding():
     np.testing.assert_array_equal(out[1], 0.0)  # a constant series maps to 0, not NaN
 
 
+@pytest.mark.numeric
 def test_standardize_per_channel_applies_the_fitted_statistics():
     x = np.random.default_rng(0).normal(5.0, 2.0, size=(4, 6, 2)).astype("float32")
     out = np.asarray(Standardize("per_channel", mean=[5.0, 1.0], std=[2.0, 4.0])(x))
@@ -57,6 +59,7 @@ def japanese_vowels_model():
     return model, to_onnx(model, 17), splits["test"].x[:40], meta
 
 
+@pytest.mark.numeric
 def test_onnx_on_raw_series_matches_keras_on_raw_series(japanese_vowels_model):
     model, onnx_model, x, meta = japanese_vowels_model
     assert meta["padded"] and meta["normalization"]["mode"] == "per_channel"
@@ -68,6 +71,7 @@ def test_onnx_on_raw_series_matches_keras_on_raw_series(japanese_vowels_model):
     assert (outputs["attention"][(x == PAD_VALUE).all(axis=2)] == 0).all()
 
 
+@pytest.mark.numeric
 def test_extra_padding_changes_nothing(japanese_vowels_model):
     _model, onnx_model, x, _ = japanese_vowels_model
     longer = np.concatenate([x, np.full((len(x), 11, x.shape[2]), PAD_VALUE, "float32")], axis=1)
@@ -84,21 +88,21 @@ def test_the_normalization_is_inside_the_model(japanese_vowels_model):
     assert layer.mode == "per_channel" and layer.mean == pytest.approx(meta["normalization"]["mean"])
 
 
-@pytest.fixture(scope="module")
-def ucr_pipeline_run(tmp_path_factory):
+@pytest.fixture
+def ucr_pipeline_run(trained_runs, tmp_path):
     """prepare, train, export, evaluate on BasicMotions (6 channels, 4 named classes)."""
-    with stages_run(
-        tmp_path_factory.mktemp("ucr_stages"),
+    return trained_runs.copy(
+        tmp_path,
         "data=ucr",
         "data.name=BasicMotions",
         "data.normalization=per_channel",
         *SMALL_CONV,
         "train.epochs=3",
         "train.early_stopping_patience=2",
-    ) as workdir:
-        yield workdir
+    )
 
 
+@pytest.mark.integration
 def test_ucr_stages_carry_labels_and_preprocessing_to_onnx_and_mlflow(ucr_pipeline_run, monkeypatch):
     monkeypatch.chdir(ucr_pipeline_run)
     labels = ["Badminton", "Running", "Standing", "Walking"]
@@ -121,6 +125,7 @@ def test_ucr_stages_carry_labels_and_preprocessing_to_onnx_and_mlflow(ucr_pipeli
     assert run.data.params["data.name"] == "BasicMotions"
 
 
+@pytest.mark.integration
 def test_a_small_set_trains_on_every_series_and_keeps_its_lowest_training_loss(ucr_pipeline_run, monkeypatch):
     """BasicMotions has 40 training series (< data.val_min_series): no validation split, the
     training loss decides, and the batch is a tenth of the series."""

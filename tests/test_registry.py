@@ -8,23 +8,27 @@ import json
 import mlflow
 import numpy as np
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.serving.inference import Predictor
 from pipeline.tracking.promote import main as promote
 from tests.conftest import stages_run
 
+pytestmark = pytest.mark.integration
+
 NAME = "attention-planted_step"
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """Two pipeline runs (two models) into one store."""
-    workdir = tmp_path_factory.mktemp("registry")
-    run_ids = []
-    for model in ("lstm_attention", "lstm_baseline"):
-        with stages_run(workdir, f"model={model}") as folder:
-            run_ids.append(json.loads((folder / "reports/mlflow_run.json").read_text())["run_id"])
+def registry(trained_runs, tmp_path_factory):
+    """Two pipeline runs (two models) into one store: a copy of the session's default run
+    (lstm_attention), then lstm_baseline in the same folder."""
+    workdir = trained_runs.copy(tmp_path_factory.mktemp("registry"))
+    run_ids = [json.loads((workdir / "reports/mlflow_run.json").read_text())["run_id"]]
+    assert yaml.safe_load((workdir / "params.yaml").read_text())["model"]["name"] == "lstm_attention"
+    with stages_run(workdir, "model=lstm_baseline") as folder:
+        run_ids.append(json.loads((folder / "reports/mlflow_run.json").read_text())["run_id"])
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     return uri, run_ids

@@ -11,7 +11,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,32 +60,109 @@ def _cluster(workers: list[str], index: int) -> dict[str, str]:
     return {"TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """Two runs with the same seed (of the planted LSTM and of the convolutional model), one under
-    MirroredStrategy on 2 logical CPU devices, one per other CPU mode (oneDNN limited to AVX2,
-    oneDNN off), and the two workers of one MultiWorkerMirroredStrategy training on loopback."""
-    base = tmp_path_factory.mktemp("runs")
-    variants = {
-        "first": (),
-        "second": (),
-        "mirrored": ("train.strategy=mirrored", "train.cpu_replicas=2"),
-        "conv_first": CONV,
-        "conv_second": CONV,
-        "conv_seed_2": (*CONV, "seed=2"),
-    }
-    processes = {name: _pipeline_process(base / name, *extra) for name, extra in variants.items()}
-    processes |= {mode: _pipeline_process(base / mode, cpu_mode=mode) for mode in CPU_MODES if mode != "native"}
-    for name, extra in MULTI_WORKER_RUNS.items():
-        workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-        for index in range(2):
-            processes[f"{name}_worker_{index}"] = _pipeline_process(
-                base / f"{name}_worker_{index}", *extra, "train.strategy=multi_worker", env=_cluster(workers, index)
+# Every run the tests compare: its overrides, its CPU mode and, for the two workers of one
+# MultiWorkerMirroredStrategy training on loopback, the name of their cluster.
+RUNS: dict[str, dict] = {
+    "first": {},
+    "second": {},  # the same seed in another process
+    "mirrored": {"overrides": ("train.strategy=mirrored", "train.cpu_replicas=2")},
+    "conv_first": {"overrides": CONV},
+    "conv_second": {"overrides": CONV},
+    "conv_seed_2": {"overrides": (*CONV, "seed=2")},
+    **{mode: {"cpu_mode": mode} for mode in CPU_MODES if mode != "native"},
+    **{
+        f"{name}_worker_{index}": {"overrides": (*extra, "train.strategy=multi_worker"), "cluster": name}
+        for name, extra in MULTI_WORKER_RUNS.items()
+        for index in range(2)
+    },
+}
+
+
+class PipelineRuns:
+    """The runs of RUNS, each in a fresh process of its own, trained in the background from the
+    first time a test asks for one: as many processes at a time as there are cores (the two
+    workers of a cluster together), the runs a waiting test asks for first. Runs in a CPU mode
+    that this session already has (make test-portable) are left out: nothing asks for them."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.pending = [name for name in RUNS if not _session_has_mode(RUNS[name].get("cpu_mode", "native"))]
+        # composed here, in the test's thread: Hydra's composition is not for two threads at once
+        self.params = {name: tiny_params(*TRAINING, *RUNS[name].get("overrides", ())) for name in self.pending}
+        self.running: dict[str, subprocess.Popen] = {}
+        self.done: dict[str, int] = {}  # name -> exit status
+        self.slots = max(2, os.cpu_count() or 2)
+        self.lock = threading.Condition()
+        self.scheduler: threading.Thread | None = None
+        self.stopped = False
+
+    def __call__(self, *names: str) -> list[Path]:
+        """The folders of the runs `names`, once each has finished (asserting it succeeded)."""
+        with self.lock:
+            wanted = [name for name in self.pending if name in names or RUNS[name].get("cluster") in _clusters(names)]
+            self.pending = wanted + [name for name in self.pending if name not in wanted]
+            if self.scheduler is None:
+                self.scheduler = threading.Thread(target=self._schedule, daemon=True)
+                self.scheduler.start()
+            self.lock.notify_all()
+            finished = self.lock.wait_for(lambda: all(name in self.done for name in names), timeout=900)
+        assert finished, f"runs {names} did not finish in 900 s"
+        for name in names:
+            assert self.done[name] == 0, f"{name}: {(self.base / f'{name}.log').read_text()[-3000:]}"
+        return [self.base / name for name in names]
+
+    def _schedule(self) -> None:
+        with self.lock:
+            while not self.stopped and (self.pending or self.running):
+                for name, process in list(self.running.items()):
+                    if process.poll() is not None:
+                        self.done[name] = self.running.pop(name).returncode
+                        self.lock.notify_all()
+                while self.pending and not self.stopped:
+                    group = self._group(self.pending[0])
+                    if self.running and len(self.running) + len(group) > self.slots:
+                        break
+                    self._start(group)
+                self.lock.wait(timeout=0.2)
+
+    def _group(self, name: str) -> list[str]:
+        cluster = RUNS[name].get("cluster")
+        return [other for other in self.pending if cluster and RUNS[other].get("cluster") == cluster] or [name]
+
+    def _start(self, group: list[str]) -> None:
+        ports = [f"127.0.0.1:{free_port()}" for _ in group]
+        for index, name in enumerate(group):
+            spec = RUNS[name]
+            env = _cluster(ports, index) if "cluster" in spec else None
+            self.running[name] = run_pipeline(
+                self.base / name, self.params[name], spec.get("cpu_mode", "native"), env, log=self.base / f"{name}.log"
             )
-    for name, process in processes.items():
-        output, _ = process.communicate(timeout=900)
-        assert process.returncode == 0, f"{name}: {output[-3000:]}"
-    return {name: base / name for name in processes}
+            self.pending.remove(name)
+
+    def stop(self) -> None:
+        """Kill what still runs (runs nobody asked for, in a selection of the tests)."""
+        with self.lock:
+            self.stopped = True
+            for process in self.running.values():
+                process.kill()
+                process.wait(timeout=30)
+
+
+def _clusters(names) -> set[str]:
+    return {RUNS[name]["cluster"] for name in names if "cluster" in RUNS[name]}
+
+
+def _session_has_mode(mode: str) -> bool:
+    """Whether this process already computes with the kernels of CPU mode `mode`."""
+    return mode != "native" and all(os.environ.get(name) == value for name, value in CPU_MODES[mode].items())
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory) -> Iterator[PipelineRuns]:
+    """`runs("first", "second")`: the folders of those runs of RUNS, trained once per session."""
+    trained = PipelineRuns(tmp_path_factory.mktemp("runs"))
+    yield trained
+    trained.stop()
 
 
 def _train_report(folder: Path) -> dict:
@@ -106,8 +185,10 @@ def _onnx_outputs(folder: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("pair", [("first", "second"), ("conv_first", "conv_second")])
+@pytest.mark.e2e
+@pytest.mark.numeric
 def test_same_seed_gives_identical_metrics_and_onnx_outputs(runs, pair):
-    first, second = (runs[name] for name in pair)
+    first, second = runs(*pair)
     assert _train_report(first) == _train_report(second)
     assert (first / "reports/history.csv").read_text() == (second / "reports/history.csv").read_text()
     assert _export_report(first) == _export_report(second)
@@ -115,10 +196,11 @@ def test_same_seed_gives_identical_metrics_and_onnx_outputs(runs, pair):
         assert np.array_equal(values, _onnx_outputs(second)[name]), f"{name} differs"
 
 
+@pytest.mark.e2e
 def test_another_seed_gives_another_run_on_the_same_data(runs):
     """On real data the seed draws the initial weights and the order of the batches (not the
     data: the files and splits are the same), so seeds give genuinely different runs."""
-    first, other = runs["conv_first"], runs["conv_seed_2"]
+    first, other = runs("conv_first", "conv_seed_2")
     for split in ("train", "test"):
         with np.load(first / f"data/prepared/{split}.npz") as a, np.load(other / f"data/prepared/{split}.npz") as b:
             assert np.array_equal(a["x"], b["x"]) and np.array_equal(a["y"], b["y"])
@@ -127,30 +209,40 @@ def test_another_seed_gives_another_run_on_the_same_data(runs):
 
 
 @pytest.mark.parametrize("mode", [m for m in CPU_MODES if m != "native"])
+@pytest.mark.e2e
+@pytest.mark.numeric
 def test_another_cpus_kernels_keep_every_figure_within_the_stated_tolerance(runs, mode):
     """Across CPUs a fixed seed is not bit-identical; the figures stay within the tolerance."""
-    native, other = _train_report(runs["first"]), _train_report(runs[mode])
+    if _session_has_mode(mode):
+        pytest.skip(f"this session computes with the kernels of {mode} already (make test-portable)")
+    native_run, other_run = runs("first", mode)
+    native, other = _train_report(native_run), _train_report(other_run)
     assert other.keys() == native.keys()
     for key, value in native.items():
         assert other[key] == pytest.approx(value, rel=CROSS_CPU_TOLERANCE, abs=1e-12), key
-    for key, value in _export_report(runs["first"]).items():  # ONNX/Keras parity: both under the gate
-        assert _export_report(runs[mode])[key] == pytest.approx(value, abs=1e-6), key
-    for name, values in _onnx_outputs(runs["first"]).items():
+    for key, value in _export_report(native_run).items():  # ONNX/Keras parity: both under the gate
+        assert _export_report(other_run)[key] == pytest.approx(value, abs=1e-6), key
+    for name, values in _onnx_outputs(native_run).items():
         np.testing.assert_allclose(
-            _onnx_outputs(runs[mode])[name], values, rtol=0, atol=CROSS_CPU_TOLERANCE, err_msg=name
+            _onnx_outputs(other_run)[name], values, rtol=0, atol=CROSS_CPU_TOLERANCE, err_msg=name
         )
 
 
+@pytest.mark.e2e
+@pytest.mark.numeric
 def test_mirrored_strategy_on_two_cpus_matches_the_default_strategy(runs):
-    default, mirrored = _train_report(runs["first"]), _train_report(runs["mirrored"])
+    default_run, mirrored_run = runs("first", "mirrored")
+    default, mirrored = _train_report(default_run), _train_report(mirrored_run)
     assert default["train/replicas"] == 1 and mirrored["train/replicas"] == 2
     for key in ("train/final_loss", "train/final_val_loss", "train/final_accuracy"):
         assert mirrored[key] == pytest.approx(default[key], rel=1e-3), key
-    for name, values in _onnx_outputs(runs["first"]).items():
-        np.testing.assert_allclose(_onnx_outputs(runs["mirrored"])[name], values, atol=1e-3)
+    for name, values in _onnx_outputs(default_run).items():
+        np.testing.assert_allclose(_onnx_outputs(mirrored_run)[name], values, atol=1e-3)
 
 
 @pytest.mark.parametrize("name", MULTI_WORKER_RUNS)
+@pytest.mark.e2e
+@pytest.mark.numeric
 def test_two_workers_on_loopback_train_as_one_process_does(runs, name):
     """MultiWorkerMirroredStrategy over two processes (TF_CONFIG, loopback): both workers end with
     the same model, and it is the single process's within the stated tolerance; for the
@@ -158,25 +250,27 @@ def test_two_workers_on_loopback_train_as_one_process_does(runs, name):
     series (its statistics are synchronized)."""
     import mlflow
 
-    single = _train_report(runs[name])
-    workers = [_train_report(runs[f"{name}_worker_{index}"]) for index in range(2)]
+    single_run, *worker_runs = runs(name, f"{name}_worker_0", f"{name}_worker_1")
+    single = _train_report(single_run)
+    workers = [_train_report(folder) for folder in worker_runs]
     assert workers[0] == workers[1]
     assert workers[0]["train/replicas"] == 2 and single["train/replicas"] == 1
     assert workers[0].keys() == single.keys()
     for key, value in single.items():
         if key != "train/replicas":
             assert workers[0][key] == pytest.approx(value, rel=MULTI_WORKER_TOLERANCE["figures"], abs=1e-12), key
-    for output, values in _onnx_outputs(runs[name]).items():
-        for index in range(2):
-            worker_values = _onnx_outputs(runs[f"{name}_worker_{index}"])[output]
+    for output, values in _onnx_outputs(single_run).items():
+        for folder in worker_runs:
+            worker_values = _onnx_outputs(folder)[output]
             tolerance = MULTI_WORKER_TOLERANCE["outputs"]
             np.testing.assert_allclose(worker_values, values, rtol=0, atol=tolerance, err_msg=output)
-    for index in range(2):
-        client = mlflow.MlflowClient(f"sqlite:///{runs[f'{name}_worker_{index}'] / 'mlflow.db'}")
+    for index, folder in enumerate(worker_runs):
+        client = mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
         (run,) = client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
         assert run.data.tags["train.worker"] == f"{index} of 2"
 
 
+@pytest.mark.e2e
 def test_a_batch_smaller_than_the_replicas_is_refused_before_training(tmp_path):
     params = tiny_params(*TRAINING, "train.strategy=mirrored", "train.cpu_replicas=3", "train.batch_size=2")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -187,7 +281,7 @@ def test_a_batch_smaller_than_the_replicas_is_refused_before_training(tmp_path):
     assert not (tmp_path / "models/model.keras").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("backup_every", [1, 3])
 def test_training_killed_mid_epoch_resumes_on_the_next_repro_to_the_same_result(runs, tmp_path, backup_every):
     """Killed after its backup of epoch 4 or later (with backups every 3 epochs: of epoch 6, the
@@ -223,8 +317,9 @@ def test_training_killed_mid_epoch_resumes_on_the_next_repro_to_the_same_result(
 
     resumed = dvc(repo, "repro")
     assert "resumed from .checkpoints/train:" in resumed.stdout
-    assert _train_report(repo) == _train_report(runs["first"]), "the same result as an uninterrupted run"
-    for name, values in _onnx_outputs(runs["first"]).items():
+    (uninterrupted,) = runs("first")
+    assert _train_report(repo) == _train_report(uninterrupted), "the same result as an uninterrupted run"
+    for name, values in _onnx_outputs(uninterrupted).items():
         assert np.array_equal(_onnx_outputs(repo)[name], values), name
     assert not (repo / ".checkpoints/train").exists(), "a finished training leaves no backup"
     assert json.loads(dvc(repo, "status", "--json").stdout) == {}
@@ -234,7 +329,7 @@ def test_training_killed_mid_epoch_resumes_on_the_next_repro_to_the_same_result(
     assert steps == set(range(12)) and run.info.status == "FINISHED", "one run holds every epoch"
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_workers_killed_mid_training_resume_together_to_the_same_result(runs, tmp_path):
     """Both workers killed with SIGKILL and started again resume from one epoch, also when one of
     them saved an epoch the other did not (it goes back to its previous backup), and end with the
@@ -283,7 +378,7 @@ def test_two_workers_killed_mid_training_resume_together_to_the_same_result(runs
         assert f"{min(epochs)} of 12 epochs were done" in output, output[-3000:]
     ahead = epochs.index(max(epochs))
     assert f"back to the backup of epoch {min(epochs)}" in outputs[ahead]
-    uninterrupted = _train_report(runs["first_worker_0"])
+    uninterrupted = _train_report(runs("first_worker_0")[0])
     for folder in folders:
         report = _train_report(folder)
         assert report.keys() == uninterrupted.keys()

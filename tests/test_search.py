@@ -49,6 +49,7 @@ for _ in range(5):
 """
 
 
+@pytest.mark.e2e
 def test_workers_starting_together_on_a_fresh_storage_all_open_the_study(tmp_path):
     """They race to create the storage's tables (a unique-constraint or table-exists error for
     the loser, seen with plain optuna.create_study): every one of them opens the study."""
@@ -78,14 +79,14 @@ def study_storage(tmp_path):
         connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_workers_share_one_study_and_every_trial_is_a_logged_dvc_experiment(tmp_path, study_storage):
     import mlflow
     import optuna
 
     fixed = [*TINY, f"data.n_samples={TINY_SAMPLES}"]
     command = [sys.executable, "-m", "pipeline.tools.search", "--study", "tiny", "--storage", study_storage]
-    command += ["--trials", "3", "--space", "model.units=int:4:16"]
+    command += ["--trials", "2", "--space", "model.units=int:4:16"]  # a trial per worker
     command += [part for override in fixed for part in ("-S", override)]
     clones = [git_copy(tmp_path / f"machine{i}") for i in (1, 2)]
     # each machine its own MLflow store (the runs of several machines go to the team's server)
@@ -97,7 +98,7 @@ def test_two_workers_share_one_study_and_every_trial_is_a_logged_dvc_experiment(
 
     trials = optuna.load_study(study_name="tiny", storage=optuna_storage(study_storage)).trials
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) >= 3 and len({t.params["model.units"] for t in complete}) > 1
+    assert len(complete) >= 2 and len({t.params["model.units"] for t in complete}) > 1
     by_experiment = {}
     for clone in clones:  # each worker ran trials in its own clone, logged to its store
         names = dvc(clone, "exp", "list", "--name-only").stdout.split()

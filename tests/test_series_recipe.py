@@ -85,6 +85,7 @@ def test_window_slices_are_drawn_from_the_seed_and_the_epoch():
 
 
 @pytest.mark.parametrize("window_slice", [None, 0.75])
+@pytest.mark.integration
 def test_fit_trains_each_epoch_on_the_batches_drawn_for_it(window_slice):
     """Keras's fit over EpochBatches.dataset() sees, in epoch e, the batches of (seed, e) in their
     order (a lone last sample joined to the batch before it), also when it starts at a later
@@ -153,6 +154,7 @@ def test_the_replicas_of_all_workers_share_each_batch_exactly_once(workers, repl
         assert max(len(y) for _, y, _ in parts) - min(len(y) for _, y, _ in parts) <= 1
 
 
+@pytest.mark.numeric
 def test_conv_gap_is_the_global_average_of_the_same_encoder():
     """conv_gap weights every valid step alike: its attention is uniform on the valid steps and 0
     on padding, and the prediction is the head on the mean of the encoder's states."""
@@ -172,6 +174,7 @@ def test_conv_gap_is_the_global_average_of_the_same_encoder():
 
 
 @pytest.mark.parametrize("name", ["GunPoint", "BasicMotions"])
+@pytest.mark.numeric
 def test_minirocket_features_in_keras_equal_sktime_s_transform(name):
     """The Keras transform (dilated Conv1D with fixed weights, then PPV) gives sktime's features:
     equal but for a step where a convolution output ties with a bias (rounding), which moves a
@@ -205,6 +208,8 @@ def _switched_on_and_off(n_series: int, length: int, seed: int) -> tuple[np.ndar
     return x, y
 
 
+@pytest.mark.integration
+@pytest.mark.numeric
 def test_minirocket_onnx_features_equal_keras_on_series_with_flat_stretches(monkeypatch):
     """Flat stretches put many convolution outputs on a bias up to float rounding, where TensorFlow
     and ONNX Runtime can round apart; the fitted transform counts those ties alike in both."""
@@ -224,6 +229,7 @@ def test_minirocket_onnx_features_equal_keras_on_series_with_flat_stretches(monk
     assert np.abs(from_onnx - from_keras).max() <= 2 / 400  # a step or two counted apart at most
 
 
+@pytest.mark.integration
 def test_minirocket_runs_through_every_stage_and_deploys_as_onnx(tmp_path):
     """model=minirocket is a pipeline config like any other: fitted in train (no epochs), exported
     by tf2onnx within the parity gate, evaluated by ONNX Runtime, logged to MLflow."""
@@ -257,6 +263,7 @@ def _class_attention_model(score="class", *overrides):
     return model, x
 
 
+@pytest.mark.numeric
 def test_class_attention_starts_as_the_global_average_and_predicts_from_its_own_weights():
     """score "class": with alpha 0 the weights are uniform, exactly the global
     average of the head's per-step scores; with alpha > 0 the predicted class's logit is the sum
@@ -287,6 +294,7 @@ def test_class_attention_starts_as_the_global_average_and_predicts_from_its_own_
     assert np.asarray(out["attention"])[2:].std(axis=1).min() > 0, "no longer uniform"
 
 
+@pytest.mark.numeric
 def test_gated_attention_is_the_mean_of_gated_states_and_its_uniform_copy_keeps_the_mean_gate():
     """score "gated" (the default): context = (1/T) sum_t g_t h_t over the valid steps, with the
     attention returned g_t / sum g; the uniform ablation weighs the steps 1/T and keeps the
@@ -321,6 +329,7 @@ def test_gated_attention_is_the_mean_of_gated_states_and_its_uniform_copy_keeps_
     np.testing.assert_allclose(np.asarray(uniform["attention"])[2:], 1 / 12, rtol=1e-6)
 
 
+@pytest.mark.numeric
 def test_a_gate_floor_mixes_the_global_average_into_the_gated_mean():
     """model.gate_floor f: gates f + (1 - f) g_t, so the context is f x the mean of the states plus
     (1 - f) x the gated mean, and each valid step keeps attention of at least f / T."""
@@ -346,6 +355,7 @@ def test_a_gate_floor_mixes_the_global_average_into_the_gated_mean():
     assert attention[2:].std(axis=1).min() > 0, "the gates still differ between steps"
 
 
+@pytest.mark.numeric
 def test_state_dropout_drops_encoder_states_in_training_only():
     """model.state_dropout p: while training, a fraction p of the encoder's states is zeroed (the
     rest scaled by 1 / (1 - p)) before the pooling; at inference, and in the exported ONNX model,
@@ -374,6 +384,7 @@ def test_state_dropout_drops_encoder_states_in_training_only():
     np.testing.assert_allclose(trained[kept], 2 * encoded[kept], rtol=1e-5)
 
 
+@pytest.mark.numeric
 def test_positional_encoding_adds_each_steps_sinusoid_to_the_states_and_exports_at_any_length():
     """model.positional_encoding: the pooling sees state_t + PE[t], PE[t, 2i] = sin(t / 10000^(2i/d)),
     PE[t, 2i+1] = cos(...); the exported ONNX model computes it for the input's own length, and

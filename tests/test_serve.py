@@ -17,6 +17,8 @@ from pipeline.onnx.conversion import to_onnx
 from pipeline.tools.loadbench import free_port, start_service
 from tests.conftest import REPO_ROOT, subprocess_env, tiny_config
 
+pytestmark = pytest.mark.e2e
+
 MAX_BODY = 200_000
 MAX_BATCH = 64
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipeline.core import stage
-from tests.conftest import REPO_ROOT, stages_run, subprocess_env
+from tests.conftest import REPO_ROOT, subprocess_env
 
 TENSORFLOW_FREE = (
     "pipeline.stages.prepare",
@@ -36,6 +36,7 @@ TENSORFLOW_FREE = (
 )
 
 
+@pytest.mark.e2e
 def test_stages_that_do_not_train_do_not_import_tensorflow():
     code = (
         f"import sys, {', '.join(TENSORFLOW_FREE)}\n"
@@ -47,13 +48,13 @@ def test_stages_that_do_not_train_do_not_import_tensorflow():
     assert result.stdout.strip() == "[]"
 
 
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    """prepare, train, export, evaluate once on tiny data in a scratch directory."""
-    with stages_run(tmp_path_factory.mktemp("stages")) as workdir:
-        yield workdir
+@pytest.fixture
+def pipeline_run(trained_runs, tmp_path):
+    """A copy of the session's tiny run of every stage on the default config."""
+    return trained_runs.copy(tmp_path)
 
 
+@pytest.mark.integration
 def test_stages_write_their_outputs_and_one_mlflow_run(pipeline_run, monkeypatch):
     monkeypatch.chdir(pipeline_run)
     metrics = json.loads(stage.METRICS_FILE.read_text())
@@ -112,6 +113,7 @@ def test_stages_write_their_outputs_and_one_mlflow_run(pipeline_run, monkeypatch
     assert [m.name for m in logged] == ["onnx_model"]
 
 
+@pytest.mark.e2e
 def test_failed_parity_gate_exits_2_and_keeps_the_previous_model(pipeline_run):
     params = pipeline_run / "params.yaml"
     onnx_before = (pipeline_run / stage.ONNX_MODEL).read_bytes()
@@ -140,6 +142,7 @@ def test_failed_parity_gate_exits_2_and_keeps_the_previous_model(pipeline_run):
     assert (pipeline_run / stage.EXPORT_REPORT).read_bytes() == report_before
 
 
+@pytest.mark.e2e
 def test_bad_params_exit_2_with_the_key_and_write_nothing(pipeline_run):
     params = pipeline_run / "params.yaml"
     before = {p: p.read_bytes() for p in (pipeline_run / "data/prepared").iterdir()}

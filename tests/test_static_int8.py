@@ -15,6 +15,8 @@ from pipeline.serving.inference import OnnxModel
 from pipeline.stages import export
 from tests.conftest import stages_run
 
+pytestmark = [pytest.mark.integration, pytest.mark.numeric]
+
 QDQ = (
     "experiment=ucr",
     "data.name=ItalyPowerDemand",

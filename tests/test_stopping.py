@@ -79,6 +79,7 @@ def test_cosine_with_a_plateau_patience_is_refused():
         tiny_config("train.lr_schedule=cosine")
 
 
+@pytest.mark.integration
 def test_with_an_ema_momentum_the_model_keeps_the_moving_average_of_its_weights(tmp_path):
     """A momentum near 1 holds the average at the weights of the first step: the kept weights
     stay by the initial ones, while plain training keeps its best epoch's, far from them."""

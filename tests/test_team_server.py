@@ -25,6 +25,8 @@ from mlflow.tracking import MlflowClient
 from pipeline.tools.loadbench import free_port
 from tests.conftest import REPO_ROOT, dvc, git_copy, stages_run, subprocess_env, tiny_params
 
+pytestmark = pytest.mark.e2e
+
 POSTGRES = os.environ.get("PIPELINE_TEST_POSTGRES")
 if not POSTGRES:
     if os.environ.get("CI") == "true":
@@ -240,7 +242,6 @@ def test_server_down_at_start_records_offline_and_sync_uploads_it(database, tmp_
         later.kill()
 
 
-@pytest.mark.slow
 def test_server_killed_mid_training_loses_neither_model_nor_dvc_outputs(database, tmp_path):
     """`dvc repro` against a team server that is SIGKILLed after the first epochs: every stage
     still completes and DVC records its outputs; the records made after the kill go to the

@@ -14,7 +14,7 @@ import mlflow
 import pytest
 
 from pipeline.tracking import CPU_TAG, EXPERIMENT_KIND_TAG, TRAINING_KIND, cpu_model, experiment_id
-from tests.conftest import REPO_ROOT, stages_run, start_command, subprocess_env
+from tests.conftest import EXPERIMENT_ENV, REPO_ROOT, start_command, subprocess_env
 
 CONNECT = """
 import sys
@@ -23,6 +23,7 @@ print(experiment_id(sys.argv[1], sys.argv[2]))
 """
 
 
+@pytest.mark.e2e
 def test_parallel_stages_can_create_one_fresh_store_and_experiment(tmp_path):
     """Four processes start at once on a store that does not exist yet (dvc queue start -j N)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -35,6 +36,7 @@ def test_parallel_stages_can_create_one_fresh_store_and_experiment(tmp_path):
     assert {e.name for e in mlflow.search_experiments()} >= {"attention-0", "attention-1"}
 
 
+@pytest.mark.integration
 def test_experiments_open_in_the_ui_s_training_view(tracked_run, tmp_path):
     """The pipeline's experiments are tagged as training experiments (MLflow's kind tag), also one
     created before the tag was set. (3.17's UI takes its view from the address: see pipeline/tracking/ui.py.)"""
@@ -71,6 +73,7 @@ def _rendered_text(url: str) -> str:
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt install chromium)")
+@pytest.mark.e2e
 def test_make_ui_prints_the_training_view_where_the_runs_table_and_comparison_show_the_metrics(tracked_run):
     import urllib.request
 
@@ -113,27 +116,28 @@ def test_make_ui_prints_the_training_view_where_the_runs_table_and_comparison_sh
         ui.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def tracked_run(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DVC_EXP_NAME", "tidy-gnus")
-        patch.setenv("DVC_EXP_BASELINE_REV", "0123abc")
-        with stages_run(tmp_path_factory.mktemp("tracked")) as workdir:
-            import json
+@pytest.fixture
+def tracked_run(trained_runs, tmp_path):
+    """The MLflow run of a copy of the session's tiny run (trained as in a DVC experiment)."""
+    import json
 
-            run_id = json.loads((workdir / "reports/mlflow_run.json").read_text())["run_id"]
-            mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
-            yield mlflow.get_run(run_id)
+    workdir = trained_runs.copy(tmp_path / "tracked")
+    run_id = json.loads((workdir / "reports/mlflow_run.json").read_text())["run_id"]
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    return mlflow.get_run(run_id)
 
 
+@pytest.mark.integration
 def test_runs_carry_the_dvc_experiment_name_baseline_and_cpu(tracked_run):
     """(The git commit tag is tested end to end, in a git repository: test_pipeline_e2e.)"""
     tags = tracked_run.data.tags
-    assert tags["dvc.experiment"] == "tidy-gnus" and tags["dvc.baseline_rev"] == "0123abc"
+    assert tags["dvc.experiment"] == EXPERIMENT_ENV["DVC_EXP_NAME"] == "tidy-gnus"
+    assert tags["dvc.baseline_rev"] == EXPERIMENT_ENV["DVC_EXP_BASELINE_REV"]
     assert "git.commit" not in tags, "the scratch directory is no git working copy"
     assert tags[CPU_TAG] == cpu_model() and cpu_model(), "training seconds need the CPU they were measured on"
 
 
+@pytest.mark.integration
 def test_prepared_data_is_a_dataset_input_with_its_digest(tracked_run):
     inputs = tracked_run.inputs.dataset_inputs
     assert len(inputs) == 1
@@ -142,6 +146,7 @@ def test_prepared_data_is_a_dataset_input_with_its_digest(tracked_run):
     assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "training"
 
 
+@pytest.mark.e2e
 def test_unreachable_tracking_server_fails_fast_before_training(stage_dir):
     import socket
     import time
