@@ -26,13 +26,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests
 	$(BIN)/ruff format --check pipeline tests
 
+# Two pytest-xdist workers, each taking whole modules (their fixtures are set up once): on 2
+# cores 1.4 to 1.5 times faster than one process (README "Tests"). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 # Every tier; the 20 slowest tests are listed at the end, so that the next slow one shows.
 test: lint
-	$(BIN)/python -m pytest --durations=20
+	$(PYTEST) --durations=20
 
 # The inner loop: unit and integration tests, no subprocess, server or real dvc (tier e2e).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not e2e"
+	$(PYTEST) -m "not e2e"
 
 # The tests that compare numbers (marker numeric: golden outputs, export parity, determinism,
 # cross-mode tolerances) with TensorFlow's kernels of another CPU: oneDNN off (ONEDNN_MODE=off,
@@ -42,7 +47,7 @@ ONEDNN_ENV_off := TF_ENABLE_ONEDNN_OPTS=0
 ONEDNN_ENV_avx2 := ONEDNN_MAX_CPU_ISA=AVX2
 test-portable: $(STAMP)
 	$(if $(ONEDNN_ENV_$(ONEDNN_MODE)),,$(error ONEDNN_MODE must be off or avx2, got '$(ONEDNN_MODE)'))
-	$(ONEDNN_ENV_$(ONEDNN_MODE)) $(BIN)/python -m pytest -m numeric --durations=10
+	$(ONEDNN_ENV_$(ONEDNN_MODE)) $(PYTEST) -m numeric --durations=10
 
 # Inference benchmarks of the pipeline's model (reproduced first if needed), then the HTTP
 # service under load and a soak -> reports/bench.json; the training input pipelines ->

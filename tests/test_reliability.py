@@ -5,6 +5,7 @@ processes agrees with one process, and nothing unsafe is loaded."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -79,14 +80,14 @@ RUNS: dict[str, dict] = {
 
 
 class PipelineRuns:
-    """The runs of RUNS, each in a fresh process of its own, trained in the background from the
-    first time a test asks for one: as many processes at a time as there are cores (the two
-    workers of a cluster together), the runs a waiting test asks for first. Runs in a CPU mode
-    that this session already has (make test-portable) are left out: nothing asks for them."""
+    """The runs of RUNS that the selected tests ask for, each in a fresh process of its own,
+    trained in the background from the first time a test asks for one: as many processes at a
+    time as there are cores (the two workers of a cluster together), the runs a waiting test asks
+    for first."""
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, asked: set[str]):
         self.base = base
-        self.pending = [name for name in RUNS if not _session_has_mode(RUNS[name].get("cpu_mode", "native"))]
+        self.pending = [name for name in RUNS if name in asked or RUNS[name].get("cluster") in _clusters(asked)]
         # composed here, in the test's thread: Hydra's composition is not for two threads at once
         self.params = {name: tiny_params(*TRAINING, *RUNS[name].get("overrides", ())) for name in self.pending}
         self.running: dict[str, subprocess.Popen] = {}
@@ -157,12 +158,45 @@ def _session_has_mode(mode: str) -> bool:
     return mode != "native" and all(os.environ.get(name) == value for name, value in CPU_MODES[mode].items())
 
 
+# The runs each test compares, by the test's parameters: the folders its `runs` fixture holds,
+# in this order.
+ASKED: dict[str, Callable[..., tuple[str, ...]]] = {
+    "test_same_seed_gives_identical_metrics_and_onnx_outputs": lambda pair: pair,
+    "test_another_seed_gives_another_run_on_the_same_data": lambda: ("conv_first", "conv_seed_2"),
+    "test_another_cpus_kernels_keep_every_figure_within_the_stated_tolerance": lambda mode: ("first", mode),
+    "test_mirrored_strategy_on_two_cpus_matches_the_default_strategy": lambda: ("first", "mirrored"),
+    "test_two_workers_on_loopback_train_as_one_process_does": lambda name: (
+        name,
+        f"{name}_worker_0",
+        f"{name}_worker_1",
+    ),
+    "test_training_killed_mid_epoch_resumes_on_the_next_repro_to_the_same_result": lambda backup_every: ("first",),
+    "test_two_workers_killed_mid_training_resume_together_to_the_same_result": lambda: ("first_worker_0",),
+}
+
+
+def _asked(item: pytest.Item) -> tuple[str, ...]:
+    """The runs that the test `item` compares (ASKED), none where it runs in this session's CPU
+    mode already (make test-portable: it skips)."""
+    ask = ASKED[item.originalname]
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    names = ask(**{key: params[key] for key in inspect.signature(ask).parameters})
+    return () if any(_session_has_mode(RUNS[name].get("cpu_mode", "native")) for name in names) else names
+
+
 @pytest.fixture(scope="session")
-def runs(tmp_path_factory) -> Iterator[PipelineRuns]:
-    """`runs("first", "second")`: the folders of those runs of RUNS, trained once per session."""
-    trained = PipelineRuns(tmp_path_factory.mktemp("runs"))
+def pipeline_runs(request, tmp_path_factory) -> Iterator[PipelineRuns]:
+    """The runs the session's selected tests compare, trained once in the background."""
+    asked = {name for item in request.session.items if item.originalname in ASKED for name in _asked(item)}
+    trained = PipelineRuns(tmp_path_factory.mktemp("runs"), asked)
     yield trained
     trained.stop()
+
+
+@pytest.fixture
+def runs(pipeline_runs, request) -> list[Path]:
+    """The folders of the runs this test compares (ASKED), once they have finished."""
+    return pipeline_runs(*_asked(request.node))
 
 
 def _train_report(folder: Path) -> dict:
@@ -188,7 +222,7 @@ def _onnx_outputs(folder: Path) -> dict[str, np.ndarray]:
 @pytest.mark.e2e
 @pytest.mark.numeric
 def test_same_seed_gives_identical_metrics_and_onnx_outputs(runs, pair):
-    first, second = runs(*pair)
+    first, second = runs
     assert _train_report(first) == _train_report(second)
     assert (first / "reports/history.csv").read_text() == (second / "reports/history.csv").read_text()
     assert _export_report(first) == _export_report(second)
@@ -200,7 +234,7 @@ def test_same_seed_gives_identical_metrics_and_onnx_outputs(runs, pair):
 def test_another_seed_gives_another_run_on_the_same_data(runs):
     """On real data the seed draws the initial weights and the order of the batches (not the
     data: the files and splits are the same), so seeds give genuinely different runs."""
-    first, other = runs("conv_first", "conv_seed_2")
+    first, other = runs
     for split in ("train", "test"):
         with np.load(first / f"data/prepared/{split}.npz") as a, np.load(other / f"data/prepared/{split}.npz") as b:
             assert np.array_equal(a["x"], b["x"]) and np.array_equal(a["y"], b["y"])
@@ -215,7 +249,7 @@ def test_another_cpus_kernels_keep_every_figure_within_the_stated_tolerance(runs
     """Across CPUs a fixed seed is not bit-identical; the figures stay within the tolerance."""
     if _session_has_mode(mode):
         pytest.skip(f"this session computes with the kernels of {mode} already (make test-portable)")
-    native_run, other_run = runs("first", mode)
+    native_run, other_run = runs
     native, other = _train_report(native_run), _train_report(other_run)
     assert other.keys() == native.keys()
     for key, value in native.items():
@@ -229,9 +263,8 @@ def test_another_cpus_kernels_keep_every_figure_within_the_stated_tolerance(runs
 
 
 @pytest.mark.e2e
-@pytest.mark.numeric
 def test_mirrored_strategy_on_two_cpus_matches_the_default_strategy(runs):
-    default_run, mirrored_run = runs("first", "mirrored")
+    default_run, mirrored_run = runs
     default, mirrored = _train_report(default_run), _train_report(mirrored_run)
     assert default["train/replicas"] == 1 and mirrored["train/replicas"] == 2
     for key in ("train/final_loss", "train/final_val_loss", "train/final_accuracy"):
@@ -242,7 +275,6 @@ def test_mirrored_strategy_on_two_cpus_matches_the_default_strategy(runs):
 
 @pytest.mark.parametrize("name", MULTI_WORKER_RUNS)
 @pytest.mark.e2e
-@pytest.mark.numeric
 def test_two_workers_on_loopback_train_as_one_process_does(runs, name):
     """MultiWorkerMirroredStrategy over two processes (TF_CONFIG, loopback): both workers end with
     the same model, and it is the single process's within the stated tolerance; for the
@@ -250,7 +282,7 @@ def test_two_workers_on_loopback_train_as_one_process_does(runs, name):
     series (its statistics are synchronized)."""
     import mlflow
 
-    single_run, *worker_runs = runs(name, f"{name}_worker_0", f"{name}_worker_1")
+    single_run, *worker_runs = runs
     single = _train_report(single_run)
     workers = [_train_report(folder) for folder in worker_runs]
     assert workers[0] == workers[1]
@@ -317,7 +349,7 @@ def test_training_killed_mid_epoch_resumes_on_the_next_repro_to_the_same_result(
 
     resumed = dvc(repo, "repro")
     assert "resumed from .checkpoints/train:" in resumed.stdout
-    (uninterrupted,) = runs("first")
+    (uninterrupted,) = runs
     assert _train_report(repo) == _train_report(uninterrupted), "the same result as an uninterrupted run"
     for name, values in _onnx_outputs(uninterrupted).items():
         assert np.array_equal(_onnx_outputs(repo)[name], values), name
@@ -378,7 +410,7 @@ def test_two_workers_killed_mid_training_resume_together_to_the_same_result(runs
         assert f"{min(epochs)} of 12 epochs were done" in output, output[-3000:]
     ahead = epochs.index(max(epochs))
     assert f"back to the backup of epoch {min(epochs)}" in outputs[ahead]
-    uninterrupted = _train_report(runs("first_worker_0")[0])
+    uninterrupted = _train_report(runs[0])
     for folder in folders:
         report = _train_report(folder)
         assert report.keys() == uninterrupted.keys()
