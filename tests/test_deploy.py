@@ -62,7 +62,8 @@ def test_triton_config_parses_and_matches_the_onnx_graph(bundle, variant):
     graph = onnx.load(folder / "1" / "model.onnx").graph
     assert config.name == f"attention_{variant}" and config.platform == "onnxruntime_onnx"
     assert [i.name for i in config.input] == [i.name for i in graph.input] == ["x"]
-    assert [o.name for o in config.output] == [o.name for o in graph.output] == ["prediction", "attention"]
+    outputs = ["prediction", "attention", "logit", "contribution"]
+    assert [o.name for o in config.output] == [o.name for o in graph.output] == outputs
     for declared, value_info in zip([*config.input, *config.output], [*graph.input, *graph.output]):
         graph_dims = [d.dim_value if d.HasField("dim_value") else -1 for d in value_info.type.tensor_type.shape.dim]
         assert [-1, *declared.dims] == [-1, *graph_dims[1:]], declared.name

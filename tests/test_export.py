@@ -47,14 +47,55 @@ def test_sequence_export_follows_the_contract(overrides, time_dim):
     _, onnx_model = _export(*overrides)
     graph = onnx_model.graph
     assert [i.name for i in graph.input] == ["x"]
-    assert [o.name for o in graph.output] == list(OUTPUT_NAMES)
+    assert [o.name for o in graph.output] == [*OUTPUT_NAMES, "logit", "contribution"]
     assert _dims(graph.input[0]) == ["batch", time_dim, 2]
     assert _dims(graph.output[0]) == ["batch", 1]
     assert _dims(graph.output[1]) == ["batch", time_dim]
+    assert _dims(graph.output[2]) == ["batch", 1]
+    assert _dims(graph.output[3]) == ["batch", time_dim, 1]
     assert onnx_model.opset_import[0].version == 17
     assert {"LSTM"} <= {n.op_type for n in graph.node}, "unmasked LSTM exports as an LSTM node"
     assert "Loop" not in {n.op_type for n in graph.node}
     assert _runtime(onnx_model).metadata["task"] == "planted_step"
+
+
+SMALL_CONV = ("model.filters=[8,8]", "model.kernel_sizes=[3,3]")
+DECOMPOSED = {
+    "lstm_attention": ("model=lstm_attention", "model.position_bias=false"),
+    "lstm_values_inputs": ("model=lstm_attention", "model.values=inputs", "model.position_bias=false"),
+    "multihead_pooling": ("model=multihead_pooling",),
+    "conv_gap": ("model=conv_gap", *SMALL_CONV),
+    "conv_attention": ("model=conv_attention", *SMALL_CONV),
+    "conjunctive": ("model=conv_attention", "model.score=conjunctive", *SMALL_CONV),
+    "instance": ("model=conv_attention", "model.score=instance", *SMALL_CONV),
+    "class": ("model=conv_attention", "model.score=class", *SMALL_CONV),
+}
+
+
+@pytest.mark.parametrize("case", DECOMPOSED)
+@pytest.mark.numeric
+def test_contribution_sums_to_the_logit_in_keras_and_onnx(case):
+    """Σ over valid steps of `contribution`, plus one constant per output, is the `logit`, within
+    1e-5, in Keras and in ONNX Runtime; padded steps contribute exactly 0."""
+    keras.utils.set_random_seed(3)
+    task = TaskSpec((24, 2), "multiclass", padded=True, n_classes=3, normalization={"mode": "none"})
+    model = build_model(tiny_config(*DECOMPOSED[case]).model, task)
+    rng = np.random.default_rng(3)
+    for weight in model.weights:  # weights far from their start, so every step counts differently
+        if weight.trainable:
+            weight.assign(weight + rng.normal(0, 0.3, weight.shape).astype("float32"))
+    onnx_model = to_onnx(model, 17)
+    time, padded = 24, True
+    x = rng.standard_normal((6, time, 2)).astype("float32")
+    x[:3, time // 2 :] = PAD_VALUE
+    keras_out = {k: np.asarray(v) for k, v in model(x).items()}
+    onnx_out = _runtime(onnx_model).run(x)
+    bias = keras_out["logit"] - keras_out["contribution"].sum(axis=1)
+    for out in (keras_out, onnx_out):
+        np.testing.assert_allclose(out["contribution"].sum(axis=1) + bias[0], out["logit"], atol=1e-5)
+        if padded:
+            assert (out["contribution"][:3, time // 2 :] == 0).all()
+    assert np.ptp(keras_out["contribution"], axis=1).max() > 1e-3, "steps that differ"
 
 
 @pytest.mark.parametrize("length", [20, 7, 33])

@@ -28,7 +28,7 @@ def test_outputs_are_prediction_and_attention_distributions(experiment, input_sh
     model = _model(experiment, input_shape)
     x = np.random.default_rng(0).standard_normal(batch_shape).astype("float32")
     out = model(x)
-    assert set(out) == {"prediction", "attention"}
+    assert {"prediction", "attention", "logit"} <= set(out) <= {"prediction", "attention", "logit", "contribution"}
     prediction, attention = np.asarray(out["prediction"]), np.asarray(out["attention"])
     assert prediction.shape == (6, 1) and ((prediction > 0) & (prediction < 1)).all()
     assert attention.shape == (6, batch_shape[1])
@@ -53,7 +53,9 @@ def test_every_sequence_model_gives_attention_distributions_and_reloads(tmp_path
 def test_regression_head_is_linear():
     keras.utils.set_random_seed(0)
     model = build_model(tiny_config("data=find_max").model, TaskSpec((20, 1), "regression"))
-    assert model.get_layer("prediction").activation.__name__ == "linear"
+    assert model.get_layer("prediction").task_type == "regression"
+    out = model(np.random.default_rng(0).normal(size=(3, 20, 1)).astype("float32"))
+    np.testing.assert_array_equal(out["prediction"], out["logit"])
 
 
 def test_sequence_model_without_position_bias_runs_on_any_length():
@@ -135,12 +137,13 @@ def _head_weights(layer: MultiHeadAttentionPooling, states: np.ndarray) -> np.nd
 def test_multihead_pooling_reads_out_the_norm_of_what_each_step_adds_to_the_context():
     states = np.random.default_rng(0).standard_normal((2, 7, 5)).astype("float32")
     layer = MultiHeadAttentionPooling(heads=3, key_dim=4)
-    context, attention = (np.asarray(t) for t in layer(states))
+    context, attention, step_values = (np.asarray(t) for t in layer(states))
     assert context.shape == (2, 5) and attention.shape == (2, 7)
     weights = _head_weights(layer, states)
     values = np.asarray(layer.attention.value_dense(states))  # [batch, time, heads, key_dim]
     kernel = np.asarray(layer.attention.output_dense.kernel)  # [heads, key_dim, units]
     added = np.einsum("bht,bthd,hdu->btu", weights, values, kernel)  # what each step adds
+    np.testing.assert_allclose(step_values, added, atol=1e-5)
     np.testing.assert_allclose(added.sum(axis=1) + np.asarray(layer.attention.output_dense.bias), context, atol=1e-5)
     norms = np.linalg.norm(added, axis=-1)
     np.testing.assert_allclose(attention, norms / norms.sum(axis=1, keepdims=True), atol=1e-5)
@@ -165,12 +168,12 @@ def test_a_head_that_adds_nothing_does_not_move_the_norm_readout():
     value_kernel[:, 1], value_bias[1] = 0.0, 0.0
     layer.attention.value_dense.kernel.assign(value_kernel)
     layer.attention.value_dense.bias.assign(value_bias)
-    context, attention = (np.asarray(t) for t in layer(states))
+    context, attention, _ = (np.asarray(t) for t in layer(states))
     weights = _head_weights(layer, states)
     query_kernel = np.asarray(layer.attention.query_dense.kernel).copy()
     query_kernel[:, 1] *= -3.0  # head 1 now weighs other steps
     layer.attention.query_dense.kernel.assign(query_kernel)
-    moved_context, moved_attention = (np.asarray(t) for t in layer(states))
+    moved_context, moved_attention, _ = (np.asarray(t) for t in layer(states))
     assert np.abs(_head_weights(layer, states)[:, 1] - weights[:, 1]).max() > 0.05
     np.testing.assert_allclose(moved_context, context, atol=1e-5)
     np.testing.assert_allclose(moved_attention, attention, atol=1e-5)

@@ -170,7 +170,7 @@ def test_conv_gap_is_the_global_average_of_the_same_encoder():
     assert (attention[:2, 6:] == 0).all()
     states = keras.Model(model.input, model.get_layer("conv_encoder").output)(x[2:])
     head = model.get_layer("prediction")
-    np.testing.assert_allclose(model(x[2:])["prediction"], head(np.asarray(states).mean(axis=1)), atol=1e-6)
+    np.testing.assert_allclose(model(x[2:])["prediction"], head(np.asarray(states).mean(axis=1))[0], atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["GunPoint", "BasicMotions"])

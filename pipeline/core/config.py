@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.core.contract import HEAD_READOUTS, OPSET_MAX, TEMPORAL_SCORES, VARIANTS
+from pipeline.core.contract import HEAD_READOUTS, MIL_POOLINGS, OPSET_MAX, TEMPORAL_SCORES, VARIANTS
 from pipeline.core.errors import ConfigError
 
 PARAMS_FILE = Path("params.yaml")
@@ -227,7 +227,7 @@ class ConvAttentionModel(_Strict):
     name: Literal["conv_attention", "conv_gap"]
     filters: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
     kernel_sizes: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
-    score: Literal[("gated", "class", *(s for s in TEMPORAL_SCORES if s != "last_state"))]
+    score: Literal[("gated", "class", *MIL_POOLINGS, *(s for s in TEMPORAL_SCORES if s != "last_state"))]
     query: Literal["last", "learned"]
     position_bias: StrictBool
     gate_floor: float = Field(default=0.0, ge=0, lt=1)
@@ -241,7 +241,7 @@ class ConvAttentionModel(_Strict):
                 f"score 'mean' (global average pooling) is model conv_gap and only it "
                 f"(got name {self.name!r} with score {self.score!r})"
             )
-        if self.score in ("gated", "class") and self.position_bias:
+        if self.score in ("gated", "class", *MIL_POOLINGS) and self.position_bias:
             raise ValueError(f"position_bias needs a softmax-scored attention, not score {self.score!r}")
         if self.positional_encoding and self.score == "mean":
             raise ValueError("positional_encoding needs an attention pooling: the mean of the positions is constant")

@@ -4,6 +4,13 @@ import numpy as np
 
 INPUT_NAME = "x"
 OUTPUT_NAMES = ("prediction", "attention")
+# Beside them: `logit` [batch, outputs] (the prediction before its softmax or sigmoid) from every
+# model, and `contribution` [batch, positions, outputs] from the models whose logit decomposes
+# exactly over the steps (sum over the valid steps plus a constant, EXPLANATION_BIAS_KEY in the
+# ONNX metadata); 0 on padded steps.
+LOGIT_NAME = "logit"
+CONTRIBUTION_NAME = "contribution"
+EXPLANATION_BIAS_KEY = "contribution_bias"
 BATCH_DIM = "batch"
 TIME_DIM = "time"
 OPSET_MAX = 18  # tf2onnx 1.17 rejects opset 19
@@ -11,6 +18,8 @@ PAD_VALUE = -1.0  # padded steps of variable-length sequences hold this on every
 # The scores of TemporalAttention (pipeline/models/layers.py). The recurrent models take any but
 # "mean"; the convolutional ones any but "last_state", and two pooling layers of their own.
 TEMPORAL_SCORES = ("location", "dot", "general", "additive", "scaled_dot", "last_state", "mean")
+# MILLET's poolings of per-step logits (MilPooling), scores of the convolutional model.
+MIL_POOLINGS = ("conjunctive", "instance")
 # How MultiHeadAttentionPooling reads its heads out as one attention row: "norm" weighs each step
 # by the norm of the vector it adds to the pooled context (every head's share, through the value
 # and output projections); "heads_mean" averages the heads' softmax weights.

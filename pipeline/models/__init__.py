@@ -1,11 +1,17 @@
-"""The model factory: a config section and a task in, a Keras model with outputs `prediction`
-and `attention`.
+"""The model factory: a config section and a task in, a Keras model with outputs `prediction`,
+`attention`, `logit` and, where the logit decomposes exactly over the steps, `contribution`.
 
 Every model takes `x` ([batch, features] or [batch, time, features]) and returns a dict:
-    prediction float32 [batch, 1] for "binary" (sigmoid probability of class 1) and
-               "regression" (a real value) tasks; [batch, classes] for "multiclass" tasks
-               (softmax probabilities)
-    attention  float32 [batch, positions]  (rows are probability distributions)
+    prediction   float32 [batch, 1] for "binary" (sigmoid probability of class 1) and
+                 "regression" (a real value) tasks; [batch, classes] for "multiclass" tasks
+                 (softmax probabilities)
+    attention    float32 [batch, positions]  (rows are probability distributions)
+    logit        float32 [batch, 1 or classes]: the prediction before its softmax or sigmoid
+    contribution float32 [batch, time, 1 or classes]: each step's share of the logit, so that
+                 Σ_t contribution_t plus a constant (the head's bias) is the logit; 0 on padded
+                 steps. Models whose head is linear in a pooled sum over the steps have it (every
+                 sequence model but attention_before_lstm; for the global average it is CAM);
+                 feature_attention, attention_before_lstm and minirocket do not.
 Sequence models start with the task's preprocessing (masking of padded steps, z-normalisation),
 so the exported model takes raw series. This module imports TensorFlow/Keras: only training,
 export and tests use it.
@@ -25,12 +31,14 @@ from pipeline.core.config import (
     MultiHeadPoolingModel,
     RecurrentAttentionModel,
 )
-from pipeline.core.contract import INPUT_NAME, PAD_VALUE
+from pipeline.core.contract import INPUT_NAME, MIL_POOLINGS, PAD_VALUE
 from pipeline.models.layers import (
     ClassAttentionPooling,
     ConvEncoder,
     GatedAttentionPooling,
     InputAttention,
+    LinearHead,
+    MilPooling,
     MultiHeadAttentionPooling,
     SinusoidalPositions,
     Standardize,
@@ -84,7 +92,7 @@ def feature_attention(cfg: FeatureAttentionModel, task: TaskSpec) -> keras.Model
     )
     weighted = keras.layers.Multiply(name="attended_features")([x, attention])
     hidden = keras.layers.Dense(cfg.hidden_units, name="hidden")(weighted)
-    return keras.Model(x, {"prediction": _head(hidden, task), "attention": attention}, name=cfg.name)
+    return _model(x, cfg.name, attention, *_head(task)(hidden))
 
 
 RECURRENT_CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
@@ -99,13 +107,19 @@ def _encoder(
     return keras.layers.Bidirectional(layer, name=f"bi{cell}") if bidirectional else layer
 
 
-def _head(features, task: TaskSpec):
-    """Dense(1, sigmoid) for binary, Dense(1) for regression, Dense(classes, softmax) for
-    multiclass tasks."""
-    if task.task_type == "multiclass":
-        return keras.layers.Dense(task.n_classes, activation="softmax", name="prediction")(features)
-    activation = "sigmoid" if task.task_type == "binary" else None
-    return keras.layers.Dense(1, activation=activation, name="prediction")(features)
+def _head(task: TaskSpec) -> LinearHead:
+    """The output layer: softmax over the classes of a multiclass task, a sigmoid for binary, linear
+    for regression."""
+    outputs = task.n_classes if task.task_type == "multiclass" else 1
+    return LinearHead(outputs, task.task_type, name="prediction")
+
+
+def _model(x, name: str, attention, prediction, logit, contribution=None) -> keras.Model:
+    """The functional model of the contract's outputs (contribution where there is one)."""
+    outputs = {"prediction": prediction, "attention": attention, "logit": logit}
+    if contribution is not None:
+        outputs["contribution"] = contribution
+    return keras.Model(x, outputs, name=name)
 
 
 def sequence_input(task: TaskSpec, fixed_time: bool):
@@ -137,9 +151,11 @@ def recurrent_attention(cfg: RecurrentAttentionModel, task: TaskSpec) -> keras.M
     context, attention = TemporalAttention(
         score=cfg.score, query=cfg.query, position_bias=cfg.position_bias, name="temporal_attention"
     )(states)
+    values = states
     if cfg.values == "inputs":  # the states only score the steps; the sum is of the steps' own inputs
-        context = WeightedSum(name="attended_inputs")(keras.layers.Dense(cfg.units, name="values")(h), attention)
-    return keras.Model(x, {"prediction": _head(context, task), "attention": attention}, name=cfg.name)
+        values = keras.layers.Dense(cfg.units, name="values")(h)
+        context = WeightedSum(name="attended_inputs")(values, attention)
+    return _model(x, cfg.name, attention, *_head(task)(context, values, attention))
 
 
 def input_attention(cfg: InputAttentionModel, task: TaskSpec) -> keras.Model:
@@ -153,7 +169,7 @@ def input_attention(cfg: InputAttentionModel, task: TaskSpec) -> keras.Model:
     x, h = sequence_input(task, fixed_time=True)
     weighted, attention = InputAttention(shared=cfg.shared, name="input_attention")(h)
     last_state = _encoder(cfg.cell, cfg.units, sequences=False)(weighted)
-    return keras.Model(x, {"prediction": _head(last_state, task), "attention": attention}, name=cfg.name)
+    return _model(x, cfg.name, attention, *_head(task)(last_state))
 
 
 def multihead_pooling(cfg: MultiHeadPoolingModel, task: TaskSpec) -> keras.Model:
@@ -164,22 +180,25 @@ def multihead_pooling(cfg: MultiHeadPoolingModel, task: TaskSpec) -> keras.Model
     """
     x, h = sequence_input(task, fixed_time=False)
     states = _encoder(cfg.cell, cfg.units, cfg.bidirectional)(h)
-    context, attention = MultiHeadAttentionPooling(cfg.heads, cfg.key_dim, cfg.readout, name="pooling")(states)
-    return keras.Model(x, {"prediction": _head(context, task), "attention": attention}, name=cfg.name)
+    context, attention, added = MultiHeadAttentionPooling(cfg.heads, cfg.key_dim, cfg.readout, name="pooling")(states)
+    # each step's share of the logit is the head's kernel on what it adds to the context; the
+    # constant is the head's bias plus its kernel on the output projection's bias
+    return _model(x, cfg.name, attention, *_head(task)(context, added))
 
 
 def conv_attention(cfg: ConvAttentionModel, task: TaskSpec) -> keras.Model:
     """ConvEncoder (Conv1D-BatchNorm-ReLU blocks) -> attention pooling -> head, in place of the
-    global average pooling of the fully convolutional network: with score "gated" (the default)
-    GatedAttentionPooling then the head, with score "class" ClassAttentionPooling (the head at
-    every step, pooled per class), else TemporalAttention then the head.
+    global average pooling of the fully convolutional network: with score "gated" (MILLET's
+    attention pooling) GatedAttentionPooling then the head; with "conjunctive" or "instance"
+    MilPooling (MILLET's poolings of per-step logits); with "class" ClassAttentionPooling (the
+    head at every step, pooled per class); else TemporalAttention then the head.
 
     `positional_encoding` adds the sinusoidal encoding of each step's position to the encoder's
     states [batch, time, filters]; `state_dropout` then drops that fraction of the states while
     training, before the pooling (an identity at inference and in the exported model).
 
-    x [batch, time, features] -> prediction, attention [batch, time]. Time is dynamic unless
-    `position_bias`.
+    x [batch, time, features] -> prediction, attention [batch, time], logit, contribution
+    [batch, time, outputs]. Time is dynamic unless `position_bias`.
     """
     x, h = sequence_input(task, fixed_time=cfg.position_bias)
     states = ConvEncoder(cfg.filters, cfg.kernel_sizes, name="conv_encoder")(h)
@@ -187,17 +206,24 @@ def conv_attention(cfg: ConvAttentionModel, task: TaskSpec) -> keras.Model:
         states = SinusoidalPositions(name="positional_encoding")(states)
     if cfg.state_dropout:  # MILLET's dropout of the instance embeddings before its pooling
         states = keras.layers.Dropout(cfg.state_dropout, name="state_dropout")(states)
+    outputs = task.n_classes if task.task_type == "multiclass" else 1
     if cfg.score == "class":
-        outputs = task.n_classes if task.task_type == "multiclass" else 1
-        prediction, attention = ClassAttentionPooling(outputs, task.task_type, name="prediction")(states)
-        return keras.Model(x, {"prediction": prediction, "attention": attention}, name=cfg.name)
-    if cfg.score == "gated":
-        context, attention = GatedAttentionPooling(floor=cfg.gate_floor, name="gated_attention")(states)
-        return keras.Model(x, {"prediction": _head(context, task), "attention": attention}, name=cfg.name)
-    context, attention = TemporalAttention(
-        score=cfg.score, query=cfg.query, position_bias=cfg.position_bias, name="temporal_attention"
-    )(states)
-    return keras.Model(x, {"prediction": _head(context, task), "attention": attention}, name=cfg.name)
+        prediction, attention, logit, contribution = ClassAttentionPooling(outputs, task.task_type, name="prediction")(
+            states
+        )
+    elif cfg.score in MIL_POOLINGS:
+        prediction, attention, logit, contribution = MilPooling(cfg.score, outputs, task.task_type, name="prediction")(
+            states
+        )
+    elif cfg.score == "gated":
+        context, attention, weights = GatedAttentionPooling(floor=cfg.gate_floor, name="gated_attention")(states)
+        prediction, logit, contribution = _head(task)(context, states, weights)
+    else:
+        context, attention = TemporalAttention(
+            score=cfg.score, query=cfg.query, position_bias=cfg.position_bias, name="temporal_attention"
+        )(states)
+        prediction, logit, contribution = _head(task)(context, states, attention)
+    return _model(x, cfg.name, attention, prediction, logit, contribution)
 
 
 BUILDERS = {

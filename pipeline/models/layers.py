@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from pipeline.core.contract import HEAD_READOUTS, TEMPORAL_SCORES
+from pipeline.core.contract import HEAD_READOUTS, MIL_POOLINGS, TEMPORAL_SCORES
 
 QUERIES = ("last", "learned")
 MASKED_SCORE = -1e9
@@ -192,9 +192,9 @@ class TemporalAttention(_AttentionPooling):
 
 @keras.saving.register_keras_serializable(package="pipeline")
 class GatedAttentionPooling(_AttentionPooling):
-    """Attention that selects steps instead of singling one out: the conjunctive pooling of
-    MILLET (Early et al. 2024, "Inherently interpretable time series classification via multiple
-    instance learning").
+    """Attention that selects steps instead of singling one out: the attention pooling of MILLET
+    (Early et al. 2024, "Inherently interpretable time series classification via multiple instance
+    learning"), whose logits equal those of MILLET's additive pooling.
 
     Each step gets a gate g_t = sigmoid(v · tanh(W h_t + b) + c) in (0, 1), and the context is
     the mean of the gated states, (1/T) Σ_t g_t h_t = ḡ Σ_t a_t h_t: attention a_t = g_t / Σ_s g_s
@@ -203,7 +203,8 @@ class GatedAttentionPooling(_AttentionPooling):
     global average pooling up to the scale; padded steps get gate 0 and T counts valid steps.
     A floor f keeps every step's gate in (f, 1): g_t = f + (1 - f) sigmoid(...), so the context is
     f times the global average plus (1 - f) times the gated mean of the states, and attention stays
-    at least f / T on every valid step.
+    at least f / T on every valid step. The attention is the same for every class; the head's
+    `contribution` of each step (LinearHead, with the pooling weights g_t / T) is class-specific.
 
     Args:
         units: hidden units of the gate's scorer (W [units_in, units]).
@@ -215,7 +216,8 @@ class GatedAttentionPooling(_AttentionPooling):
         states: float32 [batch, time, units_in]; mask: optional bool [batch, time].
 
     Returns:
-        (context [batch, units_in], attention [batch, time]); each attention row sums to 1.
+        (context [batch, units_in], attention [batch, time], pooling weights [batch, time]: the w_t
+        with context = Σ_t w_t h_t, ḡ a_t); each attention row sums to 1.
     """
 
     def __init__(self, units: int = 8, floor: float = 0.0, uniform: bool = False, **kwargs):
@@ -249,7 +251,14 @@ class GatedAttentionPooling(_AttentionPooling):
         mean_gate = ops.sum(gates, axis=1, keepdims=True) / steps
         attention = valid / steps if self.uniform else gates / ops.sum(gates, axis=1, keepdims=True)
         weighted_sum = ops.squeeze(ops.matmul(ops.expand_dims(attention, 1), states), axis=1)  # [batch, units_in]
-        return weighted_sum * mean_gate, attention
+        return weighted_sum * mean_gate, attention, attention * mean_gate
+
+    def compute_mask(self, states, mask=None):
+        return [None, None, None]
+
+    def compute_output_shape(self, states_shape):
+        batch, time, units = states_shape
+        return (batch, units), (batch, time), (batch, time)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "floor": self.floor, "uniform": self.uniform}
@@ -355,7 +364,9 @@ class MultiHeadAttentionPooling(_AttentionPooling):
         mask: optional bool [batch, time], True on valid steps; padded steps get 0 weight.
 
     Returns:
-        (context [batch, units], attention [batch, time]: each row sums to 1).
+        (context [batch, units], attention [batch, time]: each row sums to 1, step values
+        [batch, time, units]: what each step adds to the context, which is their sum plus the
+        output projection's bias).
     """
 
     def __init__(self, heads: int = 4, key_dim: int = 8, readout: str = "norm", uniform: bool = False, **kwargs):
@@ -380,31 +391,35 @@ class MultiHeadAttentionPooling(_AttentionPooling):
 
     def call(self, states, mask=None):
         if self.uniform:
-            return self._uniform_call(states, mask)
+            scores = _uniform_scores(states)
+            if mask is not None:
+                scores = ops.where(mask, scores, MASKED_SCORE)
+            uniform = ops.softmax(scores, axis=-1)  # [batch, time]
+            added = self._added(states, ops.repeat(uniform[:, None, :], self.heads, axis=1))
+            return ops.sum(added, axis=1) + self.attention.output_dense.bias, uniform, added
         query = ops.zeros_like(states[:, :1, :]) + self.query  # [batch, 1, units]
         attention_mask = None if mask is None else ops.expand_dims(mask, 1)  # [batch, 1, time]
         context, scores = self.attention(query, states, attention_mask=attention_mask, return_attention_scores=True)
         weights = scores[:, :, 0, :]  # [batch, heads, time]
+        added = self._added(states, weights)
         if self.readout == "heads_mean":
-            return context[:, 0, :], ops.mean(weights, axis=1)
-        return context[:, 0, :], self._norm_readout(states, weights)
+            return context[:, 0, :], ops.mean(weights, axis=1), added
+        norms = ops.sqrt(ops.sum(ops.square(added), axis=-1))  # 0 on padded steps: their weights are 0
+        return context[:, 0, :], norms / ops.maximum(ops.sum(norms, axis=-1, keepdims=True), 1e-12), added
 
-    def _norm_readout(self, states, weights):
-        """[batch, time]: the norm of what each step adds to the context, normalised over the steps."""
+    def _added(self, states, weights):
+        """[batch, time, units]: what each step adds to the context, Σ_h a_ht W_O,h (W_V,h s_t +
+        b_V,h), for weights [batch, heads, time]; the context is their sum plus the output bias."""
         values = self.attention.value_dense(ops.copy(states))  # [batch, time, heads, key_dim]; no mask passed on
         weighted = values * ops.expand_dims(ops.transpose(weights, (0, 2, 1)), -1)
-        added = ops.einsum("bthd,hdu->btu", weighted, self.attention.output_dense.kernel)  # [batch, time, units]
-        norms = ops.sqrt(ops.sum(ops.square(added), axis=-1))  # 0 on padded steps: their weights are 0
-        return norms / ops.maximum(ops.sum(norms, axis=-1, keepdims=True), 1e-12)
+        return ops.einsum("bthd,hdu->btu", weighted, self.attention.output_dense.kernel)
 
-    def _uniform_call(self, states, mask):
-        scores = _uniform_scores(states)
-        if mask is not None:
-            scores = ops.where(mask, scores, MASKED_SCORE)
-        weights = ops.softmax(scores, axis=-1)  # [batch, time]
-        values = self.attention.value_dense(ops.copy(states))  # [batch, time, heads, key_dim]; no mask passed on
-        pooled = ops.sum(values * weights[:, :, None, None], axis=1, keepdims=True)  # [batch, 1, heads, dim]
-        return self.attention.output_dense(pooled)[:, 0, :], weights
+    def compute_mask(self, states, mask=None):
+        return [None, None, None]
+
+    def compute_output_shape(self, states_shape):
+        batch, time, units = states_shape
+        return (batch, units), (batch, time), states_shape
 
     def get_config(self):
         return {
@@ -479,6 +494,167 @@ class Standardize(keras.layers.Layer):
 HEAD_ACTIVATIONS = {"multiclass": "softmax", "binary": "sigmoid", "regression": None}
 
 
+def _check_head(outputs, task_type) -> None:
+    if task_type not in HEAD_ACTIVATIONS:
+        raise ValueError(f"task_type must be one of {list(HEAD_ACTIVATIONS)}, got {task_type!r}")
+    if not isinstance(outputs, int) or outputs < 1:
+        raise ValueError(f"outputs must be a positive integer, got {outputs!r}")
+
+
+def _activate(logit, task_type: str):
+    """The prediction of a head's logit [batch, outputs]: softmax, sigmoid, or the value itself."""
+    activation = HEAD_ACTIVATIONS[task_type]
+    return keras.activations.get(activation)(logit) if activation else logit
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class LinearHead(keras.layers.Layer):
+    """The output layer: logit = context · W + b, then the task's activation (softmax for
+    multiclass, sigmoid for binary, none for regression).
+
+    Where the context is a weighted sum over steps, context = Σ_t w_t v_t (the pooling's own
+    weights w [batch, time] and values v [batch, time, units]), the logit decomposes exactly over
+    the steps: contribution_tk = w_t (v_t · W)_k, and Σ_t contribution_t + b = logit. Without
+    weights (a pooling that sums its values as they are) w_t = 1. Padded steps have w_t = 0 or
+    v_t = 0, so they contribute 0.
+
+    Args:
+        outputs: classes of a multiclass head, else 1.
+        task_type: "multiclass", "binary" or "regression".
+
+    Call arguments:
+        context: float32 [batch, units]; values: optional float32 [batch, time, units];
+        weights: optional float32 [batch, time].
+
+    Returns:
+        (prediction [batch, outputs], logit [batch, outputs]), and with `values` the contribution
+        [batch, time, outputs] as a third output.
+    """
+
+    def __init__(self, outputs: int = 1, task_type: str = "multiclass", **kwargs):
+        super().__init__(**kwargs)
+        _check_head(outputs, task_type)
+        self.outputs, self.task_type = outputs, task_type
+
+    def build(self, context_shape, values_shape=None, weights_shape=None):
+        self.kernel = self.add_weight(name="kernel", shape=(context_shape[-1], self.outputs))
+        self.bias = self.add_weight(name="bias", shape=(self.outputs,), initializer="zeros")
+
+    def call(self, context, values=None, weights=None):
+        logit = ops.matmul(context, self.kernel) + self.bias
+        if values is None:
+            return _activate(logit, self.task_type), logit
+        contribution = ops.matmul(values, self.kernel[None])  # [batch, time, outputs]
+        if weights is not None:
+            contribution = contribution * ops.expand_dims(weights, -1)
+        return _activate(logit, self.task_type), logit, contribution
+
+    def compute_mask(self, context, values=None, weights=None, mask=None):
+        return None if values is None else [None, None, None]
+
+    def compute_output_shape(self, context_shape, values_shape=None, weights_shape=None):
+        shape = (context_shape[0], self.outputs)
+        return (shape, shape) if values_shape is None else (shape, shape, (*values_shape[:2], self.outputs))
+
+    def get_config(self):
+        return {**super().get_config(), "outputs": self.outputs, "task_type": self.task_type}
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class MilPooling(keras.layers.Layer):
+    """A classifier applied at every step, its per-step logits pooled over time: MILLET's
+    instance and conjunctive poolings (Early et al. 2024), whose explanation is class-specific and
+    signed by construction.
+
+    With z_t = W h_t + b the logits of step t [outputs] and T the valid steps:
+        instance     logit = (1/T) Σ_t z_t; contribution_t = (W h_t) / T (bias b)
+        conjunctive  a_t = sigmoid(v · tanh(U h_t + c) + d) in (0, 1); logit = (1/T) Σ_t a_t z_t;
+                     contribution_t = a_t z_t / T (bias 0)
+    so Σ_t contribution_t + bias = logit exactly; padded steps contribute 0. The attention
+    returned is a_t / Σ_s a_s (conjunctive) or uniform over the valid steps (instance, which has
+    none).
+
+    Args:
+        pooling: "instance" or "conjunctive".
+        outputs: classes of a multiclass head, else 1.
+        task_type: "multiclass", "binary" or "regression".
+        units: hidden units of the conjunctive attention's scorer (U [units_in, units]).
+        uniform: a_t = 1 on every valid step (the uniform-attention ablation; instance pooling is
+            uniform already).
+
+    Call arguments:
+        states: float32 [batch, time, units_in]; mask: optional bool [batch, time].
+
+    Returns:
+        (prediction [batch, outputs], attention [batch, time], logit [batch, outputs],
+        contribution [batch, time, outputs]).
+    """
+
+    def __init__(
+        self,
+        pooling: str = "conjunctive",
+        outputs: int = 1,
+        task_type: str = "multiclass",
+        units: int = 8,
+        uniform: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if pooling not in MIL_POOLINGS:
+            raise ValueError(f"pooling must be one of {MIL_POOLINGS}, got {pooling!r}")
+        _check_head(outputs, task_type)
+        if not isinstance(units, int) or units < 1:
+            raise ValueError(f"units must be a positive integer, got {units!r}")
+        self.pooling, self.outputs, self.task_type, self.units = pooling, outputs, task_type, units
+        self.uniform = _check_uniform(uniform)
+
+    def build(self, states_shape):
+        units_in = states_shape[-1]
+        self.kernel = self.add_weight(name="kernel", shape=(units_in, self.outputs))
+        self.bias = self.add_weight(name="bias", shape=(self.outputs,), initializer="zeros")
+        if self.pooling == "conjunctive":
+            self.gate_kernel = self.add_weight(name="gate_kernel", shape=(units_in, self.units))
+            self.gate_bias = self.add_weight(name="gate_bias", shape=(self.units,), initializer="zeros")
+            self.gate_vector = self.add_weight(name="gate_vector", shape=(self.units, 1))
+            self.gate_offset = self.add_weight(name="gate_offset", shape=(1,), initializer="zeros")
+
+    def _gates(self, states, valid):
+        """[batch, time]: a_t on valid steps, 0 on padding."""
+        if self.pooling == "instance" or self.uniform:
+            return valid
+        hidden = ops.tanh(ops.matmul(states, self.gate_kernel[None]) + self.gate_bias)
+        return ops.sigmoid(ops.squeeze(ops.matmul(hidden, self.gate_vector[None]), axis=-1) + self.gate_offset) * valid
+
+    def call(self, states, mask=None):
+        valid = ops.ones_like(states[:, :, 0]) if mask is None else ops.cast(mask, states.dtype)  # [batch, time]
+        steps = ops.sum(valid, axis=1, keepdims=True)  # [batch, 1]
+        gates = self._gates(states, valid)
+        evidence = ops.matmul(states, self.kernel[None])  # [batch, time, outputs]: W h_t
+        if self.pooling == "conjunctive":
+            evidence = evidence + self.bias
+        contribution = evidence * ops.expand_dims(gates / steps, -1)  # 0 on padding
+        logit = ops.sum(contribution, axis=1) + (self.bias if self.pooling == "instance" else 0.0)
+        attention = gates / ops.maximum(ops.sum(gates, axis=1, keepdims=True), 1e-12)
+        return _activate(logit, self.task_type), attention, logit, contribution
+
+    def compute_mask(self, states, mask=None):
+        return [None, None, None, None]
+
+    def compute_output_shape(self, states_shape):
+        batch, time, _ = states_shape
+        return (batch, self.outputs), (batch, time), (batch, self.outputs), (batch, time, self.outputs)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "pooling": self.pooling,
+            "outputs": self.outputs,
+            "task_type": self.task_type,
+            "units": self.units,
+            "uniform": self.uniform,
+        }
+
+
 @keras.saving.register_keras_serializable(package="pipeline")
 class ClassAttentionPooling(keras.layers.Layer):
     """The head applied at every step, each output pooled over time by its own attention:
@@ -503,16 +679,15 @@ class ClassAttentionPooling(keras.layers.Layer):
         states: float32 [batch, time, units]; mask: optional bool [batch, time].
 
     Returns:
-        (prediction [batch, outputs], attention [batch, time]); padded steps get weight 0.
+        (prediction [batch, outputs], attention [batch, time], logit [batch, outputs],
+        contribution [batch, time, outputs]: a_kt (W h_t)_k, so that Σ_t contribution_t + b is the
+        logit); padded steps get weight 0.
     """
 
     def __init__(self, outputs: int = 1, task_type: str = "multiclass", uniform: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.uniform = _check_uniform(uniform)
-        if task_type not in HEAD_ACTIVATIONS:
-            raise ValueError(f"task_type must be one of {list(HEAD_ACTIVATIONS)}, got {task_type!r}")
-        if not isinstance(outputs, int) or outputs < 1:
-            raise ValueError(f"outputs must be a positive integer, got {outputs!r}")
+        _check_head(outputs, task_type)
         self.outputs, self.task_type = outputs, task_type
 
     def build(self, states_shape):
@@ -522,26 +697,27 @@ class ClassAttentionPooling(keras.layers.Layer):
         self.alpha = self.add_weight(name="alpha", shape=(self.outputs,), initializer="zeros")
 
     def call(self, states, mask=None):
-        evidence = ops.matmul(states, self.kernel) + self.bias  # [batch, time, outputs]
+        products = ops.matmul(states, self.kernel)  # [batch, time, outputs]: W h_t
+        evidence = products + self.bias
         scores = ops.zeros_like(evidence) if self.uniform else evidence * self.alpha
         if mask is not None:
             scores = ops.where(ops.expand_dims(mask, -1), scores, MASKED_SCORE)
         weights = ops.softmax(scores, axis=1)  # [batch, time, outputs]
-        pooled = ops.sum(weights * evidence, axis=1)  # [batch, outputs]
-        activation = HEAD_ACTIVATIONS[self.task_type]
-        prediction = keras.activations.get(activation)(pooled) if activation else pooled
+        pooled = ops.sum(weights * evidence, axis=1)  # [batch, outputs]: the logit
+        prediction = _activate(pooled, self.task_type)
+        contribution = weights * products
         if self.outputs == 1:
-            return prediction, weights[:, :, 0]
+            return prediction, weights[:, :, 0], pooled, contribution
         chosen = ops.cast(ops.equal(pooled, ops.max(pooled, axis=-1, keepdims=True)), pooled.dtype)
         chosen = chosen / ops.sum(chosen, axis=-1, keepdims=True)  # a tie shares the weight
-        return prediction, ops.sum(weights * ops.expand_dims(chosen, 1), axis=-1)
+        return prediction, ops.sum(weights * ops.expand_dims(chosen, 1), axis=-1), pooled, contribution
 
     def compute_mask(self, states, mask=None):
-        return [None, None]
+        return [None, None, None, None]
 
     def compute_output_shape(self, states_shape):
         batch, time, _ = states_shape
-        return (batch, self.outputs), (batch, time)
+        return (batch, self.outputs), (batch, time), (batch, self.outputs), (batch, time, self.outputs)
 
     def get_config(self):
         return {**super().get_config(), "outputs": self.outputs, "task_type": self.task_type, "uniform": self.uniform}

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.core.config import MiniRocketModel
 from pipeline.models import TaskSpec, sequence_input
-from pipeline.models.layers import KERNEL_LENGTH, KERNEL_POSITIONS, MiniRocketFeatures, TemporalAttention
+from pipeline.models.layers import KERNEL_LENGTH, KERNEL_POSITIONS, LinearHead, MiniRocketFeatures, TemporalAttention
 
 RIDGE_ALPHAS = np.logspace(-3, 3, 10)  # the grid of the MiniRocket paper
 # Biases are quantiles of the convolution outputs, so on series with flat stretches (a device
@@ -54,7 +54,7 @@ def fit_minirocket(
     cfg: MiniRocketModel, task: TaskSpec, x: np.ndarray, y: np.ndarray, seed: int
 ) -> tuple[keras.Model, dict]:
     """The fitted MiniRocket classifier as a Keras model with outputs `prediction` (softmax of
-    the ridge scores, [batch, classes]) and `attention` (uniform over the valid steps: the
+    the ridge scores, [batch, classes]), `logit` (the ridge scores) and `attention` (uniform over the valid steps: the
     transform weighs every step alike), and a report (the ridge's alpha, training accuracy).
 
     x float32 [n, time, channels]: the raw training series (the model normalises them as the
@@ -86,11 +86,11 @@ def fit_minirocket(
     n_classes = task.n_classes
     if n_classes == 2:  # one score d for class 1: logits (-d/2, d/2) give the same decision
         coef, intercept = np.concatenate([-coef / 2, coef / 2], axis=1), np.array([-intercept[0] / 2, intercept[0] / 2])
-    head = keras.layers.Dense(n_classes, activation="softmax", name="prediction")
-    prediction = head(features)
+    head = LinearHead(n_classes, "multiclass", name="prediction")
+    prediction, logit = head(features)
     head.set_weights([coef.astype(np.float32), intercept.astype(np.float32)])
     _, attention = TemporalAttention(score="mean", name="uniform_attention")(normalised_tensor)
-    model = keras.Model(inputs, {"prediction": prediction, "attention": attention}, name=cfg.name)
+    model = keras.Model(inputs, {"prediction": prediction, "attention": attention, "logit": logit}, name=cfg.name)
     report = {
         "train/ridge_alpha": float(ridge.alpha_),
         "train/features": int(train_features.shape[1]),

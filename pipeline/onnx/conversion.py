@@ -1,8 +1,9 @@
 """Keras model -> ONNX model of the contract (tf2onnx), with the graph rewrites that make the
 convolutional encoders fast in ONNX Runtime.
 
-    to_onnx(model, opset, metadata) -> onnx.ModelProto: input `x`, outputs `prediction` and
-    `attention`, dynamic `batch` (and `time` for sequence models), checked by onnx.checker.
+    to_onnx(model, opset, metadata) -> onnx.ModelProto: input `x`, outputs `prediction`,
+    `attention` and, where the Keras model has them, `logit` and `contribution`; dynamic `batch`
+    (and `time` for sequence models), checked by onnx.checker.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import onnx
 import tensorflow as tf
 import tf2onnx
 
-from pipeline.core.contract import BATCH_DIM, INPUT_NAME, OUTPUT_NAMES, TIME_DIM
+from pipeline.core.contract import BATCH_DIM, CONTRIBUTION_NAME, INPUT_NAME, LOGIT_NAME, OUTPUT_NAMES, TIME_DIM
 from pipeline.models import batch_norm_folded_copy
 
 
@@ -23,6 +24,11 @@ def _input_signature(model) -> tuple[tf.TensorSpec]:
     left dynamic."""
     shape = tuple(model.input.shape)
     return (tf.TensorSpec(shape, tf.float32, name=INPUT_NAME),)
+
+
+def output_names(model) -> tuple[str, ...]:
+    """The contract's outputs a Keras model has, in the contract's order."""
+    return tuple(name for name in (*OUTPUT_NAMES, LOGIT_NAME, CONTRIBUTION_NAME) if name in model.output)
 
 
 def _name_dynamic_dims(onnx_model: onnx.ModelProto, sequence: bool) -> None:
@@ -36,13 +42,15 @@ def _name_dynamic_dims(onnx_model: onnx.ModelProto, sequence: bool) -> None:
 
     rename(onnx_model.graph.input[0], {0: BATCH_DIM, **({1: TIME_DIM} if sequence else {})})
     for output in onnx_model.graph.output:
-        rename(output, {0: BATCH_DIM, **({1: TIME_DIM} if sequence and output.name == "attention" else {})})
+        over_time = sequence and output.name in ("attention", CONTRIBUTION_NAME)
+        rename(output, {0: BATCH_DIM, **({1: TIME_DIM} if over_time else {})})
 
 
-def _order_outputs(onnx_model: onnx.ModelProto) -> None:
-    """Outputs in the contract's order (prediction, attention); consumers still bind by name."""
+def _order_outputs(onnx_model: onnx.ModelProto, names: tuple[str, ...]) -> None:
+    """Outputs in the contract's order (prediction, attention, logit, contribution); consumers
+    still bind by name."""
     by_name = {o.name: o for o in onnx_model.graph.output}
-    ordered = [by_name[name] for name in OUTPUT_NAMES]
+    ordered = [by_name[name] for name in names]
     del onnx_model.graph.output[:]
     onnx_model.graph.output.extend(ordered)
 
@@ -261,20 +269,21 @@ def to_onnx(model, opset: int, metadata: dict[str, str] | None = None, fuse_bloc
     BatchNormalization is folded into its convolutions, bias and ReLU moved next to them, and the
     padding mask applied in the convolutions' layout."""
     signature = _input_signature(model)
+    names = output_names(model)
     if fuse_blocks:
         model = batch_norm_folded_copy(model)
 
     @tf.function(input_signature=signature)
     def serve(x):
         outputs = model(x, training=False)
-        return {name: tf.identity(outputs[name], name=name) for name in OUTPUT_NAMES}
+        return {name: tf.identity(outputs[name], name=name) for name in names}
 
     onnx_model, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=opset)
     _drop_zero_initial_states(onnx_model)
     if fuse_blocks:
         _relu_before_squeeze(onnx_model)
         _padding_mask_in_conv_layout(onnx_model)
-    _order_outputs(onnx_model)
+    _order_outputs(onnx_model, names)
     _name_dynamic_dims(onnx_model, sequence=len(signature[0].shape) == 3)
     onnx_model.producer_name = "attention-pipeline"
     for key, value in (metadata or {}).items():

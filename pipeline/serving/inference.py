@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pipeline.core.contract import INPUT_NAME, OUTPUT_NAMES
+from pipeline.core.contract import CONTRIBUTION_NAME, INPUT_NAME, LOGIT_NAME, OUTPUT_NAMES
 from pipeline.core.errors import PipelineError
 from pipeline.core.metrics import predicted_classes
 
@@ -92,9 +92,13 @@ def check_operator_domains(model: str | Path | bytes) -> None:
             )
 
 
+EXPLANATION_OUTPUTS = (LOGIT_NAME, CONTRIBUTION_NAME)
+
+
 class OnnxModel:
-    """An ONNX Runtime session bound to the pipeline's contract: input `x`, named outputs. Models
-    with operators outside the standard domains are refused (UnsafeModel)."""
+    """An ONNX Runtime session bound to the pipeline's contract: input `x`, named outputs
+    (`prediction` and `attention`, and `logit` and `contribution` where the model has them).
+    Models with operators outside the standard domains are refused (UnsafeModel)."""
 
     def __init__(
         self,
@@ -107,26 +111,32 @@ class OnnxModel:
         self.session = ort.InferenceSession(source, options, providers=list(providers))
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
-        if inputs != [INPUT_NAME] or sorted(outputs) != sorted(OUTPUT_NAMES):
+        extra = set(outputs) - set(OUTPUT_NAMES)
+        if inputs != [INPUT_NAME] or not set(OUTPUT_NAMES) <= set(outputs) or not extra <= set(EXPLANATION_OUTPUTS):
             raise ModelRefused(
                 f"{model if not isinstance(model, bytes) else 'ONNX model'}: expected input "
-                f"{INPUT_NAME!r} and outputs {list(OUTPUT_NAMES)}, found {inputs} and {outputs}"
+                f"{INPUT_NAME!r} and outputs {list(OUTPUT_NAMES)} (and optionally "
+                f"{list(EXPLANATION_OUTPUTS)}), found {inputs} and {outputs}"
             )
+        self.output_names = [name for name in (*OUTPUT_NAMES, *EXPLANATION_OUTPUTS) if name in outputs]
 
     @property
     def metadata(self) -> dict[str, str]:
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
     def run(self, x: np.ndarray, batch_size: int = 4096) -> dict[str, np.ndarray]:
-        """x float32 [batch, ...] -> {"prediction": [batch, 1], "attention": [batch, positions]}."""
+        """x float32 [batch, ...] -> {"prediction": [batch, outputs], "attention": [batch, positions],
+        and where the model has them "logit" [batch, outputs], "contribution" [batch, positions,
+        outputs]}."""
         x = np.ascontiguousarray(x, dtype=np.float32)
+        names = self.output_names
         if len(x) <= batch_size:
-            return dict(zip(OUTPUT_NAMES, self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})))
+            return dict(zip(names, self.session.run(names, {INPUT_NAME: x})))
         chunks = [
-            self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: x[start : start + batch_size]})
+            self.session.run(names, {INPUT_NAME: x[start : start + batch_size]})
             for start in range(0, len(x), batch_size)
         ]
-        return {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(OUTPUT_NAMES)}
+        return {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(names)}
 
 
 class InputError(PipelineError, ValueError):

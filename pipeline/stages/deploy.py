@@ -26,7 +26,7 @@ import onnx
 
 from pipeline.core import stage
 from pipeline.core.config import load_config
-from pipeline.core.contract import INPUT_NAME, OUTPUT_NAMES
+from pipeline.core.contract import INPUT_NAME
 from pipeline.core.errors import run_command
 from pipeline.onnx.variants import drop_unused_opsets
 
@@ -45,7 +45,6 @@ def _dims(value_info) -> list[int]:
 def triton_config(name: str, onnx_model: onnx.ModelProto, gpu: bool) -> str:
     """config.pbtxt for Triton's ONNX Runtime backend, names and dims read from the graph."""
     inputs = {i.name: i for i in onnx_model.graph.input}
-    outputs = {o.name: o for o in onnx_model.graph.output}
 
     def tensor(value_info) -> str:
         return (
@@ -60,7 +59,7 @@ def triton_config(name: str, onnx_model: onnx.ModelProto, gpu: bool) -> str:
                 'platform: "onnxruntime_onnx"',
                 f"max_batch_size: {TRITON_MAX_BATCH}",
                 "input [\n" + tensor(inputs[INPUT_NAME]) + "\n]",
-                "output [\n" + ",\n".join(tensor(outputs[n]) for n in OUTPUT_NAMES) + "\n]",
+                "output [\n" + ",\n".join(tensor(output) for output in onnx_model.graph.output) + "\n]",
                 f"dynamic_batching {{\n  max_queue_delay_microseconds: {TRITON_QUEUE_DELAY_US}\n}}",
                 f"instance_group [\n  {{\n    kind: {'KIND_GPU' if gpu else 'KIND_CPU'}\n    count: 1\n  }}\n]",
             ]
