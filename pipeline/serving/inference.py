@@ -124,6 +124,12 @@ class OnnxModel:
     def metadata(self) -> dict[str, str]:
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
+    @property
+    def takes_any_length(self) -> bool:
+        """A sequence model whose time axis is dynamic (it takes shortened series)."""
+        shape = self.session.get_inputs()[0].shape
+        return len(shape) == 3 and not isinstance(shape[1], int)
+
     def run(self, x: np.ndarray, batch_size: int = 4096) -> dict[str, np.ndarray]:
         """x float32 [batch, ...] -> {"prediction": [batch, outputs], "attention": [batch, positions],
         and where the model has them "logit" [batch, outputs], "contribution" [batch, positions,
