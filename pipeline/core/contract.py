@@ -6,11 +6,9 @@ INPUT_NAME = "x"
 OUTPUT_NAMES = ("prediction", "attention")
 # Beside them: `logit` [batch, outputs] (the prediction before its softmax or sigmoid) from every
 # model, and `contribution` [batch, positions, outputs] from the models whose logit decomposes
-# exactly over the steps (sum over the valid steps plus a constant, EXPLANATION_BIAS_KEY in the
-# ONNX metadata); 0 on padded steps.
+# exactly over the steps (sum over the valid steps plus a constant per output); 0 on padded steps.
 LOGIT_NAME = "logit"
 CONTRIBUTION_NAME = "contribution"
-EXPLANATION_BIAS_KEY = "contribution_bias"
 BATCH_DIM = "batch"
 TIME_DIM = "time"
 OPSET_MAX = 18  # tf2onnx 1.17 rejects opset 19
