@@ -143,17 +143,21 @@ def test_open_inference_protocol_with_a_triton_client(server, model_file):
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("attention_fp32")
     metadata = client.get_model_metadata("attention_fp32")
     assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 20, 2]}]
-    assert [o["name"] for o in metadata["outputs"]] == ["prediction", "attention", "label"]
+    names = ["prediction", "attention", "logit", "contribution", "label"]
+    assert [o["name"] for o in metadata["outputs"]] == names
     x = np.random.default_rng(1).standard_normal((5, 20, 2)).astype(np.float32)
     expected = Predictor(model_file[0]).predict(x)
+    assert set(expected.explanations) == {"logit", "contribution"}
     for binary in (False, True):
         tensor = triton.InferInput("x", list(x.shape), "FP32")
         tensor.set_data_from_numpy(x, binary_data=binary)
-        outputs = [triton.InferRequestedOutput(n, binary_data=binary) for n in ("prediction", "attention", "label")]
+        outputs = [triton.InferRequestedOutput(n, binary_data=binary) for n in names]
         result = client.infer("attention_fp32", [tensor], outputs=outputs, request_id="r1")
         assert result.get_response()["id"] == "r1"
         np.testing.assert_array_equal(result.as_numpy("prediction"), expected.prediction)
         np.testing.assert_array_equal(result.as_numpy("attention"), expected.attention)
+        for name, value in expected.explanations.items():
+            np.testing.assert_array_equal(result.as_numpy(name), value)
         assert [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("label")] == expected.labels
     with pytest.raises(triton.InferenceServerException, match="no model 'other'"):
         client.get_model_metadata("other")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -177,11 +177,14 @@ def usable_cpus() -> int:
 @dataclass(frozen=True)
 class Prediction:
     """prediction float32 [batch, 1] or [batch, classes]; attention float32 [batch, positions];
-    labels: the predicted class label of each row (None for regression)."""
+    labels: the predicted class label of each row (None for regression); explanations: the
+    model's "logit" [batch, outputs] and "contribution" [batch, positions, outputs] where it
+    exports them (Σ_positions contribution + a constant = logit)."""
 
     prediction: np.ndarray
     attention: np.ndarray
     labels: list[str] | None
+    explanations: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Predictor:
@@ -278,7 +281,8 @@ class Predictor:
         labels = None
         if self.task_type != "regression" and self.class_labels:
             labels = [self.class_labels[c] for c in predicted_classes(self.task_type, outputs["prediction"])]
-        return Prediction(outputs["prediction"], outputs["attention"], labels)
+        explanations = {name: outputs[name] for name in EXPLANATION_OUTPUTS if name in outputs}
+        return Prediction(outputs["prediction"], outputs["attention"], labels, explanations)
 
 
 def to_records(result, n_decimals: int = 6) -> list[dict]:

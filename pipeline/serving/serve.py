@@ -43,7 +43,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.core.contract import INPUT_NAME, OUTPUT_NAMES
+from pipeline.core.contract import INPUT_NAME
 from pipeline.core.errors import run_command
 from pipeline.serving import oip
 from pipeline.serving.inference import InputError, Predictor, load_predictor, to_records, usable_cpus
@@ -161,7 +161,7 @@ def create_app(
     workers = workers or usable_cpus()
     pool = InferenceWorkers(workers, max_in_flight or ADMITTED_PER_WORKER * workers, worker_niceness)
     has_labels = predictor.task_type != "regression" and bool(predictor.class_labels)
-    output_names = (*OUTPUT_NAMES, *([oip.LABEL_OUTPUT] if has_labels else []))
+    output_names = (*predictor.onnx.output_names, *([oip.LABEL_OUTPUT] if has_labels else []))
     schemas = {"InferenceRequest": oip.InferenceRequest, "PredictRequest": PredictRequest}
     definitions: dict[str, Any] = {}
     for name, model in schemas.items():
@@ -272,7 +272,7 @@ def create_app(
     def infer_work(body: bytes, header_length: str | None) -> tuple[bytes, dict]:
         decoded = oip.decode_request(body, header_length, INPUT_NAME, output_names, max_batch)
         result = predictor.predict(decoded.tensor)
-        outputs = {"prediction": result.prediction, "attention": result.attention}
+        outputs = {"prediction": result.prediction, "attention": result.attention, **result.explanations}
         if has_labels:
             outputs[oip.LABEL_OUTPUT] = np.array(result.labels, dtype=object)
         return oip.encode_response(model_name, decoded, outputs)
