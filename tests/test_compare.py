@@ -319,6 +319,32 @@ def test_faithfulness_figures_reach_the_table_and_survive_the_ledger(tmp_path, m
     assert float(real[0]["uniform drop mean"]) == pytest.approx(0.2)
 
 
+def test_selection_runs_report_logit_aopcr_and_runs_without_it_count_as_missing_when_needed(tmp_path, monkeypatch):
+    """The poolings are chosen on accuracy and on AOPCR (study.POOLING_RULE): the selection table
+    gives both, and `--needs` trains again a run evaluated before its AOPCR existed."""
+    monkeypatch.chdir(REPO_ROOT)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    instance = "conv_attention score=instance positional_encoding=true state_dropout=0.1"
+    plan = study.selection_combinations(["GunPoint"], (instance,))
+    assert "-S model.score=instance -S model.positional_encoding=true -S model.state_dropout=0.1" in plan[0].command
+    for fold, combination in enumerate(plan):
+        run_id = _log_study_run(combination, 0.9, 12.0)
+        if fold:  # fold 0 was evaluated before the AOPCR existed
+            with mlflow.start_run(run_id=run_id):
+                mlflow.log_metrics(
+                    {
+                        "faithfulness/aopcr_attention": 0.5 * fold,
+                        "faithfulness/aopcr_contribution": 2.0 * fold,
+                        "faithfulness/aopcr_occlusion": 1.0,
+                    }
+                )
+    assert study.missing(uri, plan) == []
+    assert study.missing(uri, plan, needs=("faithfulness/aopcr_contribution",)) == plan[:1]
+    main(["--tracking-uri", uri, "--out", str(tmp_path / "results")])
+    assert f"| {instance} | 0.75 / 3.00 / 1.00 |" in (tmp_path / "results.md").read_text()
+
+
 QUEUE_STATUS = """Task     Name        Created       Status
 e60af1b  moody-lira  Nov 26, 2026  Running
 465bd8d  urban-chay  Nov 26, 2026  Running

@@ -335,7 +335,31 @@ def selection_markdown(rows: list[dict]) -> str:
         if mean_column:
             cells.append(f"{sum(by_cell[(d, label)]['accuracy mean'] for d in shared) / len(shared):.2f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    explained = [label for label in labels if any(_has_aopcr(by_cell.get((d, label))) for d in datasets)]
+    if explained:
+        lines += [
+            "",
+            'Logit AOPCR on the held-out folds (README "Is the attention faithful?"): the model\'s '
+            "attention / its contribution / occlusion, mean over the runs that have them (– none).",
+            "",
+            "| setting | " + " | ".join(datasets) + " |",
+            "|---|" + "---|" * len(datasets),
+        ]
+        for label in explained:
+            cells = [_aopcr_cell(by_cell.get((name, label))) for name in datasets]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+AOPCR_COLUMNS = ("aopcr attention mean", "aopcr contribution mean", "aopcr occlusion mean")
+
+
+def _has_aopcr(row: dict | None) -> bool:
+    return row is not None and any(not np.isnan(row.get(c, float("nan"))) for c in AOPCR_COLUMNS)
+
+
+def _aopcr_cell(row: dict | None) -> str:
+    return " / ".join(_figure(row[c], 1, 2) for c in AOPCR_COLUMNS) if _has_aopcr(row) else "–"
 
 
 def main(argv: list[str] | None = None) -> None:

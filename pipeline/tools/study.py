@@ -78,6 +78,13 @@ REFERENCES = {
 PLATEAU = ("train.lr_schedule=plateau", "train.lr_decay_patience=50")
 FULL_RECIPE = ("train.epochs=1000",)  # the recipe's own epochs, where SELECTION_EPOCHS is too few to stop early
 FCN_WIDTH = "model.filters=[128,256,128]"  # the filters of the FCN of dl-4-tsc; the recipe's are half
+MILLET_POOLING = ("model.positional_encoding=true", "model.state_dropout=0.1")  # the recipe's since stop 40
+# The poolings of MILLET against the recipe's gated one, with the rule fixed before their runs
+# (POOLING_RULE): seed 1-3 on ArrowHead's inner folds, seed 1 on GunPoint's and ItalyPowerDemand's.
+POOLING_RULE = (
+    "among the poolings whose held-out errors over these runs exceed the fewest by at most 2, "
+    "the one whose contribution has the best mean rank of logit AOPCR per run (1 = highest)"
+)
 SELECTION_SETTINGS = (  # (model, overrides)
     ("conv_attention", ()),
     ("conv_attention", PLATEAU),
@@ -95,7 +102,8 @@ SELECTION_SETTINGS = (  # (model, overrides)
     *((model, (FCN_WIDTH,)) for model in ("conv_attention", "conv_gap")),
     *((model, ("model.state_dropout=0.1",)) for model in ("conv_attention", "conv_gap")),
     ("conv_attention", ("model.positional_encoding=true",)),
-    ("conv_attention", ("model.positional_encoding=true", "model.state_dropout=0.1")),
+    ("conv_attention", MILLET_POOLING),
+    *(("conv_attention", (f"model.score={s}", *MILLET_POOLING)) for s in ("conjunctive", "instance", "additive")),
 )
 SELECTION_EPOCHS = 300
 SELECTION_PROTOCOL = (f"train.epochs={SELECTION_EPOCHS}",)
@@ -127,7 +135,10 @@ FAITHFULNESS_COLUMNS = {
     "faithfulness/uniform_drop": "uniform drop",
     "faithfulness/occlusion_spearman": "occlusion rho",
     "faithfulness/seed_spearman": "seed rho",
-}  # the last: by compare, across seeds
+    "faithfulness/aopcr_attention": "aopcr attention",
+    "faithfulness/aopcr_contribution": "aopcr contribution",
+    "faithfulness/aopcr_occlusion": "aopcr occlusion",
+}  # seed rho: by compare, across seeds
 LEDGER_COLUMNS = (
     "data set",
     "model",
@@ -373,11 +384,17 @@ def write_ledger(path: Path, done: dict[Combination, RunRecord], conf_dir: Path 
 
 
 def missing(
-    tracking_uri: str, plan: list[Combination], ledger: Path | None = None, conf_dir: Path = CONF_DIR
+    tracking_uri: str,
+    plan: list[Combination],
+    ledger: Path | None = None,
+    conf_dir: Path = CONF_DIR,
+    needs: tuple[str, ...] = (),
 ) -> list[Combination]:
-    """The combinations of `plan` that neither the MLflow store nor the ledger holds."""
+    """The combinations of `plan` that neither the MLflow store nor the ledger holds, or whose
+    run lacks one of the faithfulness metrics `needs` (a run evaluated before the metric existed,
+    whose model is no longer in the store to evaluate again)."""
     done = done_runs(tracking_uri, plan, ledger, conf_dir)
-    return [c for c in plan if c not in done]
+    return [c for c in plan if c not in done or any(m not in done[c].faithfulness for m in needs)]
 
 
 def summary(runs_by_combination: dict[Combination, RunRecord]) -> list[dict]:
@@ -559,6 +576,13 @@ def main(argv: list[str] | None = None) -> None:
         default=tuple(SELECTION),
         help="with --selection: the SELECTION settings to compare (default: all)",
     )
+    parser.add_argument(
+        "--needs",
+        nargs="+",
+        default=(),
+        choices=tuple(FAITHFULNESS_COLUMNS),
+        help="count a run as missing if it lacks these metrics (train it again)",
+    )
     args = parser.parse_args(argv)
     if args.action == "wait":
         print(wait_for_queue())
@@ -570,7 +594,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     model_order = list(args.models)  # queued in the order --models names them, quick data sets first
     todo = sorted(
-        missing(args.tracking_uri, plan, args.ledger),
+        missing(args.tracking_uri, plan, args.ledger, needs=tuple(args.needs)),
         key=lambda c: (
             model_order.index(c.model) if c.model in model_order else len(model_order),
             training_size(c.dataset),
