@@ -68,6 +68,7 @@ DECOMPOSED = {
     "conv_attention": ("model=conv_attention", *SMALL_CONV),
     "conjunctive": ("model=conv_attention", "model.score=conjunctive", *SMALL_CONV),
     "instance": ("model=conv_attention", "model.score=instance", *SMALL_CONV),
+    "instance_replicate": ("model=conv_attention", "model.score=instance", "model.padding=replicate", *SMALL_CONV),
     "class": ("model=conv_attention", "model.score=class", *SMALL_CONV),
 }
 

@@ -257,3 +257,29 @@ def test_attention_over_inputs_sums_each_step_s_own_values():
 def test_attention_over_inputs_needs_an_attention_score():
     with pytest.raises(Exception, match="values=inputs needs an attention score"):
         tiny_config("model=lstm_baseline", "+model.values=inputs")
+
+
+def test_replicate_padding_repeats_the_ends_and_ignores_the_padding():
+    """ConvEncoder(padding="replicate") convolves as numpy over the series with its first and last
+    steps repeated ("edge" padding, the longer half after for an even kernel), and a padded
+    series gives the same states on its valid steps as the series alone (its last valid step is
+    repeated, not the padding)."""
+    from pipeline.models.layers import ConvEncoder
+
+    keras.utils.set_random_seed(5)
+    encoder = ConvEncoder([3], [4], norm_folded=True, padding="replicate")
+    x = np.random.default_rng(0).standard_normal((2, 9, 2)).astype("float32")
+    states = np.asarray(encoder(x))
+    kernel, bias = encoder.blocks[0][0].get_weights()  # [4, 2, 3], [3]
+    padded = np.pad(x, ((0, 0), (1, 2), (0, 0)), mode="edge")
+    expected = np.stack([np.einsum("bkc,kcf->bf", padded[:, t : t + 4], kernel) for t in range(9)], axis=1) + bias
+    np.testing.assert_allclose(states, np.maximum(expected, 0), atol=1e-5)
+    zero = np.asarray(ConvEncoder([3], [4], norm_folded=True, padding="zero")(x, training=False))
+    assert not np.allclose(zero, states)  # the options differ where the kernel reaches past the ends
+
+    deeper = ConvEncoder([4, 3], [5, 3], norm_folded=True, padding="replicate")
+    longer = np.concatenate([x[:1], np.full((1, 6, 2), 7.0, "float32")], axis=1)  # 6 steps of padding
+    mask = np.arange(15)[None, :] < 9
+    np.testing.assert_allclose(np.asarray(deeper(longer, mask=mask))[0, :9], np.asarray(deeper(x[:1]))[0], atol=1e-5)
+    with pytest.raises(ValueError, match="padding must be one of"):
+        ConvEncoder([3], [4], padding="reflect")

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.core.contract import HEAD_READOUTS, MIL_POOLINGS, OPSET_MAX, TEMPORAL_SCORES, VARIANTS
+from pipeline.core.contract import CONV_PADDINGS, HEAD_READOUTS, MIL_POOLINGS, OPSET_MAX, TEMPORAL_SCORES, VARIANTS
 from pipeline.core.errors import ConfigError
 
 PARAMS_FILE = Path("params.yaml")
@@ -233,6 +233,7 @@ class ConvAttentionModel(_Strict):
     gate_floor: float = Field(default=0.0, ge=0, lt=1)
     state_dropout: float = Field(default=0.0, ge=0, lt=1)
     positional_encoding: StrictBool = False
+    padding: Literal[CONV_PADDINGS] = "zero"
 
     @model_validator(mode="after")
     def _gap_is_the_mean(self):

@@ -18,6 +18,8 @@ PAD_VALUE = -1.0  # padded steps of variable-length sequences hold this on every
 TEMPORAL_SCORES = ("location", "dot", "general", "additive", "scaled_dot", "last_state", "mean")
 # MILLET's poolings of per-step logits (MilPooling), scores of the convolutional model.
 MIL_POOLINGS = ("conjunctive", "instance")
+# What the convolutional encoder's convolutions see beyond a series' ends (ConvEncoder).
+CONV_PADDINGS = ("zero", "replicate")
 # How MultiHeadAttentionPooling reads its heads out as one attention row: "norm" weighs each step
 # by the norm of the vector it adds to the pooled context (every head's share, through the value
 # and output projections); "heads_mean" averages the heads' softmax weights.

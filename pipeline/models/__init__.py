@@ -201,7 +201,7 @@ def conv_attention(cfg: ConvAttentionModel, task: TaskSpec) -> keras.Model:
     [batch, time, outputs]. Time is dynamic unless `position_bias`.
     """
     x, h = sequence_input(task, fixed_time=cfg.position_bias)
-    states = ConvEncoder(cfg.filters, cfg.kernel_sizes, name="conv_encoder")(h)
+    states = ConvEncoder(cfg.filters, cfg.kernel_sizes, padding=cfg.padding, name="conv_encoder")(h)
     if cfg.positional_encoding:  # MILLET's positions, added to the instance embeddings before its dropout
         states = SinusoidalPositions(name="positional_encoding")(states)
     if cfg.state_dropout:  # MILLET's dropout of the instance embeddings before its pooling

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from pipeline.core.contract import HEAD_READOUTS, MIL_POOLINGS, TEMPORAL_SCORES
+from pipeline.core.contract import CONV_PADDINGS, HEAD_READOUTS, MIL_POOLINGS, TEMPORAL_SCORES
 
 QUERIES = ("last", "learned")
 MASKED_SCORE = -1e9
@@ -746,6 +746,9 @@ class ConvEncoder(keras.layers.Layer):
         kernel_sizes: kernel size of each block, e.g. [8, 5, 3].
         norm_folded: blocks of Conv1D -> ReLU whose convolutions already hold the inference-mode
             BatchNormalization (`folded_weights`): an export copy, not for training.
+        padding: what a convolution sees beyond the series' ends: "zero", or "replicate" (the
+            first and the last valid step repeated, as MILLET's FCN: zeros at the ends are a
+            feature the explanation is drawn to).
 
     Call arguments:
         x: float32 [batch, time, channels]; mask: optional bool [batch, time].
@@ -754,18 +757,21 @@ class ConvEncoder(keras.layers.Layer):
         states float32 [batch, time, filters[-1]]; the mask passes through.
     """
 
-    def __init__(self, filters=(128, 256, 128), kernel_sizes=(8, 5, 3), norm_folded=False, **kwargs):
+    def __init__(self, filters=(128, 256, 128), kernel_sizes=(8, 5, 3), norm_folded=False, padding="zero", **kwargs):
         super().__init__(**kwargs)
         filters, kernel_sizes = list(filters), list(kernel_sizes)
         if not filters or len(filters) != len(kernel_sizes):
             raise ValueError(f"need one kernel size per block, got filters {filters} and kernel_sizes {kernel_sizes}")
         if min(filters + kernel_sizes) < 1:
             raise ValueError(f"filters and kernel sizes must be positive, got {filters}, {kernel_sizes}")
-        self.filters, self.kernel_sizes, self.norm_folded = filters, kernel_sizes, norm_folded
+        if padding not in CONV_PADDINGS:
+            raise ValueError(f"padding must be one of {CONV_PADDINGS}, got {padding!r}")
+        self.filters, self.kernel_sizes, self.norm_folded, self.padding = filters, kernel_sizes, norm_folded, padding
         distributed = replicas_in_sync() > 1
+        conv_padding = "same" if padding == "zero" else "valid"  # replicate: the ends are padded in call
         self.blocks = [
             (
-                keras.layers.Conv1D(f, k, padding="same", name=f"conv{i}"),
+                keras.layers.Conv1D(f, k, padding=conv_padding, name=f"conv{i}"),
                 None if norm_folded else keras.layers.BatchNormalization(name=f"norm{i}", synchronized=distributed),
             )
             for i, (f, k) in enumerate(zip(filters, kernel_sizes))
@@ -776,7 +782,7 @@ class ConvEncoder(keras.layers.Layer):
         shape = tuple(x_shape)
         for conv, norm in self.blocks:
             conv.build(shape)
-            shape = conv.compute_output_shape(shape)
+            shape = (*shape[:2], conv.filters)  # "same" length, whichever padding
             if norm is not None:
                 norm.build(shape)
 
@@ -784,7 +790,9 @@ class ConvEncoder(keras.layers.Layer):
         valid = None if mask is None else ops.expand_dims(ops.cast(mask, x.dtype), -1)
         if valid is not None:
             x = x * valid  # zero padding; the product carries no mask into the Conv1D layers
-        for conv, norm in self.blocks:
+        for (conv, norm), kernel in zip(self.blocks, self.kernel_sizes):
+            if self.padding == "replicate":
+                x = replicate_ends(x, valid, kernel)
             x = conv(x) if norm is None else norm(conv(x), training=training)
             x = ops.relu(x)
             if valid is not None:
@@ -815,7 +823,22 @@ class ConvEncoder(keras.layers.Layer):
             "filters": self.filters,
             "kernel_sizes": self.kernel_sizes,
             "norm_folded": self.norm_folded,
+            "padding": self.padding,
         }
+
+
+def replicate_ends(x, valid, kernel: int):
+    """x [batch, time, channels] with (kernel - 1) steps added for a "valid" convolution of the
+    same length: the first step repeated before, the last valid step after, as "same" padding
+    places them (the longer half after); padded steps (valid [batch, time, 1] = 0) hold the
+    last valid step too, so a series gives the same states whatever its padding. Slices, sums
+    and products only: it exports to plain ONNX."""
+    if valid is not None:  # the last valid step: where valid falls from 1 to 0 (prefix masks)
+        following = ops.concatenate([valid[:, 1:], ops.zeros_like(valid[:, :1])], axis=1)
+        last = ops.sum(x * (valid - following), axis=1, keepdims=True)  # [batch, 1, channels]
+        x = x * valid + last * (1.0 - valid)
+    before, after = (kernel - 1) // 2, kernel // 2
+    return ops.concatenate([*([x[:, :1]] * before), x, *([x[:, -1:]] * after)], axis=1)
 
 
 KERNEL_LENGTH = 9

@@ -122,6 +122,7 @@ VALUES_BEFORE_OPTIONS_EXISTED = {
     "train.window_slice": "None",
     "model.state_dropout": "0.0",
     "model.positional_encoding": "False",
+    "model.padding": "zero",
 }
 # Settings that change how a run is carried out, not what it trains to: not compared.
 RESULT_NEUTRAL = ("train.backup_every",)
