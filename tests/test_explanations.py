@@ -16,6 +16,7 @@ from pipeline.core.explanations import (
     explanation_metrics,
     ndcg_at_n,
     occlusion_scores,
+    predicted_contribution,
 )
 from pipeline.serving.inference import OnnxModel
 
@@ -147,3 +148,15 @@ def test_occlusion_of_single_steps_finds_what_the_exact_contribution_finds():
     )
     coarse = occlusion_scores(model.run, x, "multiclass", windows=4)
     assert len(np.unique(coarse[0])) == 4, "four windows of five steps, each one score"
+
+
+def test_the_picture_draws_the_contribution_to_the_predicted_class():
+    """Multiclass: the column of the largest logit; binary: the one column, negated where the
+    prediction is class 0 (positive always means for the predicted class); none without it."""
+    contribution = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
+    logit = np.array([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]])
+    drawn = predicted_contribution({"logit": logit, "contribution": contribution}, "multiclass")
+    np.testing.assert_array_equal(drawn, [[1, 4], [6, 9]])
+    binary = {"logit": np.array([[1.5], [-0.5]]), "contribution": np.array([[[1.0], [-2.0]], [[1.0], [-2.0]]])}
+    np.testing.assert_array_equal(predicted_contribution(binary, "binary"), [[1, -2], [-1, 2]])
+    assert predicted_contribution({"logit": logit}, "multiclass") is None

@@ -108,6 +108,7 @@ def test_stages_write_their_outputs_and_one_mlflow_run(pipeline_run, monkeypatch
         "reports/deletion.csv",
         "reports/deletion.png",
         "reports/attention_series.png",
+        "reports/contribution_series.png",
     } <= artifacts
     logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     assert [m.name for m in logged] == ["onnx_model"]

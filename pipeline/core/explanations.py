@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pipeline.core.contract import LOGIT_NAME, valid_positions
+from pipeline.core.contract import CONTRIBUTION_NAME, LOGIT_NAME, valid_positions
 from pipeline.core.faithfulness import ranks
 
 Model = Callable[[np.ndarray], dict[str, np.ndarray]]
@@ -51,6 +51,18 @@ def class_scores(contribution: np.ndarray, chosen: np.ndarray, task_type: str) -
     if task_type == "binary":
         return np.where((chosen == 1)[:, None], contribution[:, :, 0], -contribution[:, :, 0])
     return np.take_along_axis(contribution, chosen[:, None, None], axis=2)[:, :, 0]
+
+
+def predicted_contribution(outputs: dict[str, np.ndarray], task_type: str) -> np.ndarray | None:
+    """[n, time]: each sample's contribution to its predicted class (for and against it:
+    positive, negative; regression: to its prediction), from a model's outputs; None for a
+    model without `contribution`."""
+    if CONTRIBUTION_NAME not in outputs:
+        return None
+    if task_type == "regression":
+        return outputs[CONTRIBUTION_NAME][:, :, 0]
+    chosen = chosen_classes(outputs[LOGIT_NAME], task_type)
+    return class_scores(outputs[CONTRIBUTION_NAME], chosen, task_type)
 
 
 def logits_of_kept(model: Model, x: np.ndarray, kept: np.ndarray) -> np.ndarray:

@@ -36,6 +36,7 @@ ATTENTION_PNG = REPORTS / "attention.png"
 ATTENTION_CSV = REPORTS / "attention.csv"
 PREDICTIONS_CSV = REPORTS / "predictions.csv"
 ATTENTION_SERIES_PNG = REPORTS / "attention_series.png"
+CONTRIBUTION_SERIES_PNG = REPORTS / "contribution_series.png"
 DELETION_CSV = REPORTS / "deletion.csv"
 DELETION_PNG = REPORTS / "deletion.png"
 

@@ -5,8 +5,9 @@
 Outputs: reports/metrics.json (DVC metrics, the faithfulness/* metrics among them),
 reports/attention.csv (DVC plot: mean attention per position), reports/attention.png (heatmap),
 reports/predictions.csv (actual and predicted class labels, or values for regression, per test
-sample: the DVC confusion-matrix plot), reports/attention_series.png (the attention drawn on the
-series, per class), reports/deletion.csv and reports/deletion.png (the
+sample: the DVC confusion-matrix plot), reports/attention_series.png and
+reports/contribution_series.png (the attention, and the predicted class's signed contribution,
+drawn on the series, per class), reports/deletion.csv and reports/deletion.png (the
 deletion and sufficiency curves). Logs the same metrics and files to the pipeline's MLflow run.
 No TensorFlow import.
 """
@@ -22,7 +23,7 @@ from pipeline.core import stage
 from pipeline.core.config import load_config
 from pipeline.core.contract import valid_positions
 from pipeline.core.errors import run_command
-from pipeline.core.explanations import explanation_metrics
+from pipeline.core.explanations import explanation_metrics, predicted_contribution
 from pipeline.core.faithfulness import Task, measure_faithfulness, uniform_ablation
 from pipeline.core.metrics import TASK_METRICS, attention_metrics, predicted_classes
 from pipeline.data import sequence_lengths
@@ -135,25 +136,36 @@ def plot_curves(rows: list[dict], score_name: str, title: str, path=stage.DELETI
 SERIES_GROUPS, SERIES_EXAMPLES = 6, 3
 
 
-def plot_attention_on_series(
+def plot_on_series(
     x: np.ndarray,
     y: np.ndarray,
-    attention: np.ndarray,
+    weights: np.ndarray | None,
     task_type: str,
     labels: list[str] | None,
     title: str,
-    path=stage.ATTENTION_SERIES_PNG,
+    path,
+    signed: bool = False,
 ) -> None:
-    """The attention drawn on the inputs, one row per class (the first SERIES_GROUPS; one row
-    for regression): left, the class-mean series (every channel) over the class-mean attention
-    as a red band; right, the first SERIES_EXAMPLES test samples of the class, each point
-    coloured by its weight. x [n, time, channels] or [n, features] (features as positions),
-    y [n, 1], attention [n, positions]; padded steps are left out."""
+    """An explanation drawn on the inputs, one row per class (the first SERIES_GROUPS; one row
+    for regression): left, the class-mean series (every channel) over the class-mean weights as
+    a band; right, the first SERIES_EXAMPLES test samples of the class, each point coloured by
+    its weight. x [n, time, channels] or [n, features] (features as positions), y [n, 1],
+    weights [n, positions]: the attention, or (`signed`) the predicted class's contribution,
+    red for and blue against it; None: a model without that explanation, said in the picture.
+    Padded steps are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if weights is None:
+        fig, axis = plt.subplots(figsize=(6, 1.2))
+        axis.axis("off")
+        axis.text(0.5, 0.5, f"{title}: this model exports no contribution", ha="center", va="center")
+        with stage.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
+        plt.close(fig)
+        return
     series = x if x.ndim == 3 else x[:, :, None]
     series = np.where(valid_positions(series)[..., None], series, np.nan)
     if task_type == "regression":
@@ -170,25 +182,30 @@ def plot_attention_on_series(
         mean_axis = row_axes[0]
         mean_axis.plot(steps, np.nanmean(series[rows], axis=0), color="black", linewidth=1)
         band = mean_axis.twinx()
-        band.fill_between(steps, 0, attention[rows].mean(axis=0), color="tab:red", alpha=0.3, step="mid")
+        mean_weight = weights[rows].mean(axis=0)
+        for part, colour in ((np.maximum(mean_weight, 0), "tab:red"), (np.minimum(mean_weight, 0), "tab:blue")):
+            band.fill_between(steps, 0, part, color=colour, alpha=0.3, step="mid")
+        if signed:  # zero in the middle: for above, against below
+            reach = np.abs(mean_weight).max() or 1
+            band.set_ylim(-1.05 * reach, 1.05 * reach)
+            band.axhline(0, color="0.6", linewidth=0.5)
         band.set_yticks([])
         mean_axis.set_title(f"{name}: mean of {len(rows)}", fontsize=9)
         for axis, sample in zip(row_axes[1:], rows[:SERIES_EXAMPLES]):
+            reach = np.abs(weights[sample]).max() or 1
+            colours = {"cmap": "coolwarm", "vmin": -reach, "vmax": reach} if signed else {"vmin": 0, "vmax": reach}
             for channel in range(series.shape[2]):
                 axis.plot(steps, series[sample, :, channel], color="0.75", linewidth=0.8)
-                axis.scatter(
-                    steps,
-                    series[sample, :, channel],
-                    c=attention[sample],
-                    cmap="viridis",
-                    s=6,
-                    vmin=0,
-                    vmax=attention[sample].max() or 1,
-                )
+                axis.scatter(steps, series[sample, :, channel], c=weights[sample], s=6, **colours)
             axis.set_title(f"test sample {sample}", fontsize=9)
         for axis in row_axes[1 + len(rows[:SERIES_EXAMPLES]) :]:
             axis.axis("off")
-    fig.suptitle(f"{title} (red band: mean attention; points: colour = weight)")
+    legend = (
+        "band: mean contribution to the predicted class, red for, blue against; points: its sign and size"
+        if signed
+        else "red band: mean attention; points: colour = weight"
+    )
+    fig.suptitle(f"{title} ({legend})")
     fig.tight_layout()
     with stage.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
@@ -239,13 +256,19 @@ def main() -> None:
         meta["attention_axis"],
         f"{cfg.model.name} on {cfg.data.name}: attention on the test set",
     )
-    plot_attention_on_series(
+    title = f"{cfg.model.name} on {cfg.data.name}"
+    plot_on_series(
+        test.x, test.y, outputs["attention"], meta["task_type"], meta.get("labels"), title, stage.ATTENTION_SERIES_PNG
+    )
+    plot_on_series(
         test.x,
         test.y,
-        outputs["attention"],
+        predicted_contribution(outputs, meta["task_type"]),
         meta["task_type"],
         meta.get("labels"),
-        f"{cfg.model.name} on {cfg.data.name}",
+        title,
+        stage.CONTRIBUTION_SERIES_PNG,
+        signed=True,
     )
     stage.write_json(stage.METRICS_FILE, metrics)
     with tracking.resume_pipeline_run(cfg) as run_id:
@@ -259,6 +282,7 @@ def main() -> None:
                 stage.DELETION_CSV,
                 stage.DELETION_PNG,
                 stage.ATTENTION_SERIES_PNG,
+                stage.CONTRIBUTION_SERIES_PNG,
             ],
             artifact_path="reports",
         )
