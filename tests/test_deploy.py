@@ -53,6 +53,14 @@ def test_bundle_holds_every_variant_with_its_metadata(bundle):
         assert predictor.metadata["mlflow_run_id"] == metadata["mlflow_run_id"]
     card = (bundle / "MODEL_CARD.md").read_text()
     assert card.startswith("# lstm_attention on planted_step") and "| int8 | model_int8.onnx |" in card
+    assert "  - `contribution`: float32 [batch, positions, outputs]" in card
+    assert "outputs `prediction`, `attention`, `logit`, `contribution` (and `label`" in card
+    assert list(json.loads((bundle / "metadata.json").read_text())["outputs"]) == [
+        "prediction",
+        "attention",
+        "logit",
+        "contribution",
+    ]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

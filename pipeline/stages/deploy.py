@@ -68,8 +68,18 @@ def triton_config(name: str, onnx_model: onnx.ModelProto, gpu: bool) -> str:
     )
 
 
-def model_card(metadata: dict, variants: list[str], export_report: dict, metrics: dict) -> str:
-    """MODEL_CARD.md: identity, inputs and outputs, measured quality, gates, serving."""
+OUTPUT_MEANINGS = {
+    "prediction": "float32 [batch, outputs]: class probabilities, or the regression value",
+    "attention": "float32 [batch, positions]: the attention weights, 0 on padding",
+    "logit": "float32 [batch, outputs]: the prediction before its softmax or sigmoid",
+    "contribution": "float32 [batch, positions, outputs]: each step's signed share of each logit "
+    "(Σ over the steps + a constant = logit; 0 on padding)",
+}
+
+
+def model_card(metadata: dict, variants: list[str], export_report: dict, metrics: dict, outputs: list[str]) -> str:
+    """MODEL_CARD.md: identity, inputs and outputs (`outputs`: the graph's, in order), measured
+    quality, gates, serving."""
     labels = json.loads(metadata.get("labels") or "null")
     lines = [
         f"# {metadata['model']} on {metadata['task']}",
@@ -79,7 +89,8 @@ def model_card(metadata: dict, variants: list[str], export_report: dict, metrics
         f"- input `{INPUT_NAME}`: float32 {metadata['input_layout']}, sample shape "
         f"{metadata['input_shape']}; padding value {metadata['pad_value']}",
         f"- preprocessing (inside the graph): {metadata['preprocessing']}",
-        f"- outputs: `prediction`, `attention` (float32); opset {metadata['opset']}",
+        f"- outputs (opset {metadata['opset']}):",
+        *[f"  - `{name}`: {OUTPUT_MEANINGS[name]}" for name in outputs],
         f"- made with: {metadata['versions']}",
         "",
         "## Test metrics (ONNX Runtime, fp32)",
@@ -114,7 +125,7 @@ def model_card(metadata: dict, variants: list[str], export_report: dict, metrics
         "    tritonserver --model-repository deploy/triton                # GPU: attention_fp16",
         "",
         "Both speak the Open Inference Protocol (KServe v2): POST /v2/models/attention_<variant>/infer",
-        "with JSON or binary tensors, input `x`, outputs `prediction` and `attention` (and `label`",
+        f"with JSON or binary tensors, input `x`, outputs {', '.join(f'`{name}`' for name in outputs)} (and `label`",
         "from pipeline.serving.serve).",
         "",
     ]
@@ -170,7 +181,9 @@ def main() -> None:
             "metrics": metrics,
         }
         (folder / "metadata.json").write_text(json.dumps(document, indent=2) + "\n")
-        (folder / "MODEL_CARD.md").write_text(model_card(metadata, list(models), export_report, metrics))
+        (folder / "MODEL_CARD.md").write_text(
+            model_card(metadata, list(models), export_report, metrics, [o.name for o in models["fp32"].graph.output])
+        )
     print(f"wrote {DEPLOY_DIR}/: {', '.join(models)} and a Triton repository")
 
 
