@@ -79,8 +79,9 @@ team-server: $(STAMP)
 	$(BIN)/python -m pipeline.tracking.team_server --db "$(DB)" --artifacts "$(ARTIFACTS)" --port $(PORT)
 
 # Rewrites tests/golden/ (weights, inputs, ONNX outputs); commit the result and say why it changed.
+# GOLDEN="--outputs-only" keeps the stored weights and inputs and stores today's outputs of them.
 golden: $(STAMP)
-	$(BIN)/python -m tests.golden_models --write
+	$(BIN)/python -m tests.golden_models --write $(GOLDEN)
 
 # Rewrites params.yaml as the composition of conf/ defaults.
 params: $(STAMP)

@@ -2,13 +2,15 @@
 
     make golden          # python -m tests.golden_models --write
     python -m tests.golden_models --write --case NAME    # one (new) case only
+    python -m tests.golden_models --write --outputs-only # the stored weights' outputs again (a new output)
 
 What they pin: the model definitions (layers, preprocessing, head), the ONNX export and ONNX
 Runtime, not training. Per case (every model, a masked variable-length one, the conv model on
 JapaneseVowels), tests/golden/ holds
     <case>.json          the model config and task the model is built from, the package versions
     <case>.weights.npz   its weights, in the order of `model.weights`
-    <case>.npz           inputs `x` and the `prediction` and `attention` the exported model gives
+    <case>.npz           inputs `x` and every output the exported model gives (`prediction`,
+                         `attention`, and `logit` and `contribution` where it has them)
 The test builds the model from the config, loads the weights, exports it with tf2onnx and runs it
 with ONNX Runtime: no training, so the same on every CPU. Writing trains a fixed-seed model one
 epoch on tiny data, so that the weights (and the attention) are those of a real model. Rewrite only
@@ -56,6 +58,21 @@ CASES = {
     ),
     "conv_gap": ("model=conv_gap", "model.filters=[16,32,16]"),
     "conv_attention_additive": ("model=conv_attention", "model.score=additive", "model.filters=[16,32,16]"),
+    "conv_attention_conjunctive": (
+        "model=conv_attention",
+        "model.score=conjunctive",
+        "model.filters=[16,32,16]",
+        "train.learning_rate=0.03",
+        "train.epochs=3",
+    ),
+    "conv_attention_instance_replicate": (
+        "model=conv_attention",
+        "model.score=instance",
+        "model.padding=replicate",
+        "model.filters=[16,32,16]",
+        "train.learning_rate=0.03",
+        "train.epochs=3",
+    ),
     "bahdanau_variable_length": ("model=bahdanau", "data=find_max", "data.min_length=5"),
     "conv_attention_japanese_vowels": (
         "model=conv_attention",
@@ -107,7 +124,7 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 def load(case: str) -> dict[str, np.ndarray]:
-    """The stored inputs `x` and outputs `prediction`, `attention` of a case."""
+    """The stored inputs `x` and the outputs of a case, by name."""
     return _arrays(_files(case)["outputs"])
 
 
@@ -167,6 +184,18 @@ def write(case: str) -> None:
     print(f"wrote {', '.join(str(p) for p in files.values())}")
 
 
+def write_outputs(case: str) -> None:
+    """<case>.npz again from the stored weights and inputs: every output the exported model gives
+    today (an output added to the contract), the weights and the record left as they are."""
+    from pipeline.serving.inference import OnnxModel
+
+    files = _files(case)
+    inputs = load(case)["x"]
+    outputs = OnnxModel(exported(case).SerializeToString()).run(inputs)
+    np.savez(files["outputs"], x=inputs, **outputs)
+    print(f"wrote {files['outputs']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Rewrite the golden files of the exported models.")
     parser.add_argument("--write", action="store_true", help="required: rewrite tests/golden/")
@@ -176,11 +205,16 @@ def main() -> None:
         choices=list(CASES),
         help="only this case (repeatable), e.g. a newly added one; default: all",
     )
+    parser.add_argument(
+        "--outputs-only",
+        action="store_true",
+        help="keep the stored weights and inputs; store the outputs the exported model gives today",
+    )
     args = parser.parse_args()
     if not args.write:
         parser.error("pass --write to rewrite the committed golden files")
     for case in args.case or CASES:
-        write(case)
+        write_outputs(case) if args.outputs_only else write(case)
 
 
 if __name__ == "__main__":

@@ -160,10 +160,12 @@ def test_onnx_model_with_other_names_is_refused(tmp_path):
 @pytest.mark.parametrize("case", golden_models.CASES)
 def test_exported_outputs_match_the_golden_files(case):
     """Stored weights through today's model definition, tf2onnx and ONNX Runtime give the stored
-    outputs: no training on this path, so the comparison holds on any CPU."""
+    outputs, every one (logit and contribution where the model has them): no training on this
+    path, so the comparison holds on any CPU."""
     golden = golden_models.load(case)
     outputs = _runtime(_golden_export(case)[1]).run(golden["x"])
-    for name in OUTPUT_NAMES:
+    assert sorted(outputs) == sorted(set(golden) - {"x"}), f"{case}: the outputs differ from tests/golden's"
+    for name in outputs:
         np.testing.assert_allclose(
             outputs[name],
             golden[name],
