@@ -319,6 +319,37 @@ def test_faithfulness_figures_reach_the_table_and_survive_the_ledger(tmp_path, m
     assert float(real[0]["uniform drop mean"]) == pytest.approx(0.2)
 
 
+def test_the_explanations_table_sets_the_contribution_against_cam_and_occlusion(tmp_path, monkeypatch):
+    """Per data set, mean ± std over seeds of each explanation's logit AOPCR, the contribution's
+    lead over conv_gap's CAM and over the better occlusion, and occlusion's cost in calls."""
+    monkeypatch.chdir(REPO_ROOT)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    figures = {  # model: per seed (attention, contribution, occlusion)
+        "conv_attention": ((1.0, 3.0, 2.0), (2.0, 5.0, 2.5)),
+        "conv_gap": ((0.0, 2.0, 4.5), (0.0, 3.0, 4.5)),
+    }
+    for model, seeded in figures.items():
+        for seed, (attention, contribution, occlusion) in enumerate(seeded, 1):
+            run_id = _log_study_run(study.Combination("UnitTest", model, seed), 0.9, 12.0)
+            with mlflow.start_run(run_id=run_id):
+                mlflow.log_metrics(
+                    {
+                        "faithfulness/aopcr_attention": attention,
+                        "faithfulness/aopcr_contribution": contribution,
+                        "faithfulness/aopcr_occlusion": occlusion,
+                        "faithfulness/occlusion_calls": 10.0,
+                    }
+                )
+    main(["--tracking-uri", uri, "--out", str(tmp_path / "results")])
+    assert (
+        "| UnitTest | 1.50 ± 0.71 | 4.00 ± 1.41 | 2.25 ± 0.35 | 2.50 ± 0.71 | 4.50 ± 0.00 | 1.50 | -0.50 | 10 |"
+        in (tmp_path / "results.md").read_text()
+    )
+    main(["--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}", "--out", str(tmp_path / "results")])
+    assert "| UnitTest | 1.50 ± 0.71 | 4.00 ± 1.41 |" in (tmp_path / "results.md").read_text(), "kept by the ledger"
+
+
 def test_selection_runs_report_logit_aopcr_and_runs_without_it_count_as_missing_when_needed(tmp_path, monkeypatch):
     """The poolings are chosen on accuracy and on AOPCR (study.POOLING_RULE): the selection table
     gives both, and `--needs` trains again a run evaluated before its AOPCR existed."""

@@ -151,7 +151,7 @@ REAL_COLUMNS = (
     "train seconds mean",
     "train seconds max",
     "train cpus",
-    *(f"{c} mean" for c in study.FAITHFULNESS_COLUMNS.values()),
+    *(f"{c} {statistic}" for c in study.FAITHFULNESS_COLUMNS.values() for statistic in ("mean", "std")),
     "FCN",
     "goal",
     "command",
@@ -216,6 +216,7 @@ def real_data_markdown(real_rows: list[dict], statistics: dict | None, diagram: 
         + (f" ({study.UNRECORDED_CPU}: runs logged before the CPU was)" if unrecorded else "")
         + ". Times compare within one CPU.",
     ]
+    lines += explanation_lines(by_cell, datasets)
     lines += faithfulness_lines(real_rows, models, datasets)
     if statistics:
         lines += [
@@ -279,6 +280,54 @@ def add_seed_agreement(tracking_uri: str, done: dict) -> None:
             value = agreement.get(record.run_id, float("nan"))
             record.faithfulness[stability.METRIC] = value
             client.log_metric(record.run_id, stability.METRIC, value)
+
+
+# The explanations compared in logit AOPCR on the test sets: (heading, model, summary column).
+EXPLANATIONS = (
+    ("conv_attention attention", "conv_attention", "aopcr attention"),
+    ("conv_attention contribution", "conv_attention", "aopcr contribution"),
+    ("conv_attention occlusion", "conv_attention", "aopcr occlusion"),
+    ("conv_gap CAM", "conv_gap", "aopcr contribution"),
+    ("conv_gap occlusion", "conv_gap", "aopcr occlusion"),
+)
+
+
+def explanation_lines(by_cell: dict, datasets: list[str]) -> list[str]:
+    """The explanations table: per data set, the logit AOPCR (mean ± std over the seeds that
+    have it) of conv_attention's attention, contribution and occlusion and of conv_gap's CAM
+    and occlusion, the contribution's lead over CAM and over the best occlusion, and what
+    occlusion costs in model calls per series; none if no run has them."""
+
+    def cell(name: str, model: str, column: str) -> tuple[float, float]:
+        row = by_cell.get((name, model)) or {}
+        return row.get(f"{column} mean", float("nan")), row.get(f"{column} std", float("nan"))
+
+    if all(np.isnan(cell(d, m, c)[0]) for d in datasets for _, m, c in EXPLANATIONS):
+        return []
+    lines = [
+        "",
+        'Logit AOPCR of each explanation on the test series (README "Is the attention faithful?"; '
+        "the larger, the more the predicted class's logit falls when its top steps are removed, "
+        "against random orders), mean ± std over the seeds; contribution − CAM and contribution − "
+        "occlusion: conv_attention's contribution against conv_gap's CAM and against the better "
+        "occlusion of the two models; calls: the model calls occlusion costs per series (an "
+        "exported explanation costs none beyond the prediction).",
+        "",
+        "| data set | "
+        + " | ".join(h for h, _, _ in EXPLANATIONS)
+        + " | contribution − CAM | contribution − occlusion | calls |",
+        "|---|" + "---|" * (len(EXPLANATIONS) + 3),
+    ]
+    for name in datasets:
+        figures = dict(zip((h for h, _, _ in EXPLANATIONS), (cell(name, m, c) for _, m, c in EXPLANATIONS)))
+        cells = ["–" if np.isnan(mean) else f"{mean:.2f} ± {std:.2f}" for mean, std in figures.values()]
+        contribution, cam = figures["conv_attention contribution"][0], figures["conv_gap CAM"][0]
+        occlusions = [figures[h][0] for h in ("conv_attention occlusion", "conv_gap occlusion")]
+        occlusion = max((o for o in occlusions if not np.isnan(o)), default=float("nan"))
+        calls = (by_cell.get((name, "conv_attention")) or {}).get("occlusion calls mean", float("nan"))
+        cells += [_figure(contribution - cam, 1, 2), _figure(contribution - occlusion, 1, 2), _figure(calls, 1, 0)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def faithfulness_lines(real_rows: list[dict], models: list[str], datasets: list[str]) -> list[str]:

@@ -139,6 +139,7 @@ FAITHFULNESS_COLUMNS = {
     "faithfulness/aopcr_attention": "aopcr attention",
     "faithfulness/aopcr_contribution": "aopcr contribution",
     "faithfulness/aopcr_occlusion": "aopcr occlusion",
+    "faithfulness/occlusion_calls": "occlusion calls",
 }  # seed rho: by compare, across seeds
 LEDGER_COLUMNS = (
     "data set",
@@ -428,8 +429,11 @@ def summary(runs_by_combination: dict[Combination, RunRecord]) -> list[dict]:
                 "train seconds max": float(np.nanmax(seconds)),
                 "train cpus": " + ".join(sorted({record.cpu for _, _, record in seeded})),
                 **{
-                    f"{column} mean": _mean_of_present([record.faithfulness.get(metric) for _, _, record in seeded])
+                    f"{column} {statistic}": _statistic_of_present(
+                        [record.faithfulness.get(metric) for _, _, record in seeded], statistic
+                    )
                     for metric, column in FAITHFULNESS_COLUMNS.items()
+                    for statistic in ("mean", "std")
                 },
                 "command": _cell_command(seeded[0][1]),
                 "runs": ",".join(record.run_id for _, _, record in seeded),
@@ -438,10 +442,12 @@ def summary(runs_by_combination: dict[Combination, RunRecord]) -> list[dict]:
     return rows
 
 
-def _mean_of_present(values: list[float | None]) -> float:
-    """The mean of the values that are there and defined, nan if none is."""
+def _statistic_of_present(values: list[float | None], statistic: str) -> float:
+    """The "mean" or the sample "std" of the values that are there and defined, nan if too few are."""
     present = [v for v in values if v is not None and not np.isnan(v)]
-    return float(np.mean(present)) if present else float("nan")
+    if statistic == "mean":
+        return float(np.mean(present)) if present else float("nan")
+    return float(np.std(present, ddof=1)) if len(present) > 1 else float("nan")
 
 
 def _cell_command(combination: Combination) -> str:
