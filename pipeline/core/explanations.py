@@ -180,3 +180,20 @@ def explanation_metrics(
             shares = np.divide(on_target, total, out=np.zeros_like(total), where=total > 0)
             metrics["faithfulness/contribution_mass_at_target"] = float(shares.mean())
     return metrics
+
+
+def measure_explanations(cfg, meta: dict, model, test) -> dict[str, float]:
+    """explanation_metrics of an OnnxModel `model` on the first `evaluate.samples` series of the
+    `test` split, as the evaluate stage measures them (`evaluate.occlusion_segments` windows, the
+    run's seed); none for regression, a fixed-length model or one without a `logit` output."""
+    if meta["task_type"] == "regression" or not model.takes_any_length or LOGIT_NAME not in model.output_names:
+        return {}
+    samples = cfg.evaluate.samples
+    return explanation_metrics(
+        model.run,
+        test.x[:samples],
+        test.target_positions[:samples],
+        meta["task_type"],
+        windows=cfg.evaluate.occlusion_segments,
+        seed=cfg.seed,
+    )

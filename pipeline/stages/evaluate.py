@@ -23,7 +23,7 @@ from pipeline.core import stage
 from pipeline.core.config import load_config
 from pipeline.core.contract import valid_positions
 from pipeline.core.errors import run_command
-from pipeline.core.explanations import explanation_metrics, predicted_contribution
+from pipeline.core.explanations import measure_explanations, predicted_contribution
 from pipeline.core.faithfulness import Task, measure_faithfulness, uniform_ablation
 from pipeline.core.metrics import TASK_METRICS, attention_metrics, predicted_classes
 from pipeline.data import sequence_lengths
@@ -229,18 +229,7 @@ def main() -> None:
     uniform = TASK_METRICS[meta["task_type"]](OnnxModel(stage.UNIFORM_ONNX).run(test.x)["prediction"], test.y)
     metrics.update(faithfulness)
     metrics.update(uniform_ablation(metrics, uniform))
-    if meta["task_type"] != "regression" and onnx_model.takes_any_length and "logit" in outputs:
-        samples = cfg.evaluate.samples
-        metrics.update(
-            explanation_metrics(
-                onnx_model.run,
-                test.x[:samples],
-                test.target_positions[:samples],
-                meta["task_type"],
-                windows=cfg.evaluate.occlusion_segments,
-                seed=cfg.seed,
-            )
-        )
+    metrics.update(measure_explanations(cfg, meta, onnx_model, test))
     write_curves_csv(curves)
     plot_curves(
         curves,

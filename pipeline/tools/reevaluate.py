@@ -1,7 +1,9 @@
-"""Evaluate finished real-data study runs again where they predate the faithfulness metrics, without
+"""Evaluate finished real-data study runs again where they predate the logit AOPCR, without
 training them again: the faithfulness/* metrics of each run's logged ONNX model (as `evaluate`
-measures them, with today's evaluate settings) and the uniform-attention ablation of its logged
-Keras model, on the splits its config prepares; logged to the same MLflow run.
+measures them, with today's evaluate settings), the uniform-attention ablation of its logged
+Keras model, and the AOPCR of its attention, contribution and occlusion (a model logged before
+the `logit` and `contribution` outputs is rebuilt from its config with its logged weights), on
+the splits its config prepares; logged to the same MLflow run.
 
     python -m pipeline.tools.reevaluate                     # every study run that lacks them
     python -m pipeline.tools.reevaluate --all --models conv_gap   # again, after a change to the metrics
@@ -22,7 +24,7 @@ from pipeline.tools import study
 from pipeline.tools.stability import METRIC as SEED_METRIC
 from pipeline.tracking import DEFAULT_STORE, logged_onnx_file, repository_root
 
-MARKER = "faithfulness/deletion_aopc_gain"  # a run without it predates the faithfulness metrics
+MARKER = "faithfulness/aopcr_attention"  # a run without it predates the logit AOPCR
 
 
 def lacking(
@@ -41,9 +43,8 @@ def lacking(
     ]
 
 
-def uniform_prediction(tracking_uri: str, run, x, opset: int):
-    """The predictions on x of the uniform-attention ablation of the Keras model `run` logged
-    (converted to ONNX as `export` does), or None where the run logged no Keras model."""
+def logged_keras_model(tracking_uri: str, run):
+    """The Keras model `run` logged, or None where it logged none."""
     import mlflow
 
     try:
@@ -52,16 +53,48 @@ def uniform_prediction(tracking_uri: str, run, x, opset: int):
         )
     except Exception:
         return None
-    from pipeline.models import load_model, uniform_attention_copy
-    from pipeline.onnx.conversion import to_onnx  # TensorFlow: only where there is a Keras model
+    from pipeline.models import load_model  # TensorFlow: only where there is a Keras model
+
+    return load_model(Path(folder) / "model.keras")
+
+
+def uniform_prediction(keras_model, x, opset: int):
+    """The predictions on x of the uniform-attention ablation of `keras_model` (converted to ONNX
+    as `export` does)."""
+    from pipeline.models import uniform_attention_copy
+    from pipeline.onnx.conversion import to_onnx
     from pipeline.serving.inference import OnnxModel
 
-    model = load_model(Path(folder) / "model.keras")
-    return OnnxModel(to_onnx(uniform_attention_copy(model), opset).SerializeToString()).run(x)["prediction"]
+    return OnnxModel(to_onnx(uniform_attention_copy(keras_model), opset).SerializeToString()).run(x)["prediction"]
+
+
+def explainable(logged, keras_model, cfg, meta: dict, x):
+    """An ONNX model with the `logit` and `contribution` outputs of today's contract for the run's
+    weights: its logged ONNX model if it has them, else today's model of its config with the
+    logged Keras model's weights (the same layers and weights, the extra outputs added), if it
+    predicts x as the logged ONNX model does; None where neither is possible."""
+    from pipeline.core.contract import LOGIT_NAME
+
+    if LOGIT_NAME in logged.output_names or keras_model is None:
+        return logged if LOGIT_NAME in logged.output_names else None
+    import numpy as np
+
+    from pipeline.models import TaskSpec, build_model
+    from pipeline.onnx.conversion import to_onnx
+    from pipeline.serving.inference import OnnxModel
+
+    model = build_model(cfg.model, TaskSpec.from_meta(meta))
+    if [w.shape for w in model.weights] != [w.shape for w in keras_model.weights]:
+        return None
+    model.set_weights(keras_model.get_weights())
+    rebuilt = OnnxModel(to_onnx(model, cfg.export.opset).SerializeToString())
+    same = np.allclose(rebuilt.run(x)["prediction"], logged.run(x)["prediction"], atol=1e-5)
+    return rebuilt if same else None
 
 
 def reevaluate(tracking_uri: str, combination: study.Combination, run) -> dict[str, float] | str:
     """The faithfulness/* metrics of `run` (and its uniform ablation), or why there are none."""
+    from pipeline.core.explanations import measure_explanations
     from pipeline.core.faithfulness import measure_faithfulness, uniform_ablation
     from pipeline.core.metrics import TASK_METRICS
     from pipeline.data.splits import prepared_for
@@ -77,9 +110,13 @@ def reevaluate(tracking_uri: str, combination: study.Combination, run) -> dict[s
     if not math.isclose(scores["test/accuracy"], logged, abs_tol=1e-9):
         return f"its model scores {scores['test/accuracy']:.4f} on today's test split, it logged {logged:.4f}"
     metrics, _ = measure_faithfulness(cfg, meta, model.run, test, splits["train"].x)
-    uniform = uniform_prediction(tracking_uri, run, test.x, cfg.export.opset)
-    if uniform is not None:
+    keras_model = logged_keras_model(tracking_uri, run)
+    if keras_model is not None:
+        uniform = uniform_prediction(keras_model, test.x, cfg.export.opset)
         metrics.update(uniform_ablation(scores, TASK_METRICS[meta["task_type"]](uniform, test.y)))
+    explained = explainable(model, keras_model, cfg, meta, test.x)
+    if explained is not None:
+        metrics.update(measure_explanations(cfg, meta, explained, test))
     return metrics
 
 
@@ -112,11 +149,10 @@ def main(argv: list[str] | None = None) -> None:
         }
         for name, value in {**stale, **result}.items():
             client.log_metric(run.info.run_id, name, value)
-        uniform = result.get("faithfulness/uniform_drop")
+        shown = ("deletion_aopc_gain", "uniform_drop", "aopcr_attention", "aopcr_contribution")
         print(
             f"{combination.dataset} {combination.label} seed {combination.seed}: "
-            f"aopc_gain={result['faithfulness/deletion_aopc_gain']:.3f}"
-            + ("" if uniform is None else f", uniform_drop={uniform:.3f}")
+            + ", ".join(f"{k}={result[f'faithfulness/{k}']:.3f}" for k in shown if f"faithfulness/{k}" in result)
         )
 
 
