@@ -426,3 +426,32 @@ def test_one_model_alone_gets_no_rank_statistics_and_an_earlier_diagram_is_remov
     markdown = (tmp_path / "results.md").read_text()
     assert f"| GunPoint | 90.00 ± 0.00 ({len(study.SEEDS)}) |" in markdown and "mean rank" not in markdown
     assert not (tmp_path / "results_cd.png").exists()
+
+
+def test_the_pooling_rule_admits_by_errors_and_chooses_by_aopcr_rank(monkeypatch):
+    """study.POOLING_RULE on complete cells: errors counted from the held-out accuracies and fold
+    sizes; of the poolings within POOLING_ERROR_MARGIN errors of the fewest, the best mean AOPCR rank."""
+    monkeypatch.chdir(REPO_ROOT)
+    gated, conjunctive, instance, additive = study.POOLING_SETTINGS
+    sizes = [study.held_out_size("GunPoint", fold) for fold in range(3)]
+    wrong_on_fold_0 = {gated: 0, conjunctive: 1, instance: 2, additive: 3}
+    aopcr = {gated: 1.0, conjunctive: 3.0, instance: 2.0, additive: 4.0}
+    done = {
+        combination: study.RunRecord(
+            1
+            - (wrong_on_fold_0[combination.label] if combination.inner_fold == 0 else 0)
+            / sizes[combination.inner_fold],
+            10.0,
+            "run",
+            0,
+            {"faithfulness/aopcr_contribution": aopcr[combination.label]},
+        )
+        for combination in study.selection_combinations(["GunPoint"], study.POOLING_SETTINGS)
+    }
+    choice = study.pooling_choice(done)
+    assert choice["runs per setting"] == 3 and choice["errors"] == wrong_on_fold_0
+    assert choice["mean rank"] == {gated: 4.0, conjunctive: 2.0, instance: 3.0, additive: 1.0}
+    assert choice["admitted"] == [gated, conjunctive, instance]  # additive: 3 errors above the fewest
+    assert choice["chosen"] == conjunctive
+    done = {c: r for c, r in done.items() if c.label != gated}  # without the gated pooling no cell is complete
+    assert study.pooling_choice(done) is None

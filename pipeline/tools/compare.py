@@ -400,6 +400,25 @@ def selection_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pooling_markdown(choice: dict | None) -> str:
+    """The pooling rule's outcome (study.pooling_choice); nothing before a cell is complete."""
+    if choice is None:
+        return ""
+    lines = [
+        "",
+        f"Pooling rule (`study.POOLING_RULE`, fixed before the runs): {study.POOLING_RULE}; over the "
+        f"{choice['runs per setting']} runs every pooling has (data set, fold, seed):",
+        "",
+        "| pooling | held-out errors | mean rank of the contribution's AOPCR | admitted |",
+        "|---|---|---|---|",
+    ]
+    for label in study.POOLING_SETTINGS:
+        mark = "yes" if label in choice["admitted"] else "no"
+        chosen = " (chosen)" if label == choice["chosen"] else ""
+        lines.append(f"| {label}{chosen} | {choice['errors'][label]} | {choice['mean rank'][label]:.2f} | {mark} |")
+    return "\n".join(lines) + "\n"
+
+
 AOPCR_COLUMNS = ("aopcr attention mean", "aopcr contribution mean", "aopcr occlusion mean")
 
 
@@ -452,6 +471,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if selection_rows:
         table += "\n### Settings compared on training data only\n\n" + selection_markdown(selection_rows)
+        table += pooling_markdown(study.pooling_choice(done))
     if args.out is None:
         sys.stdout.write(table)
         return

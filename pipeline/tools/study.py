@@ -197,6 +197,13 @@ class Combination:
         return "dvc exp run " + " ".join(f"-S {shlex.quote(o)}" for o in self.overrides)
 
 
+POOLING_SETTINGS = tuple(  # the settings POOLING_RULE chooses from, by their labels
+    setting_label("conv_attention", (*score, *MILLET_POOLING))
+    for score in ((), *((f"model.score={s}",) for s in ("conjunctive", "instance", "additive")))
+)
+POOLING_ERROR_MARGIN = 2  # held-out errors above the fewest that still admit a pooling
+
+
 # Each selection setting by its label, e.g. "conv_attention score=class lr_schedule=plateau ...".
 SELECTION = {setting_label(model, extra): (model, extra) for model, extra in SELECTION_SETTINGS}
 
@@ -515,6 +522,52 @@ def critical_difference_diagram(table, path: Path) -> None:
     axes = plot_stats(result, allow_insignificant=True)
     axes.figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(axes.figure)
+
+
+def held_out_size(dataset: str, fold: int) -> int:
+    """Series in inner fold `fold` of a bundled set's training file (its held-out split)."""
+    from pipeline.data.files import bundled_ucr_files, inner_fold_index, read_series
+
+    labels = np.array(read_series(bundled_ucr_files(dataset)[0]).labels)
+    return len(inner_fold_index(labels, INNER_FOLDS, fold))
+
+
+def pooling_choice(done: dict[Combination, RunRecord]) -> dict | None:
+    """POOLING_RULE applied to the selection runs of POOLING_SETTINGS: over the cells (data set,
+    fold, seed) that every setting ran with its AOPCR, each setting's held-out errors and mean
+    rank of its contribution's AOPCR (1 = highest), the admitted settings and the chosen one;
+    None if no cell is complete."""
+    runs: dict[tuple, dict[str, RunRecord]] = {}
+    for combination, record in done.items():
+        if combination.inner_fold is not None and combination.label in POOLING_SETTINGS:
+            cell = (combination.dataset, combination.inner_fold, combination.seed)
+            runs.setdefault(cell, {})[combination.label] = record
+    metric = "faithfulness/aopcr_contribution"
+    complete = {
+        cell: by_label
+        for cell, by_label in runs.items()
+        if set(by_label) == set(POOLING_SETTINGS) and all(metric in r.faithfulness for r in by_label.values())
+    }
+    if not complete:
+        return None
+    errors = dict.fromkeys(POOLING_SETTINGS, 0)
+    ranks = {label: [] for label in POOLING_SETTINGS}
+    for (dataset, fold, _), by_label in complete.items():
+        size = held_out_size(dataset, fold)
+        order = sorted(POOLING_SETTINGS, key=lambda label: -by_label[label].faithfulness[metric])
+        for label, record in by_label.items():
+            errors[label] += round((1 - record.accuracy) * size)
+            ranks[label].append(1 + order.index(label))
+    fewest = min(errors.values())
+    admitted = [label for label in POOLING_SETTINGS if errors[label] <= fewest + POOLING_ERROR_MARGIN]
+    mean_rank = {label: float(np.mean(r)) for label, r in ranks.items()}
+    return {
+        "runs per setting": len(complete),
+        "errors": errors,
+        "mean rank": mean_rank,
+        "admitted": admitted,
+        "chosen": min(admitted, key=lambda label: mean_rank[label]),
+    }
 
 
 def training_size(dataset: str) -> int:
