@@ -254,6 +254,72 @@ def test_unknown_model_is_404(server):
     assert _request(port, "GET", "/v2/models/attention_fp32/versions/2")[0] == 404
 
 
+def test_dynamic_batching_joins_concurrent_requests_and_gives_each_its_own_outputs(model_file):
+    """With --max-delay-ms, concurrent small requests (OIP JSON and binary, /predict) run as joined
+    batches (/metadata counts fewer batches than requests), every answer equals the in-process
+    Predictor's for that request's own inputs, and a bad request among them fails alone."""
+    import threading
+
+    import tritonclient.http as triton
+
+    from pipeline.serving.inference import Predictor
+
+    process, port = _start_server(
+        model_file[0], "--max-delay-ms", "50", "--workers", "2", "--max-batch", "64", "--max-in-flight", "64"
+    )
+    try:
+        predictor = Predictor(model_file[0])
+        rng = np.random.default_rng(5)
+        inputs = [rng.standard_normal((1 + i % 3, 20, 2)).astype(np.float32) for i in range(24)]
+        start = threading.Barrier(len(inputs))  # the 23 clients and the bad one
+        answers, failures = {}, []
+
+        def client(i: int):
+            x = inputs[i]
+            start.wait()
+            if i % 3 == 2:  # the REST endpoint
+                answers[i] = _post(port, {"inputs": x.tolist()})
+                return
+            connection = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
+            tensor = triton.InferInput("x", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x, binary_data=bool(i % 2))
+            names = ("prediction", "attention", "contribution", "label")
+            outputs = [triton.InferRequestedOutput(n, binary_data=bool(i % 2)) for n in names]
+            result = connection.infer("attention_fp32", [tensor], outputs=outputs)
+            answers[i] = {n: result.as_numpy(n) for n in names}
+
+        def bad_client():
+            start.wait()
+            failures.append(_post(port, {"inputs": np.full((1, 20, 2), np.inf).tolist()}))
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(inputs) - 1)]
+        threads.append(threading.Thread(target=bad_client))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for i, answer in answers.items():
+            expected = predictor.predict(inputs[i])
+            if i % 3 == 2:
+                status, body = answer
+                assert status == 200, body
+                got = np.array([p["prediction"] for p in body["predictions"]], dtype=np.float32)
+                np.testing.assert_allclose(got, expected.prediction, atol=1e-6)
+                assert [p["label"] for p in body["predictions"]] == expected.labels
+                continue
+            np.testing.assert_array_equal(answer["prediction"], expected.prediction)
+            np.testing.assert_array_equal(answer["attention"], expected.attention)
+            np.testing.assert_array_equal(answer["contribution"], expected.explanations["contribution"])
+            assert [v.decode() if isinstance(v, bytes) else v for v in answer["label"]] == expected.labels
+        assert len(answers) == len(inputs) - 1
+        assert failures[0][0] == 422 and "NaN or infinity" in failures[0][1]["error"]
+        load = _request(port, "GET", "/metadata")[1]["load"]
+        assert load["batched_requests"] == len(inputs) - 1 and load["batches"] < load["batched_requests"], load
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 def test_a_full_service_answers_503_and_health_stays_quick(model_file):
     """One worker and one request admitted: concurrent large requests beyond it get 503 with
     Retry-After (counted in /metadata), every other one 200, and /health answers meanwhile."""

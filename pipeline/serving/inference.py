@@ -186,6 +186,15 @@ class Prediction:
     labels: list[str] | None
     explanations: dict[str, np.ndarray] = field(default_factory=dict)
 
+    def rows(self, start: int, stop: int) -> Prediction:
+        """The samples start..stop-1 of this prediction (one request's share of a joined batch)."""
+        return Prediction(
+            self.prediction[start:stop],
+            self.attention[start:stop],
+            None if self.labels is None else self.labels[start:stop],
+            {name: value[start:stop] for name, value in self.explanations.items()},
+        )
+
 
 class Predictor:
     """An ONNX model behind input checks, with explicit session options and providers.
@@ -277,7 +286,11 @@ class Predictor:
 
     def predict(self, x) -> Prediction:
         """Checked inputs in, prediction, attention and predicted labels out."""
-        outputs = self.onnx.run(self.validate(x))
+        return self.predict_valid(self.validate(x))
+
+    def predict_valid(self, x: np.ndarray) -> Prediction:
+        """predict for inputs that `validate` has returned (or a concatenation of them)."""
+        outputs = self.onnx.run(x)
         labels = None
         if self.task_type != "regression" and self.class_labels:
             labels = [self.class_labels[c] for c in predicted_classes(self.task_type, outputs["prediction"])]

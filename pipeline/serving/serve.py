@@ -20,7 +20,10 @@ else attention_fp32: the names of the deploy bundle's Triton repository), versio
 Requests are read on the event loop but decoded and run in a pool of --workers threads (each
 ONNX Runtime run on --threads-per-worker threads, at --worker-niceness below the loop's
 priority), and at most --max-in-flight are admitted at once: one more gets 503 with
-Retry-After, so a liveness probe never waits behind a queue of large requests. A bad request
+Retry-After, so a liveness probe never waits behind a queue of large requests. With
+--max-delay-ms, concurrent requests whose samples have the same shape run as one batch of at
+most --max-batch samples (the first waits at most that long for others), each getting its own
+rows of the outputs back; a request with bad values fails alone, before it joins a batch. A bad request
 gets a 4xx and {"error": ...} naming the field: 400 (not JSON, or a protocol error), 404
 (unknown model), 413 (body over --max-body-bytes, or more than --max-batch samples), 422
 (/predict: inputs of the wrong shape or values). Bound to loopback unless --host says
@@ -31,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pipeline.core.contract import INPUT_NAME
 from pipeline.core.errors import run_command
 from pipeline.serving import oip
-from pipeline.serving.inference import InputError, Predictor, load_predictor, to_records, usable_cpus
+from pipeline.serving.inference import InputError, Prediction, Predictor, load_predictor, to_records, usable_cpus
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_BATCH = 1024
@@ -90,7 +95,9 @@ class InferenceWorkers:
         self.in_flight = 0
         self.refused = 0
 
-    async def run(self, function, *args):
+    @contextlib.asynccontextmanager
+    async def admitted(self):
+        """One request admitted for the block's duration, or RequestRefused (503) at the limit."""
         if self.in_flight >= self.max_in_flight:
             self.refused += 1
             raise RequestRefused(
@@ -100,9 +107,79 @@ class InferenceWorkers:
             )
         self.in_flight += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+            yield
         finally:
             self.in_flight -= 1
+
+    async def execute(self, function, *args):
+        """function(*args) in a worker thread, for a request already admitted."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+
+    async def run(self, function, *args):
+        """function(*args) in a worker thread as one admitted request."""
+        async with self.admitted():
+            return await self.execute(function, *args)
+
+
+class DynamicBatcher:
+    """Joins the validated inputs of concurrent requests with the same sample shape into one model
+    run of at most `max_samples` samples: the first request of a batch waits at most `max_delay_s`
+    for others, a full batch runs at once. Each batch runs in `workers`' threads (off the event
+    loop) and each request gets its own rows of the outputs back. `batches` and `batched` count
+    the runs and the requests they served. Used from the event loop only."""
+
+    def __init__(self, predictor: Predictor, workers: InferenceWorkers, max_samples: int, max_delay_s: float):
+        self.predictor, self.workers = predictor, workers
+        self.max_samples, self.max_delay_s = max_samples, max_delay_s
+        self.pending: dict[tuple, list[tuple[np.ndarray, asyncio.Future]]] = {}
+        self.timers: dict[tuple, asyncio.TimerHandle] = {}
+        self.running: set[asyncio.Task] = set()
+        self.batches = self.batched = 0
+
+    async def predict(self, x: np.ndarray) -> Prediction:
+        """The Prediction of x [samples, ...] (validated), run with whatever joins it."""
+        loop = asyncio.get_running_loop()
+        shape = x.shape[1:]
+        group = self.pending.get(shape, [])
+        if group and sum(len(rows) for rows, _ in group) + len(x) > self.max_samples:
+            self._start(shape)  # x does not fit: the waiting batch goes as it is
+            group = []
+        future = loop.create_future()
+        group.append((x, future))
+        self.pending[shape] = group
+        if sum(len(rows) for rows, _ in group) >= self.max_samples:
+            self._start(shape)
+        elif len(group) == 1:
+            self.timers[shape] = loop.call_later(self.max_delay_s, self._start, shape)
+        return await future
+
+    def _start(self, shape: tuple) -> None:
+        timer = self.timers.pop(shape, None)
+        if timer is not None:
+            timer.cancel()
+        group = self.pending.pop(shape, [])
+        if group:
+            self.batches += 1
+            self.batched += len(group)
+            task = asyncio.ensure_future(self._run(group))
+            self.running.add(task)  # the loop holds tasks weakly
+            task.add_done_callback(self.running.discard)
+
+    async def _run(self, group: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+        inputs = [rows for rows, _ in group]
+        try:
+            joined = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
+            result = await self.workers.execute(self.predictor.predict_valid, joined)
+        except Exception as error:  # every request of the batch learns why
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        start = 0
+        for rows, future in group:
+            if not future.done():  # a client gone away leaves a cancelled future
+                future.set_result(result.rows(start, start + len(rows)))
+            start += len(rows)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -156,10 +233,14 @@ def create_app(
     workers: int | None = None,
     max_in_flight: int | None = None,
     worker_niceness: int = DEFAULT_WORKER_NICENESS,
+    max_delay_ms: float = 0.0,
 ) -> FastAPI:
+    """The service of `predictor`; max_delay_ms > 0 joins concurrent requests into batches of at
+    most `max_batch` samples (DynamicBatcher), 0 runs each request alone."""
     app = FastAPI(title="attention model", version=MODEL_VERSION, docs_url=None, redoc_url=None)
     workers = workers or usable_cpus()
     pool = InferenceWorkers(workers, max_in_flight or ADMITTED_PER_WORKER * workers, worker_niceness)
+    batcher = DynamicBatcher(predictor, pool, max_batch, max_delay_ms / 1000) if max_delay_ms > 0 else None
     has_labels = predictor.task_type != "regression" and bool(predictor.class_labels)
     output_names = (*predictor.onnx.output_names, *([oip.LABEL_OUTPUT] if has_labels else []))
     schemas = {"InferenceRequest": oip.InferenceRequest, "PredictRequest": PredictRequest}
@@ -215,15 +296,27 @@ def create_app(
                 "max_in_flight": pool.max_in_flight,
                 "in_flight": pool.in_flight,
                 "refused": pool.refused,
+                "max_delay_ms": max_delay_ms,
+                "batches": 0 if batcher is None else batcher.batches,
+                "batched_requests": 0 if batcher is None else batcher.batched,
             },
         }
 
+    def predict_inputs(body: bytes) -> np.ndarray:
+        return predictor.validate(_predict_inputs(body, max_batch))
+
     def predict_work(body: bytes) -> list[dict]:
-        return to_records(predictor.predict(_predict_inputs(body, max_batch)))
+        return to_records(predictor.predict_valid(predict_inputs(body)))
 
     @app.post("/predict", openapi_extra=_openapi_body({"$ref": "#/components/schemas/PredictRequest"}))
     async def predict(request: Request):
-        records = await pool.run(predict_work, await _read_body(request, max_body_bytes))
+        body = await _read_body(request, max_body_bytes)
+        if batcher is None:
+            records = await pool.run(predict_work, body)
+        else:
+            async with pool.admitted():
+                result = await batcher.predict(await pool.execute(predict_inputs, body))
+                records = await pool.execute(to_records, result)
         return {"provider": predictor.provider, "predictions": records}
 
     @app.get("/v2/health/live")
@@ -269,17 +362,30 @@ def create_app(
         known_model(name)
         return {"name": name, "ready": True}
 
-    def infer_work(body: bytes, header_length: str | None) -> tuple[bytes, dict]:
+    def infer_decode(body: bytes, header_length: str | None) -> oip.DecodedRequest:
         decoded = oip.decode_request(body, header_length, INPUT_NAME, output_names, max_batch)
-        result = predictor.predict(decoded.tensor)
+        return dataclasses.replace(decoded, tensor=predictor.validate(decoded.tensor))
+
+    def infer_encode(decoded: oip.DecodedRequest, result: Prediction) -> tuple[bytes, dict]:
         outputs = {"prediction": result.prediction, "attention": result.attention, **result.explanations}
         if has_labels:
             outputs[oip.LABEL_OUTPUT] = np.array(result.labels, dtype=object)
         return oip.encode_response(model_name, decoded, outputs)
 
+    def infer_work(body: bytes, header_length: str | None) -> tuple[bytes, dict]:
+        decoded = infer_decode(body, header_length)
+        return infer_encode(decoded, predictor.predict_valid(decoded.tensor))
+
     async def infer_response(request: Request) -> Response:
         body = await _read_body(request, max_body_bytes)
-        content, headers = await pool.run(infer_work, body, request.headers.get(oip.BINARY_HEADER))
+        header_length = request.headers.get(oip.BINARY_HEADER)
+        if batcher is None:
+            content, headers = await pool.run(infer_work, body, header_length)
+        else:
+            async with pool.admitted():
+                decoded = await pool.execute(infer_decode, body, header_length)
+                result = await batcher.predict(decoded.tensor)
+                content, headers = await pool.execute(infer_encode, decoded, result)
         return Response(content, headers=headers, media_type=headers.pop("content-type"))
 
     infer_body = _openapi_body({"$ref": "#/components/schemas/InferenceRequest"}, binary=True)
@@ -321,6 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="nice value of the worker threads above the event loop's (0: the same)",
     )
     parser.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=0.0,
+        help="join concurrent requests into batches of at most --max-batch samples, the first waiting "
+        "at most this long for others (default 0: each request runs alone)",
+    )
+    parser.add_argument(
         "--max-in-flight",
         type=int,
         help=f"requests admitted at once, beyond them 503 (default: {ADMITTED_PER_WORKER} per worker)",
@@ -331,12 +444,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_delay_ms < 0:
+        parser.error(f"--max-delay-ms must be 0 or more, got {args.max_delay_ms:g}")
     predictor = load_predictor(args.model, args.providers, args.allow_cpu_fallback, args.threads_per_worker)
     name = args.model_name or default_model_name(args.model)
     print(f"serving {args.model} as {name} on {predictor.provider} at http://{args.host}:{args.port}", flush=True)
     app = create_app(
-        predictor, name, args.max_body_bytes, args.max_batch, args.workers, args.max_in_flight, args.worker_niceness
+        predictor,
+        name,
+        args.max_body_bytes,
+        args.max_batch,
+        args.workers,
+        args.max_in_flight,
+        args.worker_niceness,
+        args.max_delay_ms,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
