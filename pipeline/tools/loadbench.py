@@ -24,6 +24,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.request import urlopen
 
 import numpy as np
 import orjson
@@ -245,6 +246,37 @@ def soak_requests(x: np.ndarray, path: str) -> list[tuple[str, bytes, dict]]:
     return good[:4] + bad[:1] + good[4:6] + bad[1:] + good[6:]
 
 
+# The batched service beside the default one: dynamic batching of up to 2 ms, and enough admitted
+# requests for a batch per connection (a waiting request holds no worker).
+BATCHING_OPTIONS = ("--max-delay-ms", "2", "--max-in-flight", "256")
+
+
+def batched_figures(model: Path, connections: int, seconds: float, predictor: Predictor, x: np.ndarray) -> dict:
+    """Batch-1 load on a second service with BATCHING_OPTIONS (JSON and binary tensors, /health
+    probed meanwhile), its outputs checked against the in-process Predictor, its batch count."""
+    port = free_port()
+    base_url, path = f"http://127.0.0.1:{port}", f"/v2/models/{default_model_name(str(model))}/infer"
+    process = start_service(model, port, *BATCHING_OPTIONS)
+    try:
+        results: dict = {"options": " ".join(BATCHING_OPTIONS)}
+        results["outputs_equal_in_process"] = asyncio.run(_check_outputs(base_url, path, x[:8], predictor))
+        for encoding in ("json", "binary"):
+            body, headers = infer_body(x[:1], encoding == "binary")
+            key = f"http_{encoding}_batch1"
+            results[key], results[key]["health_latency_under_load"] = with_health_probe(
+                base_url + "/health",
+                lambda body=body, headers=headers: asyncio.run(
+                    load(base_url, [(path, body, headers)], connections, seconds, batch=1)
+                ),
+            )
+        load_state = json.loads(urlopen(base_url + "/metadata", timeout=10).read())["load"]
+        results["batches"], results["batched_requests"] = load_state["batches"], load_state["batched_requests"]
+        return results
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 def serving_figures(model: Path, connections: int, seconds: float, soak_total: int) -> dict:
     import psutil
 
@@ -277,6 +309,7 @@ def serving_figures(model: Path, connections: int, seconds: float, soak_total: i
         rss_warm = server.memory_info().rss
         soak = asyncio.run(load(base_url, mix, connections, total=soak_total))
         rss_end = server.memory_info().rss
+        results["batched"] = batched_figures(model, connections, seconds, predictor, x)
         results["soak"] = {
             "requests": soak_total,
             "statuses": soak["statuses"],
@@ -328,10 +361,15 @@ def main(argv: list[str] | None = None) -> None:
             f["health_latency_under_load"]["p99_ms"] for key, f in figures.items() if key.startswith("http_")
         ),
         "soak_rss_growth_after_warmup": figures["soak"]["rss_growth_after_warmup"],
+        "batched_vs_default_binary_batch1_requests_per_s": figures["batched"]["http_binary_batch1"]["requests_per_s"]
+        / figures["http_binary_batch1"]["requests_per_s"],
+        "batched_health_p99_ms_under_load": max(
+            f["health_latency_under_load"]["p99_ms"] for key, f in figures["batched"].items() if key.startswith("http_")
+        ),
         "failed_requests": sum(
             sum(n for status, n in f["statuses"].items() if status not in ("200", "503"))
             + sum(f["client_errors"].values())
-            for key, f in figures.items()
+            for key, f in [*figures.items(), *figures["batched"].items()]
             if key.startswith("http_")
         ),
     }
@@ -345,6 +383,12 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"{key:40s} {value['samples_per_s']:12.0f} samples/s  p50 {value['latency']['p50_ms']:.2f} ms  "
                 f"p99 {value['latency']['p99_ms']:.2f} ms  statuses {value['statuses']}"
+            )
+    for key, value in figures["batched"].items():
+        if key.startswith("http_"):
+            print(
+                f"batched {key:32s} {value['requests_per_s']:12.0f} requests/s  p50 {value['latency']['p50_ms']:.2f} ms"
+                f"  p99 {value['latency']['p99_ms']:.2f} ms  statuses {value['statuses']}"
             )
     for key, value in figures["summary"].items():
         print(f"{key:40s} {value:12.4g}")
