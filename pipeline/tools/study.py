@@ -78,9 +78,11 @@ REFERENCES = {
 PLATEAU = ("train.lr_schedule=plateau", "train.lr_decay_patience=50")
 FULL_RECIPE = ("train.epochs=1000",)  # the recipe's own epochs, where SELECTION_EPOCHS is too few to stop early
 FCN_WIDTH = "model.filters=[128,256,128]"  # the filters of the FCN of dl-4-tsc; the recipe's are half
-MILLET_POOLING = ("model.positional_encoding=true", "model.state_dropout=0.1")  # the recipe's since stop 40
-# The poolings of MILLET against the recipe's gated one, with the rule fixed before their runs
-# (POOLING_RULE): seed 1-3 on ArrowHead's inner folds, seed 1 on GunPoint's and ItalyPowerDemand's.
+MILLET_POOLING = ("model.positional_encoding=true", "model.state_dropout=0.1")  # MILLET's positions and dropout
+# The per-step-logit poolings of MILLET (conjunctive, instance) and the softmax additive attention
+# against the recipe's gated one (whose contribution is MILLET's additive explanation), with the
+# rule fixed before their runs (POOLING_RULE): seeds 1-3 on ArrowHead's inner folds, seed 1 on
+# GunPoint's and ItalyPowerDemand's.
 POOLING_RULE = (
     "among the poolings whose held-out errors over these runs exceed the fewest by at most 2, "
     "the one whose contribution has the best mean rank of logit AOPCR per run (1 = highest)"
