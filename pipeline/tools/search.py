@@ -92,7 +92,9 @@ def open_study(name: str, storage: str, seed: int | None):
                 direction="minimize",
                 sampler=optuna.samplers.TPESampler(seed=seed),
             )
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+        # the race's loser: IntegrityError or OperationalError on SQLite, ProgrammingError
+        # (DuplicateTable) where PostgreSQL creates a table the other worker has just made
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError):
             if attempt == 4:
                 raise
             time.sleep(1 + attempt)
