@@ -53,3 +53,10 @@ def test_every_runtime_runs_the_deployed_model_and_openvino_agrees_with_onnx_run
     assert figures["figures"]["ort_vs_tf_function_batch1"] < ceiling
     assert set(figures["int8_qdq_gates"]) == {"int8_qdq", "int8_qdq_int8_activations", "int8_qdq_with_matmul"}
     assert all("failures" in gate for gate in figures["int8_qdq_gates"].values())
+    profiles = figures["operator_share_batch256"]  # where ONNX Runtime's time goes, per operator type
+    assert set(profiles) == {"fp32", "int8_qdq"}
+    for shares in profiles.values():
+        assert abs(sum(shares.values()) - 1) < 1e-6 and all(share >= 0 for share in shares.values())
+    assert any("Conv" in op for op in profiles["fp32"]) and any(
+        "QLinear" in op or "Conv" in op for op in profiles["int8_qdq"]
+    )

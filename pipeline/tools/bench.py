@@ -111,6 +111,31 @@ def ort_session(
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
+def operator_profile(model: onnx.ModelProto, x: np.ndarray, runs: int = 20) -> dict[str, float]:
+    """ONNX Runtime's own profile of `runs` runs on x (every CPU, all graph optimizations): each
+    operator type's share of the time spent in the graph's nodes, largest first (what the
+    optimized graph runs: FusedConv, QLinearConv, Reorder, ...)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = usable_cpus()
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(folder) / "profile")
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            session.run(None, {INPUT_NAME: x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op_type = event["args"]["op_name"]
+            totals[op_type] = totals.get(op_type, 0.0) + event["dur"]
+    whole = sum(totals.values()) or 1.0
+    return {op: duration / whole for op, duration in sorted(totals.items(), key=lambda item: -item[1])}
+
+
 def count_flops(onnx_model: onnx.ModelProto, input_shape: list[int]) -> int:
     """Multiply-add FLOPs (2 per MAC) of the MatMul, Gemm, Conv and LSTM nodes for one input of
     `input_shape` (batch included); elementwise ops are not counted."""
@@ -321,7 +346,7 @@ def real_data_model_figures(
     fp16 where the CPU has kernels for it; OpenVINO (CPU plugin, f32) on the same ONNX file; a
     tf.function of the Keras model with and without XLA (jit_compile). Batch-1 latency, batch 256
     and 1024 throughput (interleaved_speeds), ONNX Runtime's settings (threads, graph optimization),
-    the FLOP share."""
+    its per-operator profile of fp32 and int8_qdq at batch 256 (operator_profile), the FLOP share."""
     test, train = splits["test"], splits["train"]
     x1, batches = _tile(test.x, 1), {256: _tile(test.x, 256), 1024: _tile(test.x, 1024)}
     names = list(OUTPUT_NAMES)
@@ -381,6 +406,10 @@ def real_data_model_figures(
         name: {"batch1_p50_ms": speed["batch1"]["p50_ms"], "batch256_samples_per_s": speed["batch256_samples_per_s"]}
         for name, speed in setting_speeds.items()
     }
+    profiles = {
+        variant: operator_profile(onnx_model, batches[256])
+        for variant, onnx_model in (("fp32", fp32), ("int8_qdq", qdq))
+    }
     flops = count_flops(fp32, [1024, *test.x.shape[1:]])
     peak = peak_flops()
     ort_fp32 = speeds["onnxruntime_fp32"]
@@ -388,6 +417,7 @@ def real_data_model_figures(
         "series": {"test": len(test), "time": int(test.x.shape[1]), "channels": int(test.x.shape[2])},
         "runtimes": speeds,
         "onnxruntime_settings": settings,
+        "operator_share_batch256": profiles,
         "int8_qdq_gates": gates,
         "openvino_vs_onnxruntime_max_abs": {n: float(np.max(np.abs(openvino_out[n] - ort_out[n]))) for n in names},
         "flops": {
