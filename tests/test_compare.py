@@ -455,3 +455,19 @@ def test_the_pooling_rule_admits_by_errors_and_chooses_by_aopcr_rank(monkeypatch
     assert choice["chosen"] == conjunctive
     done = {c: r for c, r in done.items() if c.label != gated}  # without the gated pooling no cell is complete
     assert study.pooling_choice(done) is None
+
+
+def test_the_padding_rule_ranks_the_replicate_padded_poolings_beside_the_zero_padded_ones(monkeypatch):
+    """study.PADDING_RULE: the pooling rule over seven candidates, the replicate-padded ones run
+    with `-S model.padding=replicate` on the same folds; a zero-padded cell alone is not complete."""
+    monkeypatch.chdir(REPO_ROOT)
+    replicated = study.PADDING_SETTINGS[len(study.POOLING_SETTINGS) :]
+    plan = study.selection_combinations(["GunPoint"], study.PADDING_SETTINGS)
+    assert all("-S model.padding=replicate" in c.command for c in plan if c.label in replicated)
+    aopcr = {label: float(rank) for rank, label in enumerate(study.PADDING_SETTINGS)}  # the last one best
+    done = {c: study.RunRecord(1.0, 10.0, "run", 0, {"faithfulness/aopcr_contribution": aopcr[c.label]}) for c in plan}
+    choice = study.pooling_choice(done, study.PADDING_SETTINGS)
+    assert choice["admitted"] == list(study.PADDING_SETTINGS) and choice["chosen"] == replicated[-1]
+    zero_padded = {c: r for c, r in done.items() if c.label not in replicated}
+    assert study.pooling_choice(zero_padded, study.PADDING_SETTINGS) is None
+    assert study.pooling_choice(zero_padded)["chosen"] == study.POOLING_SETTINGS[-1]

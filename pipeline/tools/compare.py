@@ -400,19 +400,20 @@ def selection_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pooling_markdown(choice: dict | None) -> str:
-    """The pooling rule's outcome (study.pooling_choice); nothing before a cell is complete."""
+def pooling_markdown(choice: dict | None, title: str, rule: str, candidates: tuple[str, ...]) -> str:
+    """A pooling rule's outcome (study.pooling_choice over `candidates`); nothing before a cell is
+    complete."""
     if choice is None:
         return ""
     lines = [
         "",
-        f"Pooling rule (`study.POOLING_RULE`, fixed before the runs): {study.POOLING_RULE}; over the "
-        f"{choice['runs per setting']} runs every pooling has (data set, fold, seed):",
+        f"{title}, fixed before the runs: {rule}; over the "
+        f"{choice['runs per setting']} runs every candidate has (data set, fold, seed):",
         "",
         "| pooling | held-out errors | mean rank of the contribution's AOPCR | admitted |",
         "|---|---|---|---|",
     ]
-    for label in study.POOLING_SETTINGS:
+    for label in candidates:
         mark = "yes" if label in choice["admitted"] else "no"
         chosen = " (chosen)" if label == choice["chosen"] else ""
         lines.append(f"| {label}{chosen} | {choice['errors'][label]} | {choice['mean rank'][label]:.2f} | {mark} |")
@@ -471,7 +472,11 @@ def main(argv: list[str] | None = None) -> None:
         )
     if selection_rows:
         table += "\n### Settings compared on training data only\n\n" + selection_markdown(selection_rows)
-        table += pooling_markdown(study.pooling_choice(done))
+        for title, rule, candidates in (
+            ("Pooling rule (`study.POOLING_RULE`)", study.POOLING_RULE, study.POOLING_SETTINGS),
+            ("Padding rule (`study.PADDING_RULE`)", study.PADDING_RULE, study.PADDING_SETTINGS),
+        ):
+            table += pooling_markdown(study.pooling_choice(done, candidates), title, rule, candidates)
     if args.out is None:
         sys.stdout.write(table)
         return

@@ -83,9 +83,19 @@ MILLET_POOLING = ("model.positional_encoding=true", "model.state_dropout=0.1")  
 # against the recipe's gated one (whose contribution is MILLET's additive explanation), with the
 # rule fixed before their runs (POOLING_RULE): seeds 1-3 on ArrowHead's inner folds, seed 1 on
 # GunPoint's and ItalyPowerDemand's.
+POOLING_SCORES = ((), *((f"model.score={s}",) for s in ("conjunctive", "instance", "additive")))
 POOLING_RULE = (
     "among the poolings whose held-out errors over these runs exceed the fewest by at most 2, "
     "the one whose contribution has the best mean rank of logit AOPCR per run (1 = highest)"
+)
+# Then MILLET's replicate padding (model.padding) under the per-step poolings the pooling rule
+# ranked, on the same runs; PADDING_RULE, fixed before their runs, is the pooling rule over these
+# and the four zero-padded poolings together.
+REPLICATE_PADDING = "model.padding=replicate"
+PADDED_SCORES = POOLING_SCORES[:3]  # gated, conjunctive, instance
+PADDING_RULE = (
+    "the pooling rule over the four poolings with zero padding and gated, conjunctive and instance "
+    "with replicate padding"
 )
 SELECTION_SETTINGS = (  # (model, overrides)
     ("conv_attention", ()),
@@ -105,7 +115,8 @@ SELECTION_SETTINGS = (  # (model, overrides)
     *((model, ("model.state_dropout=0.1",)) for model in ("conv_attention", "conv_gap")),
     ("conv_attention", ("model.positional_encoding=true",)),
     ("conv_attention", MILLET_POOLING),
-    *(("conv_attention", (f"model.score={s}", *MILLET_POOLING)) for s in ("conjunctive", "instance", "additive")),
+    *(("conv_attention", (*score, *MILLET_POOLING)) for score in POOLING_SCORES[1:]),
+    *(("conv_attention", (*score, *MILLET_POOLING, REPLICATE_PADDING)) for score in PADDED_SCORES),
 )
 SELECTION_EPOCHS = 300
 SELECTION_PROTOCOL = (f"train.epochs={SELECTION_EPOCHS}",)
@@ -200,8 +211,11 @@ class Combination:
 
 
 POOLING_SETTINGS = tuple(  # the settings POOLING_RULE chooses from, by their labels
-    setting_label("conv_attention", (*score, *MILLET_POOLING))
-    for score in ((), *((f"model.score={s}",) for s in ("conjunctive", "instance", "additive")))
+    setting_label("conv_attention", (*score, *MILLET_POOLING)) for score in POOLING_SCORES
+)
+PADDING_SETTINGS = (  # and those PADDING_RULE chooses from
+    *POOLING_SETTINGS,
+    *(setting_label("conv_attention", (*score, *MILLET_POOLING, REPLICATE_PADDING)) for score in PADDED_SCORES),
 )
 POOLING_ERROR_MARGIN = 2  # held-out errors above the fewest that still admit a pooling
 
@@ -534,34 +548,34 @@ def held_out_size(dataset: str, fold: int) -> int:
     return len(inner_fold_index(labels, INNER_FOLDS, fold))
 
 
-def pooling_choice(done: dict[Combination, RunRecord]) -> dict | None:
-    """POOLING_RULE applied to the selection runs of POOLING_SETTINGS: over the cells (data set,
-    fold, seed) that every setting ran with its AOPCR, each setting's held-out errors and mean
-    rank of its contribution's AOPCR (1 = highest), the admitted settings and the chosen one;
-    None if no cell is complete."""
+def pooling_choice(done: dict[Combination, RunRecord], candidates: tuple[str, ...] = POOLING_SETTINGS) -> dict | None:
+    """POOLING_RULE applied to the selection runs of `candidates` (setting labels): over the cells
+    (data set, fold, seed) that every candidate ran with its AOPCR, each one's held-out errors and
+    mean rank of its contribution's AOPCR (1 = highest), the admitted candidates and the chosen
+    one; None if no cell is complete."""
     runs: dict[tuple, dict[str, RunRecord]] = {}
     for combination, record in done.items():
-        if combination.inner_fold is not None and combination.label in POOLING_SETTINGS:
+        if combination.inner_fold is not None and combination.label in candidates:
             cell = (combination.dataset, combination.inner_fold, combination.seed)
             runs.setdefault(cell, {})[combination.label] = record
     metric = "faithfulness/aopcr_contribution"
     complete = {
         cell: by_label
         for cell, by_label in runs.items()
-        if set(by_label) == set(POOLING_SETTINGS) and all(metric in r.faithfulness for r in by_label.values())
+        if set(by_label) == set(candidates) and all(metric in r.faithfulness for r in by_label.values())
     }
     if not complete:
         return None
-    errors = dict.fromkeys(POOLING_SETTINGS, 0)
-    ranks = {label: [] for label in POOLING_SETTINGS}
+    errors = dict.fromkeys(candidates, 0)
+    ranks = {label: [] for label in candidates}
     for (dataset, fold, _), by_label in complete.items():
         size = held_out_size(dataset, fold)
-        order = sorted(POOLING_SETTINGS, key=lambda label: -by_label[label].faithfulness[metric])
+        order = sorted(candidates, key=lambda label: -by_label[label].faithfulness[metric])
         for label, record in by_label.items():
             errors[label] += round((1 - record.accuracy) * size)
             ranks[label].append(1 + order.index(label))
     fewest = min(errors.values())
-    admitted = [label for label in POOLING_SETTINGS if errors[label] <= fewest + POOLING_ERROR_MARGIN]
+    admitted = [label for label in candidates if errors[label] <= fewest + POOLING_ERROR_MARGIN]
     mean_rank = {label: float(np.mean(r)) for label, r in ranks.items()}
     return {
         "runs per setting": len(complete),
