@@ -75,8 +75,10 @@ def explainable(logged, keras_model, cfg, meta: dict, x):
     predicts x as the logged ONNX model does; None where neither is possible."""
     from pipeline.core.contract import LOGIT_NAME
 
-    if LOGIT_NAME in logged.output_names or keras_model is None:
-        return logged if LOGIT_NAME in logged.output_names else None
+    if LOGIT_NAME in logged.output_names:
+        return logged
+    if keras_model is None:
+        return None
     import numpy as np
 
     from pipeline.models import TaskSpec, build_model
