@@ -50,7 +50,8 @@ def test_rows_per_complete_run_best_first(tmp_path):
     main(["--tracking-uri", uri, "--out", str(tmp_path / "docs" / "results")])
     markdown = (tmp_path / "docs" / "results.md").read_text()
     assert markdown.startswith("<!-- made by: python -m pipeline.tools.compare --tracking-uri")
-    assert "| find_max | bahdanau |  |  | 0.05 | 0.96 | 0.96 | 19.2 | 1 |  |  |  | 4565 |  | 10.5 |" in markdown
+    row = "| find_max | bahdanau |  |  | 0.05 | 0.96 | 0.96 | 19.2 | 1 |  |  |  |  |  |  |  | 4565 |  | 10.5 |"
+    assert row in markdown
     with open(tmp_path / "docs" / "results.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 3
 
@@ -60,7 +61,6 @@ def test_rows_per_complete_run_best_first(tmp_path):
     newer = _log_run("attention-find_max", "luong_dot", 0.5)
     main(["--tracking-uri", fresh, "--out", str(tmp_path / "docs" / "results")])
     rebuilt = (tmp_path / "docs" / "results.md").read_text()
-    row = "| find_max | bahdanau |  |  | 0.05 | 0.96 | 0.96 | 19.2 | 1 |  |  |  | 4565 |  | 10.5 |"
     assert f"{row} {strong} |" in rebuilt
     assert other in rebuilt and newer in rebuilt and weak not in rebuilt
 
@@ -75,6 +75,33 @@ def test_rows_are_the_latest_run_per_model_and_seed_at_the_task_s_own_size(tmp_p
 
     rows = comparison_rows(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert [(r["run"], r["seed"]) for r in rows] == [(other_seed, "2"), (latest, "1")]
+
+
+def test_the_planted_tasks_table_gives_each_explanation_s_ndcg_over_seeds(tmp_path):
+    """Mean ± sample std over the seeds that have each figure; a model without NDCG has no row."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("attention-planted_region")
+    for seed, ndcg, mass in (("1", 0.5, 0.3), ("2", 0.7, 0.5), ("3", 0.6, 0.4)):
+        with mlflow.start_run():
+            mlflow.set_tags({"task": "planted_region", "model": "conv_attention"})
+            mlflow.log_params({"seed": seed})
+            mlflow.log_metrics(
+                {
+                    "test/accuracy": 0.9,
+                    "attention/entropy": 3.0,
+                    "faithfulness/ndcg_attention": ndcg,
+                    "faithfulness/contribution_mass_at_target": mass,
+                }
+            )
+    _log_run("attention-planted_region", "lstm_attention", 0.4, seed="1")
+
+    main(["--tracking-uri", uri, "--out", str(tmp_path / "results")])
+    markdown = (tmp_path / "results.md").read_text()
+    assert "### Explanations on the planted tasks" in markdown
+    row = "| planted_region | conv_attention | 0.900 ± 0.000 (3) | – | 0.600 ± 0.100 (3) | – | – | 0.400 ± 0.100 (3) |"
+    assert row in markdown
+    assert "| planted_region | lstm_attention | 0." not in markdown
 
 
 def _log_study_run(

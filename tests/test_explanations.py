@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import onnx
 import pytest
@@ -14,6 +16,7 @@ from pipeline.core.explanations import (
     chosen_classes,
     class_scores,
     explanation_metrics,
+    measure_explanations,
     ndcg_at_n,
     occlusion_scores,
     predicted_contribution,
@@ -148,6 +151,23 @@ def test_occlusion_of_single_steps_finds_what_the_exact_contribution_finds():
     )
     coarse = occlusion_scores(model.run, x, "multiclass", windows=4)
     assert len(np.unique(coarse[0])) == 4, "four windows of five steps, each one score"
+
+
+def test_a_model_without_aopcr_gets_the_ndcg_of_its_attention_on_a_planted_task():
+    """Regression has no predicted class to remove steps for: of the explanation metrics only the
+    attention's NDCG@n on the true positions remains, and none where the task has no true
+    positions."""
+    model = _summing_model()
+    x = _series(n=30, time=12, seed=4)
+    largest = np.argsort(-x[:, :, 0], axis=1)[:, :2]  # the softmax of x puts its top two there
+    cfg = SimpleNamespace(evaluate=SimpleNamespace(samples=20, occlusion_segments=4), seed=0)
+    planted = SimpleNamespace(x=x, target_positions=largest)
+    metrics = measure_explanations(cfg, {"task_type": "regression"}, model, planted)
+    assert metrics == {"faithfulness/ndcg_attention": pytest.approx(1.0)}
+    wrong = SimpleNamespace(x=x, target_positions=np.argsort(x[:, :, 0], axis=1)[:, :2])
+    assert measure_explanations(cfg, {"task_type": "regression"}, model, wrong)["faithfulness/ndcg_attention"] == 0.0
+    unplanted = SimpleNamespace(x=x, target_positions=np.zeros((30, 0), dtype=np.int64))
+    assert measure_explanations(cfg, {"task_type": "regression"}, model, unplanted) == {}
 
 
 def test_the_picture_draws_the_contribution_to_the_predicted_class():

@@ -185,15 +185,15 @@ def explanation_metrics(
 def measure_explanations(cfg, meta: dict, model, test) -> dict[str, float]:
     """explanation_metrics of an OnnxModel `model` on the first `evaluate.samples` series of the
     `test` split, as the evaluate stage measures them (`evaluate.occlusion_segments` windows, the
-    run's seed); none for regression, a fixed-length model or one without a `logit` output."""
-    if meta["task_type"] == "regression" or not model.takes_any_length or LOGIT_NAME not in model.output_names:
-        return {}
+    run's seed). A regression model, a fixed-length one or one without a `logit` output has no
+    AOPCR; where its task has true positions it gets faithfulness/ndcg_attention alone."""
     samples = cfg.evaluate.samples
+    x, target_positions = test.x[:samples], test.target_positions[:samples]
+    if meta["task_type"] == "regression" or not model.takes_any_length or LOGIT_NAME not in model.output_names:
+        if not target_positions.shape[1]:
+            return {}
+        attention = model.run(x)["attention"]
+        return {"faithfulness/ndcg_attention": ndcg_at_n(attention, target_positions, valid_positions(x))}
     return explanation_metrics(
-        model.run,
-        test.x[:samples],
-        test.target_positions[:samples],
-        meta["task_type"],
-        windows=cfg.evaluate.occlusion_segments,
-        seed=cfg.seed,
+        model.run, x, target_positions, meta["task_type"], windows=cfg.evaluate.occlusion_segments, seed=cfg.seed
     )
