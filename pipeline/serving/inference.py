@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -177,22 +178,31 @@ def usable_cpus() -> int:
 @dataclass(frozen=True)
 class Prediction:
     """prediction float32 [batch, 1] or [batch, classes]; attention float32 [batch, positions];
-    labels: the predicted class label of each row (None for regression); explanations: the
-    model's "logit" [batch, outputs] and "contribution" [batch, positions, outputs] where it
-    exports them (Σ_positions contribution + a constant = logit)."""
+    explanations: the model's "logit" [batch, outputs] and "contribution" [batch, positions,
+    outputs] where it exports them (Σ_positions contribution + a constant = logit); labels: the
+    predicted class label of each row (None for regression), found from `class_labels` when
+    first read, so a caller that needs only the numbers does not pay for them."""
 
     prediction: np.ndarray
     attention: np.ndarray
-    labels: list[str] | None
     explanations: dict[str, np.ndarray] = field(default_factory=dict)
+    task_type: str = "regression"
+    class_labels: tuple[str, ...] | None = None
+
+    @cached_property
+    def labels(self) -> list[str] | None:
+        if self.task_type == "regression" or not self.class_labels:
+            return None
+        return [self.class_labels[c] for c in predicted_classes(self.task_type, self.prediction)]
 
     def rows(self, start: int, stop: int) -> Prediction:
         """The samples start..stop-1 of this prediction (one request's share of a joined batch)."""
         return Prediction(
             self.prediction[start:stop],
             self.attention[start:stop],
-            None if self.labels is None else self.labels[start:stop],
             {name: value[start:stop] for name, value in self.explanations.items()},
+            self.task_type,
+            self.class_labels,
         )
 
 
@@ -244,14 +254,15 @@ class Predictor:
         self.provider = self.onnx.session.get_providers()[0]
         metadata = self.onnx.metadata
         self.task_type = metadata.get("task_type", "binary")
-        self.class_labels = json.loads(metadata.get("labels") or "null")
-        if self.class_labels is None and self.task_type == "binary":
-            self.class_labels = ["0", "1"]
+        labels = json.loads(metadata.get("labels") or "null")
+        if labels is None and self.task_type == "binary":
+            labels = ["0", "1"]
+        self.class_labels = None if labels is None else tuple(labels)
         shape = self.onnx.session.get_inputs()[0].shape  # e.g. ["batch", "time", 2] or ["batch", 20, 2]
         self.rank = len(shape)
         self.time_steps = shape[1] if self.rank == 3 and isinstance(shape[1], int) else None
         self.n_features = shape[-1] if isinstance(shape[-1], int) else None
-        self._input_name = INPUT_NAME
+        self._explanation_names = self.onnx.output_names[len(OUTPUT_NAMES) :]
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -259,13 +270,8 @@ class Predictor:
 
     def validate(self, x) -> np.ndarray:
         """x as float32 [batch, ...], or InputError naming the problem."""
-        if not isinstance(x, np.ndarray):
-            try:
-                x = np.asarray(x)
-            except ValueError as err:  # ragged nested lists
-                raise InputError(f"input is not a rectangular array: {err}") from None
-        if x.dtype.kind not in "fiu":
-            raise InputError(f"input must be numbers (float32), got dtype {x.dtype}")
+        if type(x) is not np.ndarray or x.dtype != np.float32:
+            x = _as_float32(x)
         if x.ndim != self.rank:
             layout = "[batch, time, features]" if self.rank == 3 else "[batch, features]"
             raise InputError(f"input must have rank {self.rank} {layout}, got shape {list(x.shape)}")
@@ -278,7 +284,6 @@ class Predictor:
                 raise InputError(f"input has {x.shape[1]} time steps, the model takes exactly {self.time_steps}")
             if x.shape[1] == 0:
                 raise InputError("input has 0 time steps")
-        x = x.astype(np.float32, copy=False)
         if not np.isfinite(x).all():
             row = int(np.argwhere(~np.isfinite(x))[0][0])
             raise InputError(f"input holds NaN or infinity (first in row {row})")
@@ -290,12 +295,20 @@ class Predictor:
 
     def predict_valid(self, x: np.ndarray) -> Prediction:
         """predict for inputs that `validate` has returned (or a concatenation of them)."""
-        outputs = self.onnx.run(x)
-        labels = None
-        if self.task_type != "regression" and self.class_labels:
-            labels = [self.class_labels[c] for c in predicted_classes(self.task_type, outputs["prediction"])]
-        explanations = {name: outputs[name] for name in EXPLANATION_OUTPUTS if name in outputs}
-        return Prediction(outputs["prediction"], outputs["attention"], labels, explanations)
+        prediction, attention, *explained = self.onnx.run(x).values()  # in OnnxModel.output_names' order
+        explanations = dict(zip(self._explanation_names, explained))
+        return Prediction(prediction, attention, explanations, self.task_type, self.class_labels)
+
+
+def _as_float32(x) -> np.ndarray:
+    """Any array-like of numbers as a float32 ndarray, or InputError."""
+    try:
+        x = np.asarray(x)
+    except ValueError as err:  # ragged nested lists
+        raise InputError(f"input is not a rectangular array: {err}") from None
+    if x.dtype.kind not in "fiu":
+        raise InputError(f"input must be numbers (float32), got dtype {x.dtype}")
+    return x.astype(np.float32, copy=False)
 
 
 def to_records(result, n_decimals: int = 6) -> list[dict]:

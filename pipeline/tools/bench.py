@@ -4,8 +4,8 @@
 
 On the pipeline's model (models/model.keras and models/model.onnx, test-split inputs):
     ONNX Runtime vs Keras `model.predict` vs a `tf.function` of the model: latency p50 and p99 at
-    batch 1, throughput at batch 1024; the Predictor (input checks) vs a bare
-    `InferenceSession.run` at batch 1; the share of the CPU's peak FLOP rate ONNX Runtime reaches
+    batch 1, throughput at batch 1024; the Predictor (input checks, labels) vs a bare
+    `InferenceSession.run` of the same outputs at batch 1; the share of the CPU's peak FLOP rate ONNX Runtime reaches
     at batch 1024 (FLOPs counted from the ONNX graph, peak measured with a large float32 matmul).
 On a deployment-size model (a 128-unit LSTM with additive attention over 100 steps of 6
 features, 4 classes, trained briefly on a synthetic task): int8 vs fp32 throughput at batch 256,
@@ -204,11 +204,19 @@ def pipeline_model_figures() -> dict:
     def ort_run(x):
         return session.run(names, {INPUT_NAME: x})
 
+    def ort_run_as_predictor(x):  # the outputs the Predictor fetches: its overhead is its checks alone
+        return session.run(predictor.onnx.output_names, {INPUT_NAME: x})
+
     def tf_run(x):
         return {k: v.numpy() for k, v in graph_function(tf.constant(x)).items()}
 
     results = interleaved_speeds(
-        {"onnxruntime": ort_run, "tf_function": tf_run, "predictor": predictor.predict},
+        {
+            "onnxruntime": ort_run,
+            "tf_function": tf_run,
+            "predictor": predictor.predict,
+            "onnxruntime_predictor_outputs": ort_run_as_predictor,
+        },
         x1,
         {1024: x1024},
         repeats=3000,
@@ -476,7 +484,8 @@ def main() -> None:
         / default["tf_function"]["batch1024_samples_per_s"],
         "int8_vs_fp32_batch256_large": large["batch256_samples_per_s"]["int8"]
         / large["batch256_samples_per_s"]["fp32"],
-        "predictor_vs_raw_ort_batch1": default["predictor"]["batch1"]["p50_ms"] / ort1,
+        "predictor_vs_raw_ort_batch1": default["predictor"]["batch1"]["p50_ms"]
+        / default["onnxruntime_predictor_outputs"]["batch1"]["p50_ms"],
         "flop_share_batch1024": default["flops"]["achieved_per_s"] / default["flops"]["peak_matmul_per_s"],
     }
     met = {k: (figures[k] >= bound if kind == "min" else figures[k] <= bound) for k, (bound, kind) in TARGETS.items()}
