@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 
 import pytest
 
+from pipeline import TENSORFLOW_STARTUP_NOTICES, _HeldStderr
 from tests.conftest import REPO_ROOT, subprocess_env
 
 
@@ -146,9 +148,10 @@ def test_commands_refuse_bad_input_with_one_error_line_and_exit_2(tmp_path, args
 @pytest.mark.parametrize("verbose", ["", "1"])
 @pytest.mark.e2e
 def test_third_party_notices_stay_silent_unless_pipeline_verbose_is_set(tmp_path, verbose):
-    """A new MLflow store logs INFO lines as MLflow creates its tables: shown with PIPELINE_VERBOSE=1 only."""
+    """A new MLflow store logs INFO lines as MLflow creates its tables: shown with PIPELINE_VERBOSE=1
+    only. TensorFlow's start-up notices (on CPUs where it prints them) never reach a quiet process."""
     script = (
-        "import pipeline, mlflow; "
+        "import pipeline, mlflow, tensorflow; "
         f"mlflow.set_tracking_uri('sqlite:///{tmp_path / 'mlflow.db'}'); mlflow.search_experiments()"
     )
     result = subprocess.run(
@@ -160,6 +163,16 @@ def test_third_party_notices_stay_silent_unless_pipeline_verbose_is_set(tmp_path
         check=True,
     )
     assert ("INFO mlflow" in result.stderr) == bool(verbose), result.stderr
+    if not verbose:
+        assert not any(notice in result.stderr for notice in TENSORFLOW_STARTUP_NOTICES), result.stderr
+
+
+def test_held_stderr_writes_back_all_but_the_dropped_lines(capfd):
+    """What C code writes to file descriptor 2 inside is kept, less the dropped notices."""
+    with _HeldStderr(("dropped notice",)):
+        os.write(2, b"first line\nsome dropped notice here\nlast line\n")
+        assert capfd.readouterr().err == ""  # held, not yet written
+    assert capfd.readouterr().err == "first line\nlast line\n"
 
 
 def _readme_layout() -> set[str]:

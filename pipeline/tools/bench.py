@@ -84,11 +84,6 @@ def _percentiles_ms(times: np.ndarray) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(times, 50) * 1e3), "p99_ms": float(np.percentile(times, 99) * 1e3)}
 
 
-def latency_ms(call, repeats: int, warmup: int = 20) -> dict[str, float]:
-    """p50 and p99 of one call's wall time, in milliseconds."""
-    return _percentiles_ms(call_seconds(call, repeats, warmup))
-
-
 def throughput(call, batch: int, seconds: float = 3.0) -> float:
     """Samples per second of repeated calls on one batch (after one warm-up call)."""
     call()
