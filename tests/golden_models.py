@@ -99,8 +99,7 @@ def _trained(case: str):
     trained one epoch on tiny data: what `write` stores."""
     from pipeline.data.splits import prepared
     from pipeline.models import TaskSpec, build_model
-    from pipeline.stages.train import fit
-    from pipeline.training import make_deterministic
+    from pipeline.training import fit, make_deterministic
 
     cfg = tiny_config(*CASES[case])
     splits, meta = prepared(cfg)

@@ -429,7 +429,7 @@ def _epochs_backed_up(metadata: Path) -> int:
 def test_a_backup_of_another_config_is_not_resumed(stage_dir):
     """A stale backup (other params or data) is discarded, not mixed into a new training."""
     from pipeline.core import stage
-    from pipeline.stages.train import TrainingBackup
+    from pipeline.training import TrainingBackup
 
     backup = stage_dir / stage.TRAIN_BACKUP_DIR
     backup.mkdir(parents=True)

@@ -16,9 +16,8 @@ from pipeline.models import TaskSpec, build_model
 from pipeline.models.layers import MiniRocketFeatures
 from pipeline.models.minirocket import transform_weights
 from pipeline.serving.inference import OnnxModel
-from pipeline.stages.train import batch_size_for
 from pipeline.tools.study import SELECTION_BASE, unless_set
-from pipeline.training import EpochBatches, window_slices
+from pipeline.training import EpochBatches, batch_size_for, window_slices
 from tests.conftest import stages_run, tiny_config
 
 

@@ -8,7 +8,7 @@ import keras
 import pytest
 
 from pipeline.core.config import ConfigError
-from pipeline.stages.train import cosine_learning_rate, stopping_callbacks
+from pipeline.training import cosine_learning_rate, stopping_callbacks
 from tests.conftest import tiny_config
 
 
@@ -41,7 +41,7 @@ def test_a_series_step_budget_trains_long_or_large_sets_fewer_epochs():
     import numpy as np
 
     from pipeline.data.synthetic import Dataset
-    from pipeline.stages.train import epochs_for
+    from pipeline.training import epochs_for
 
     def split(series, steps):
         return Dataset(
@@ -87,8 +87,7 @@ def test_with_an_ema_momentum_the_model_keeps_the_moving_average_of_its_weights(
 
     from pipeline.data.synthetic import Dataset
     from pipeline.models import TaskSpec, build_model
-    from pipeline.stages.train import BestWeights, fit
-    from pipeline.training import make_deterministic
+    from pipeline.training import BestWeights, fit, make_deterministic
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 20, 2)).astype(np.float32)
