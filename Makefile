@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Stage commands (`python -m pipeline.<stage>`) must find the venv's python, also under `dvc repro`.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install repro lint test test-fast test-portable bench study ui team-server golden params clean
+.PHONY: install repro lint test test-fast test-portable bench study ui team-server golden params docs clean
 
 install: $(STAMP)
 
@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check pipeline tests
 
 # Two pytest-xdist workers, each taking whole modules (their fixtures are set up once): on 2
-# cores 1.4 to 1.5 times faster than one process (README "Tests"). TEST_WORKERS=0: one process.
+# cores 1.4 to 1.5 times faster than one process (docs/guide/development.md). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
@@ -48,6 +48,12 @@ ONEDNN_ENV_avx2 := ONEDNN_MAX_CPU_ISA=AVX2
 test-portable: $(STAMP)
 	$(if $(ONEDNN_ENV_$(ONEDNN_MODE)),,$(error ONEDNN_MODE must be off or avx2, got '$(ONEDNN_MODE)'))
 	$(ONEDNN_ENV_$(ONEDNN_MODE)) $(PYTEST) -m numeric --durations=10
+
+# The documentation site (mkdocs-material) -> site/: the config reference pages are rewritten
+# from the schema first; --strict fails on a broken link, a missing page or a page not in the nav.
+docs: $(STAMP)
+	$(BIN)/python -m pipeline.tools.reference
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # Inference benchmarks of the pipeline's model (reproduced first if needed), then the HTTP
 # service under load and a soak -> reports/bench.json; the training input pipelines ->
@@ -72,7 +78,7 @@ ui: $(STAMP)
 	$(BIN)/python -m pipeline.tracking.ui --store $(CURDIR)/mlflow.db --port 5000
 
 # A team's MLflow server: runs in PostgreSQL (DB=postgresql://USER:PASSWORD@HOST:PORT/DATABASE),
-# artifacts in ARTIFACTS; see README, "A team's tracking server".
+# artifacts in ARTIFACTS; see docs/guide/tracking.md.
 ARTIFACTS ?= mlartifacts-team
 PORT ?= 5000
 team-server: $(STAMP)

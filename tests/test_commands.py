@@ -175,10 +175,10 @@ def test_held_stderr_writes_back_all_but_the_dropped_lines(capfd):
     assert capfd.readouterr().err == "first line\nlast line\n"
 
 
-def _readme_layout() -> set[str]:
-    """The package files named in the README's "Code layout" tree: a line names a folder, or one
-    or more modules before their description; indentation (two spaces) nests."""
-    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+def _documented_layout() -> set[str]:
+    """The package files named in the "Code layout" tree of docs/guide/development.md: a line
+    names a folder, or one or more modules before their description; indentation (two spaces) nests."""
+    text = (REPO_ROOT / "docs" / "guide" / "development.md").read_text(encoding="utf-8")
     block = text.split("## Code layout", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
     files, folders = set(), {}
     for line in block.splitlines():
@@ -194,7 +194,7 @@ def _readme_layout() -> set[str]:
     return files
 
 
-def test_the_readme_layout_names_every_module_of_the_package():
+def test_the_documented_layout_names_every_module_of_the_package():
     tree = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "pipeline").rglob("*.py")}
     packages_without_entry = {f"pipeline/{p}/__init__.py" for p in LAYERS if p != "tracking"}
-    assert _readme_layout() == tree - packages_without_entry
+    assert _documented_layout() == tree - packages_without_entry

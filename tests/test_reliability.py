@@ -39,12 +39,12 @@ MULTI_WORKER_RUNS = {"first": (), "conv_first": CONV}
 # Two workers against one process: every training figure within this relative difference
 # (measured: 3e-7 at most), the ONNX outputs within this absolute one (measured: 3e-7 for the
 # LSTM, 2.8e-5 for the convolutional model, whose synchronized BatchNormalization computes the
-# variance as E[x^2] - E[x]^2); README "Scaling up".
+# variance as E[x^2] - E[x]^2); docs/guide/scaling.md.
 MULTI_WORKER_TOLERANCE = {"figures": 1e-5, "outputs": 1e-4}
 
 # Fixed-epoch training of a planted task under another CPU's kernels (tests/cpu_modes.py): every
 # figure within this relative difference, the ONNX outputs (probabilities, attention weights)
-# within this absolute one (measured: at most 1.8e-7, README "Reliability").
+# within this absolute one (measured: at most 1.8e-7, docs/guide/reliability.md).
 CROSS_CPU_TOLERANCE = 1e-5
 
 

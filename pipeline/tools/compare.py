@@ -347,7 +347,7 @@ def explanation_lines(by_cell: dict, datasets: list[str]) -> list[str]:
         return []
     lines = [
         "",
-        'Logit AOPCR of each explanation on the test series (README "Is the attention faithful?"; '
+        'Logit AOPCR of each explanation on the test series ([faithfulness](guide/faithfulness.md); '
         "the larger, the more the predicted class's logit falls when its top steps are removed, "
         "against random orders), mean ± std over the seeds; contribution − CAM and contribution − "
         "occlusion: conv_attention's contribution against conv_gap's CAM and against the better "
@@ -381,8 +381,8 @@ def faithfulness_lines(real_rows: list[dict], models: list[str], datasets: list[
         return []
     lines = [
         "",
-        'Faithfulness of the attention (the `faithfulness/*` metrics, README "Is the attention '
-        'faithful?"), mean over the seeds that have them: deletion AOPC gain over random positions / '
+        "Faithfulness of the attention (the `faithfulness/*` metrics, [faithfulness](guide/faithfulness.md)), "
+        "mean over the seeds that have them: deletion AOPC gain over random positions / "
         "accuracy lost with uniform attention (points) / occlusion rank correlation / rank correlation "
         "between seeds (– where undefined: constant attention, or runs that predate the metric).",
         "",
@@ -429,7 +429,7 @@ def selection_markdown(rows: list[dict]) -> str:
     if explained:
         lines += [
             "",
-            'Logit AOPCR on the held-out folds (README "Is the attention faithful?"): the model\'s '
+            'Logit AOPCR on the held-out folds ([faithfulness](guide/faithfulness.md)): the model\'s '
             "attention / its contribution / occlusion, mean over the runs that have them (– none).",
             "",
             "| setting | " + " | ".join(datasets) + " |",
