@@ -64,7 +64,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pipeline.tools.loadbench
 	$(BIN)/python -m pipeline.tools.trainbench
 
-# The real-data study (pipeline/tools/study.py): every bundled UCR/UEA set x conv_attention, conv_gap,
+# The real-data study (pipeline/experiments/study.py): every bundled UCR/UEA set x conv_attention, conv_gap,
 # MiniRocket x seeds 1-3 as queued DVC experiments, then docs/results.md, .csv and _cd.png from
 # the MLflow store. Interrupted, it picks up where it stopped: only runs the store lacks are queued.
 study: $(STAMP)

@@ -28,9 +28,10 @@ CPU_MODES: dict[str, dict[str, str]] = {
     "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},  # oneDNN limited to AVX2 kernels, as on older CPUs
     "onednn_off": {"TF_ENABLE_ONEDNN_OPTS": "0"},  # TensorFlow's own (Eigen) kernels
 }
-RUN_STAGES = (
-    "from pipeline.stages import prepare, train, export, evaluate\n"
-    "for stage in (prepare, train, export, evaluate): stage.main()"
+RUN_STAGES = (  # each stage's command, in one process
+    "import runpy\n"
+    "for name in ('prepare', 'train', 'export', 'evaluate'):\n"
+    "    runpy.run_module(f'pipeline.stages.{name}', run_name='__main__')"
 )
 COMPARED_REPORTS = ("reports/train.json", "reports/metrics.json")
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import tiny_params
+from tests.conftest import run_stage, tiny_params
 from tests.test_files import TS_HEADER, TS_ROWS
 
 pytestmark = pytest.mark.integration
@@ -174,7 +174,6 @@ def test_bad_input_is_refused_with_its_error_and_nothing_changes(
 ):
     from pipeline.core.errors import run_command
     from pipeline.serving import predict
-    from pipeline.stages import prepare
 
     monkeypatch.chdir(pipeline_dir)
     params_file = pipeline_dir / "params.yaml"
@@ -205,7 +204,7 @@ def test_bad_input_is_refused_with_its_error_and_nothing_changes(
                     )
                 )
             with pytest.raises(SystemExit) as exited:
-                run_command(prepare.main)
+                run_stage("prepare")
         else:
             model = pipeline_dir / "models/model.onnx"
             if kind == "model":

@@ -9,8 +9,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline.tools import study
-from pipeline.tools.compare import comparison_rows, main
+from pipeline.experiments import ledger, queue, study
+from pipeline.tools.compare import accuracy_table, comparison_rows, critical_difference_diagram, main, rank_statistics
 from pipeline.tracking import CPU_TAG
 from tests.conftest import REPO_ROOT
 
@@ -109,7 +109,7 @@ def _log_study_run(
 ) -> str:
     """A finished, evaluated run with the params the pipeline logs for `combination`, trained on
     `cpu` (None: a run logged before the CPU was)."""
-    params = {**study.expected_params(combination, REPO_ROOT / "conf"), "data.source": "ucr", **changed}
+    params = {**ledger.expected_params(combination, REPO_ROOT / "conf"), "data.source": "ucr", **changed}
     mlflow.set_experiment(f"attention-{combination.dataset}")
     with mlflow.start_run() as run:
         mlflow.log_params(params)
@@ -157,7 +157,7 @@ def test_a_run_logged_before_an_option_existed_matches_the_value_it_trained_with
     mlflow.set_tracking_uri(uri)
     plateau = study.Combination("GunPoint", "conv_attention", 1, None, study.PLATEAU)
     cosine = study.Combination("GunPoint", "conv_attention", 1)
-    params = study.expected_params(plateau, REPO_ROOT / "conf")
+    params = ledger.expected_params(plateau, REPO_ROOT / "conf")
     assert params["train.lr_schedule"] == "plateau"
     mlflow.set_experiment("attention-GunPoint")
     with mlflow.start_run():
@@ -165,17 +165,17 @@ def test_a_run_logged_before_an_option_existed_matches_the_value_it_trained_with
         mlflow.log_metrics({"test/accuracy": 0.9, "train/seconds": 1.0, "attention/entropy": 2.0})
     assert study.missing(uri, [plateau, cosine]) == [cosine]
 
-    ledger = tmp_path / "results_runs.csv"
+    ledger_file = tmp_path / "results_runs.csv"
     record = study.RunRecord(0.9, 1.0, "run-before-the-option", 0)
     with monkeypatch.context() as before_the_option:  # the ledger as the code of that time wrote it
-        composed = study.expected_params
+        composed = ledger.expected_params
         before_the_option.setattr(
-            study,
+            ledger,
             "expected_params",
             lambda *args: {k: v for k, v in composed(*args).items() if k != "train.lr_schedule"},
         )
-        study.write_ledger(ledger, {plateau: record})
-    assert study.recorded_runs(ledger, [plateau, cosine]) == {plateau: record}
+        study.write_ledger(ledger_file, {plateau: record})
+    assert study.recorded_runs(ledger_file, [plateau, cosine]) == {plateau: record}
 
 
 def test_a_changed_training_recipe_leaves_minirocket_runs_current(tmp_path, monkeypatch):
@@ -187,7 +187,7 @@ def test_a_changed_training_recipe_leaves_minirocket_runs_current(tmp_path, monk
     rocket, attention = (study.Combination("GunPoint", model, 1) for model in ("minirocket", "conv_attention"))
     for combination in (rocket, attention):
         _log_study_run(combination, 0.9, 10.0, **{"train.epochs": "3"})
-    assert not any(key.startswith("train.") for key in study.expected_params(rocket, REPO_ROOT / "conf"))
+    assert not any(key.startswith("train.") for key in ledger.expected_params(rocket, REPO_ROOT / "conf"))
     assert study.missing(uri, [rocket, attention]) == [attention]
 
 
@@ -222,7 +222,7 @@ def test_the_selection_study_reads_inner_fold_runs_only(tmp_path, monkeypatch):
     )
     millet = study.selection_combinations(["ArrowHead"], ("conv_attention positional_encoding=true",))[0]
     assert millet.label == "conv_attention positional_encoding=true"  # a setting's own key is not pinned
-    assert {k: study.expected_params(millet)[k] for k in ("model.positional_encoding", "model.state_dropout")} == {
+    assert {k: ledger.expected_params(millet)[k] for k in ("model.positional_encoding", "model.state_dropout")} == {
         "model.positional_encoding": "True",
         "model.state_dropout": "0.0",
     }
@@ -232,10 +232,10 @@ def test_the_selection_study_reads_inner_fold_runs_only(tmp_path, monkeypatch):
     assert full.command.endswith(  # a setting's own epochs replace the selection's
         "-S model=conv_gap -S train.epochs=1000 -S train.early_stopping_patience=0 -S seed=1 -S data.inner_fold=0"
     )
-    assert study.expected_params(full)["train.epochs"] == "1000"
+    assert ledger.expected_params(full)["train.epochs"] == "1000"
     wide = study.selection_combinations(["ArrowHead"], ("conv_attention filters=[128,256,128]",))[0]
     assert "-S 'model.filters=[128,256,128]' " in wide.command  # quoted: the shell must not glob it
-    assert study.expected_params(wide)["model.filters"] == "[128, 256, 128]"
+    assert ledger.expected_params(wide)["model.filters"] == "[128, 256, 128]"
     two_seeds = study.selection_combinations(["ArrowHead"], ("conv_attention",), seeds=(1, 2))
     assert [(c.seed, c.inner_fold) for c in two_seeds] == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
     _log_study_run(two_seeds[3], 1.0, 10.0)  # seed 2 on fold 0
@@ -275,21 +275,21 @@ def test_rank_statistics_on_a_known_table(tmp_path):
     table = pd.DataFrame(
         {"a": base + 5, "b": base + rng.uniform(1, 2, 8), "c": base}, index=[f"set{i}" for i in range(8)]
     )
-    stats = study.rank_statistics(table)
+    stats = rank_statistics(table)
     assert stats["mean rank"] == {"a": 1.0, "b": 2.0, "c": 3.0} and stats["data sets"] == 8
     assert stats["friedman p"] < 0.001
     for pair in (("a", "b"), ("a", "c"), ("b", "c")):
         assert stats["wilcoxon holm p"][pair[0]][pair[1]] == pytest.approx(3 * 2 / 2**8, rel=0.5)
         assert stats["wilcoxon holm p"][pair[0]][pair[1]] < 0.05
     tied = pd.DataFrame({"a": base, "b": base}, index=table.index)
-    assert study.rank_statistics(tied)["mean rank"] == {"a": 1.5, "b": 1.5}
+    assert rank_statistics(tied)["mean rank"] == {"a": 1.5, "b": 1.5}
     same_counts = [  # 10 of 11 and 7 of 9 series right, once through float32 and once through float64
         {"data set": name, "model": model, "seeds": "1,2,3", "accuracy mean": 100 * accuracy}
         for name, share in (("UnitTest", 10 / 11), ("Other", 7 / 9))
         for model, accuracy in (("a", float(np.float32(share))), ("b", share))
     ]
-    assert study.rank_statistics(study.accuracy_table(same_counts))["mean rank"] == {"a": 1.5, "b": 1.5}
-    study.critical_difference_diagram(table, tmp_path / "cd.png")
+    assert rank_statistics(accuracy_table(same_counts))["mean rank"] == {"a": 1.5, "b": 1.5}
+    critical_difference_diagram(table, tmp_path / "cd.png")
     assert (tmp_path / "cd.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -418,9 +418,9 @@ Worker status: {active} active, 0 idle
 def test_the_queue_state_counts_queued_experiments_and_busy_workers():
     """As `dvc queue status` prints them; a "Running" entry left by a killed worker counts for
     nothing, so `study wait` ends (or restarts a worker) by the queued count and the workers."""
-    assert study.queue_state(QUEUE_STATUS.format(active=1)) == (2, 1)
-    assert study.queue_state(QUEUE_STATUS.format(active=0)) == (2, 0)
-    assert study.queue_state("Task     Name        Created       Status\n") == (0, 0)
+    assert queue.queue_state(QUEUE_STATUS.format(active=1)) == (2, 1)
+    assert queue.queue_state(QUEUE_STATUS.format(active=0)) == (2, 0)
+    assert queue.queue_state("Task     Name        Created       Status\n") == (0, 0)
 
 
 def test_two_models_get_ranks_and_wilcoxon_but_no_diagram(tmp_path, monkeypatch):

@@ -11,8 +11,7 @@ from pipeline import data
 from pipeline.core import stage
 from pipeline.core.contract import PAD_VALUE
 from pipeline.data import splits
-from pipeline.stages import prepare
-from tests.conftest import tiny_config
+from tests.conftest import run_stage, tiny_config
 
 
 def test_planted_feature_puts_the_target_at_its_index():
@@ -102,7 +101,7 @@ def test_split_sizes_are_disjoint_and_complete():
 )
 def test_prepare_stage_writes_splits_and_meta(stage_dir, override, shape, axis, targets, task_type):
     stage_dir.write_params(override, "data.n_samples=300")
-    prepare.main()
+    run_stage("prepare")
     meta = json.loads(stage.META_FILE.read_text())
     assert meta["input_shape"] == shape and meta["attention_axis"] == axis
     assert meta["task_type"] == task_type
@@ -112,7 +111,7 @@ def test_prepare_stage_writes_splits_and_meta(stage_dir, override, shape, axis, 
     test = splits.load_split("test")
     assert list(test.x.shape[1:]) == shape and len(test) == 30
     first = stage.split_file("train").read_bytes()
-    prepare.main()
+    run_stage("prepare")
     assert stage.split_file("train").read_bytes() == first, "same seed, same bytes"
 
 

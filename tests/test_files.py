@@ -14,8 +14,7 @@ import pytest
 from pipeline.core import stage
 from pipeline.core.contract import PAD_VALUE
 from pipeline.data.files import DataFileError, bundled_ucr_files, file_splits, read_series, stratified_val_index
-from pipeline.stages import prepare
-from tests.conftest import REPO_ROOT, subprocess_env, tiny_config
+from tests.conftest import REPO_ROOT, run_stage, subprocess_env, tiny_config
 
 TS_HEADER = """# a comment
 @problemName Tiny
@@ -229,7 +228,7 @@ def test_prepare_stage_with_a_bad_file_exits_2_and_keeps_the_previous_splits(sta
     _write(raw / "u_TRAIN.ts", TS_HEADER + "\n".join(TS_ROWS * 3) + "\n")
     _write(raw / "u_TEST.ts", TS_HEADER + "\n".join(TS_ROWS) + "\n")
     stage_dir.write_params("data=ts_file", "data.train_file=data/raw/u_TRAIN.ts", "data.test_file=data/raw/u_TEST.ts")
-    prepare.main()
+    run_stage("prepare")
     meta = json.loads(stage.META_FILE.read_text())
     assert meta["labels"] == ["a", "b"] and meta["task_type"] == "multiclass"
     before = {p: p.read_bytes() for p in stage.PREPARED_DIR.iterdir()}

@@ -11,8 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 from pipeline.core.config import compose_defaults, validate
 from pipeline.core.metrics import TASK_METRICS
 from pipeline.data.splits import prepared
+from pipeline.experiments import ledger, study
 from pipeline.serving.inference import OnnxModel
-from pipeline.tools import reevaluate, study
+from pipeline.tools import reevaluate
 
 DATASET, STEPS, USED = "ItalyPowerDemand", 24, 5
 
@@ -77,7 +78,7 @@ def test_runs_without_the_metrics_get_them_and_changed_ones_are_left_alone(tmp_p
     run_ids = {}
     for combination, logged in ((kept, accuracy), (changed, accuracy - 0.1)):
         with mlflow.start_run() as run:
-            mlflow.log_params(study.expected_params(combination))
+            mlflow.log_params(ledger.expected_params(combination))
             mlflow.log_metric("faithfulness/no_longer_defined", 0.5)  # as if an older version had measured it
             mlflow.log_metrics({"test/accuracy": logged, "attention/entropy": 0.0})  # as evaluate logs
             mlflow.onnx.log_model(model, name="onnx_model")
@@ -137,7 +138,7 @@ def test_a_model_logged_without_logit_is_explained_by_its_weights_in_today_s_mod
     )["test/accuracy"]
     model.save(tmp_path / "model.keras")
     with mlflow.start_run() as run:
-        mlflow.log_params(study.expected_params(combination))
+        mlflow.log_params(ledger.expected_params(combination))
         mlflow.log_metrics({"test/accuracy": accuracy, "attention/entropy": 0.0})
         mlflow.onnx.log_model(exported, name="onnx_model")
         mlflow.log_artifact(str(tmp_path / "model.keras"), artifact_path="keras_model")

@@ -4,6 +4,7 @@ global-average-pooling ablation, and MiniRocket as a Keras model that exports to
 from __future__ import annotations
 
 import json
+import re
 
 import keras
 import numpy as np
@@ -12,13 +13,13 @@ import pytest
 from pipeline.core import stage
 from pipeline.core.config import ConfigError
 from pipeline.data.files import bundled_ucr_files, read_series, to_arrays
+from pipeline.experiments.study import SELECTION_BASE, unless_set
 from pipeline.models import TaskSpec, build_model
 from pipeline.models.layers import MiniRocketFeatures
 from pipeline.models.minirocket import transform_weights
 from pipeline.serving.inference import OnnxModel
-from pipeline.tools.study import SELECTION_BASE, unless_set
 from pipeline.training import EpochBatches, batch_size_for, window_slices
-from tests.conftest import stages_run, tiny_config
+from tests.conftest import run_stage, stages_run, tiny_config
 
 
 @pytest.mark.parametrize(
@@ -116,13 +117,14 @@ def test_fit_trains_each_epoch_on_the_batches_drawn_for_it(window_slice):
                 np.testing.assert_array_equal(got_y, want_y)
 
 
-def test_window_slicing_is_refused_for_data_without_a_time_axis(stage_dir):
-    from pipeline.stages import prepare, train
-
+def test_window_slicing_is_refused_for_data_without_a_time_axis(stage_dir, capsys):
     stage_dir.write_params("data=planted_feature", "model=feature_attention", "train.window_slice=0.9")
-    prepare.main()
-    with pytest.raises(ConfigError, match=r"train.window_slice=0.9: .*no time axis"):
-        train.main()
+    run_stage("prepare")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        run_stage("train")
+    assert exited.value.code == 2
+    assert re.search(r"error: .*train.window_slice=0.9: .*no time axis", capsys.readouterr().err)
     assert not (stage_dir / stage.KERAS_MODEL).exists()
     with pytest.raises(ConfigError, match="window_slice"):
         tiny_config("experiment=ucr", "train.window_slice=1.0")

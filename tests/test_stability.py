@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.tools.stability import cell_agreement, rank_agreement, seed_agreement
+from pipeline.experiments.stability import cell_agreement, rank_agreement, seed_agreement
 from tests.test_faithfulness import _data, known_onnx
 
 

@@ -31,7 +31,8 @@ TENSORFLOW_FREE = (
     "pipeline.tracking.promote",
     "pipeline.tracking.sync",
     "pipeline.tracking.team_server",
-    "pipeline.tools.stability",
+    "pipeline.experiments.stability",
+    "pipeline.tools.study",
     "pipeline.tools.sweep",
 )
 

@@ -4,16 +4,15 @@ reaches the deploy bundle; a gate it misses stops export with the key named and 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
 import pytest
 
 from pipeline.core import stage
-from pipeline.core.errors import StageFailed
 from pipeline.serving.inference import OnnxModel
-from pipeline.stages import export
-from tests.conftest import stages_run
+from tests.conftest import run_stage, stages_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.numeric]
 
@@ -28,7 +27,7 @@ QDQ = (
 )
 
 
-def test_a_trained_conv_model_passes_the_int8_qdq_gate_and_a_missed_gate_writes_nothing(tmp_path):
+def test_a_trained_conv_model_passes_the_int8_qdq_gate_and_a_missed_gate_writes_nothing(tmp_path, capsys):
     with stages_run(tmp_path, *QDQ) as workdir:
         report = json.loads((workdir / stage.EXPORT_REPORT).read_text())
         assert report["export/int8_qdq/accuracy_drop"] <= 0.005
@@ -46,10 +45,13 @@ def test_a_trained_conv_model_passes_the_int8_qdq_gate_and_a_missed_gate_writes_
 
         before = {p.name: p.read_bytes() for p in (workdir / stage.VARIANTS_DIR).iterdir()}
         workdir.write_params(*QDQ, "export.variant_tolerance.int8_qdq=1e-9")
-        with pytest.raises(
-            StageFailed,
-            match=r"int8_qdq: attention max abs difference from Keras .* > "
-            r"export.variant_tolerance.int8_qdq=1e-09",
-        ):
-            export.main()
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            run_stage("export")
+        assert exited.value.code == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: ONNX parity failed")
+        assert re.search(
+            r"int8_qdq: attention max abs difference from Keras .* > export.variant_tolerance.int8_qdq=1e-09", error
+        )
         assert {p.name: p.read_bytes() for p in (workdir / stage.VARIANTS_DIR).iterdir()} == before

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.core.config import compose_defaults, validate
-from pipeline.tools import study, sweep
+from pipeline.experiments import ledger, sweep
+from pipeline.tools.sweep import main as sweep_main
 from tests.conftest import REPO_ROOT
 
 
@@ -25,7 +26,7 @@ def test_every_cell_of_the_sweep_is_a_valid_config(monkeypatch):
 
 def _log(cell: sweep.Cell, metrics: dict) -> str:
     with mlflow.start_run() as run:
-        mlflow.log_params({**study.expected_params(cell, REPO_ROOT / "conf")})
+        mlflow.log_params({**ledger.expected_params(cell, REPO_ROOT / "conf")})
         mlflow.log_metrics({**metrics, "attention/entropy": 1.0})
     return run.info.run_id
 
@@ -42,7 +43,7 @@ def test_the_table_gives_mean_and_std_over_seeds_and_the_goal(tmp_path, monkeypa
         _log(cell, {"test/accuracy": 0.9, "attention/argmax_hit": 0.5})
     _log(sweep.Cell("planted_step", 10, "middle", 1), {"test/accuracy": 0.5, "attention/argmax_hit": 0.0})
 
-    sweep.main(
+    sweep_main(
         [
             "table",
             "--tracking-uri",

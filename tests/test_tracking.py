@@ -14,7 +14,7 @@ import mlflow
 import pytest
 
 from pipeline.tracking import CPU_TAG, EXPERIMENT_KIND_TAG, TRAINING_KIND, cpu_model, experiment_id
-from tests.conftest import EXPERIMENT_ENV, REPO_ROOT, start_command, subprocess_env
+from tests.conftest import EXPERIMENT_ENV, REPO_ROOT, run_stage, start_command, subprocess_env
 
 CONNECT = """
 import sys
@@ -152,13 +152,12 @@ def test_unreachable_tracking_server_fails_fast_before_training(stage_dir):
     import time
 
     from pipeline.core import stage
-    from pipeline.stages import prepare
 
     with socket.socket() as probe:  # a loopback port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     stage_dir.write_params(f"mlflow.tracking_uri=http://127.0.0.1:{port}")
-    prepare.main()
+    run_stage("prepare")
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.stages.train"],

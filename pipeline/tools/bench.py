@@ -452,7 +452,7 @@ def deployed_model_figures(tracking_uri: str, dataset: str, export_cfg) -> dict 
     import mlflow
 
     from pipeline.data.splits import prepared_for
-    from pipeline.tools import study
+    from pipeline.experiments import study
 
     combination = study.Combination(dataset, "conv_attention", DEPLOYED_SEED)
     record = study.matching_runs(study.evaluated_runs(tracking_uri), [combination]).get(combination)

@@ -7,7 +7,7 @@
 Synthetic tasks: one row per model and seed at the task's own size (its latest run) with the task
 metric (accuracy or MAE), the attention and faithfulness metrics, the parameter count, the epochs
 trained, the training time and the run id. UCR/UEA data sets: the study of
-pipeline/tools/study.py, each model's accuracy as mean ± std over seeds beside the published FCN, the
+pipeline/experiments/study.py, each model's accuracy as mean ± std over seeds beside the published FCN, the
 training times, mean ranks with Friedman and Wilcoxon-Holm tests, and a critical-difference
 diagram (OUT_cd.png). With --out, the real-data runs are also written to OUT_runs.csv, the
 ledger pipeline.tools.study reads (runs in it are not trained again), and synthetic rows of an earlier
@@ -17,7 +17,9 @@ OUT.csv that the store lacks are kept. No TensorFlow import.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import sys
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import mlflow
 import numpy as np
 
 from pipeline.core.errors import run_command
-from pipeline.tools import stability, study
+from pipeline.experiments import stability, study
 from pipeline.tracking import DEFAULT_STORE, evaluated_runs, repository_root
 
 COLUMNS = (
@@ -52,6 +54,63 @@ COLUMNS = (
 )
 
 
+def accuracy_table(rows: list[dict], min_seeds: int = 3):
+    """pandas DataFrame [data set x model] of mean accuracies in %, rounded to 4 decimals (the
+    same count of correct series is a tie, whatever float rounding the metric went through), only
+    data sets where every model has at least `min_seeds` seeds (the statistics compare complete
+    rows only)."""
+    import pandas as pd
+
+    frame = pd.DataFrame([r for r in rows if len(r["seeds"].split(",")) >= min_seeds])
+    if frame.empty:
+        return frame
+    table = frame.pivot(index="data set", columns="model", values="accuracy mean")
+    return table.dropna().round(4)
+
+
+def rank_statistics(table) -> dict:
+    """Across data sets (rows of `table`, accuracies, higher is better): each model's mean rank
+    (1 = best; ties share), the Friedman test, and pairwise two-sided Wilcoxon signed-rank tests
+    with Holm's correction. autorank and scikit-posthocs do the statistics."""
+    import scikit_posthocs
+    from scipy.stats import friedmanchisquare
+
+    ranks = table.rank(axis=1, ascending=False, method="average")
+    friedman = friedmanchisquare(*[table[c] for c in table.columns]) if table.shape[1] > 2 else None
+    melted = (
+        table.rename_axis("data set").reset_index().melt(id_vars="data set", var_name="model", value_name="accuracy")
+    )
+    wilcoxon = scikit_posthocs.posthoc_wilcoxon(
+        melted,
+        val_col="accuracy",
+        group_col="model",
+        p_adjust="holm",
+        zero_method="zsplit",
+    )
+    return {
+        "mean rank": ranks.mean().sort_values().to_dict(),
+        "data sets": int(table.shape[0]),
+        "friedman p": None if friedman is None else float(friedman.pvalue),
+        "wilcoxon holm p": {a: {b: float(wilcoxon.loc[a, b]) for b in table.columns if b != a} for a in table.columns},
+    }
+
+
+def critical_difference_diagram(table, path: Path) -> None:
+    """The critical-difference diagram (Demšar 2006) of `table`, drawn by autorank with the
+    Nemenyi test at alpha 0.05, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from autorank import autorank, plot_stats
+
+    with contextlib.redirect_stdout(io.StringIO()):  # autorank prints its table when a mode is forced
+        result = autorank(table, alpha=0.05, verbose=False, force_mode="nonparametric", order="descending")
+    axes = plot_stats(result, allow_insignificant=True)
+    axes.figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(axes.figure)
+
+
 def default_data_params(task: str) -> dict[str, str] | None:
     """The data.* MLflow params of a run of `task` at the size conf/data/<task>.yaml sets (None
     for a data set without such a file)."""
@@ -65,7 +124,7 @@ def default_data_params(task: str) -> dict[str, str] | None:
 
 def comparison_rows(tracking_uri: str, experiments: list[str] | None = None) -> list[dict]:
     """One dict per model and seed of each synthetic task with the COLUMNS, from its latest finished
-    run on the task's own data config (the size sweep, pipeline/tools/sweep.py, has its own table);
+    run on the task's own data config (the size sweep, pipeline/experiments/sweep.py, has its own table);
     best attention/argmax_hit first per task."""
     latest: dict[tuple, object] = {}
     defaults: dict[str, dict | None] = {}
@@ -302,7 +361,7 @@ def _figure(value: float, scale: float, digits: int) -> str:
 
 
 def add_seed_agreement(tracking_uri: str, done: dict) -> None:
-    """faithfulness/seed_spearman (pipeline/tools/stability.py) for the real-data runs of each cell
+    """faithfulness/seed_spearman (pipeline/experiments/stability.py) for the real-data runs of each cell
     with two or more seeds in the MLflow store, where one of them lacks it: kept in the runs'
     records (hence the ledger) and logged to the runs."""
     runs = {run.info.run_id: run for run in study.evaluated_runs(tracking_uri)}
@@ -347,7 +406,7 @@ def explanation_lines(by_cell: dict, datasets: list[str]) -> list[str]:
         return []
     lines = [
         "",
-        'Logit AOPCR of each explanation on the test series ([faithfulness](guide/faithfulness.md); '
+        "Logit AOPCR of each explanation on the test series ([faithfulness](guide/faithfulness.md); "
         "the larger, the more the predicted class's logit falls when its top steps are removed, "
         "against random orders), mean ± std over the seeds; contribution − CAM and contribution − "
         "occlusion: conv_attention's contribution against conv_gap's CAM and against the better "
@@ -429,7 +488,7 @@ def selection_markdown(rows: list[dict]) -> str:
     if explained:
         lines += [
             "",
-            'Logit AOPCR on the held-out folds ([faithfulness](guide/faithfulness.md)): the model\'s '
+            "Logit AOPCR on the held-out folds ([faithfulness](guide/faithfulness.md)): the model's "
             "attention / its contribution / occlusion, mean over the runs that have them (– none).",
             "",
             "| setting | " + " | ".join(datasets) + " |",
@@ -492,15 +551,15 @@ def main(argv: list[str] | None = None) -> None:
     for row in real_rows:
         reference = study.REFERENCES.get(row["data set"], {})
         row["FCN"], row["goal"] = reference.get("FCN"), reference.get("goal")
-    table_of_means = study.accuracy_table(real_rows)
+    table_of_means = accuracy_table(real_rows)
     comparable = table_of_means.shape[0] >= 2 and table_of_means.shape[1] >= 2  # data sets, models
-    statistics = study.rank_statistics(table_of_means) if comparable else None
+    statistics = rank_statistics(table_of_means) if comparable else None
     diagram = None
     if args.out is not None:
         diagram_path = args.out.with_name(args.out.name + "_cd.png")
         if statistics and table_of_means.shape[0] >= 5 and table_of_means.shape[1] >= 3:  # Nemenyi: 3 models
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            study.critical_difference_diagram(table_of_means, diagram_path)
+            critical_difference_diagram(table_of_means, diagram_path)
             diagram = diagram_path.name
         else:
             diagram_path.unlink(missing_ok=True)  # a diagram of earlier runs no longer holds

@@ -20,8 +20,8 @@ import math
 from pathlib import Path
 
 from pipeline.core.errors import run_command
-from pipeline.tools import study
-from pipeline.tools.stability import METRIC as SEED_METRIC
+from pipeline.experiments import study
+from pipeline.experiments.stability import METRIC as SEED_METRIC
 from pipeline.tracking import DEFAULT_STORE, logged_onnx_file, repository_root
 
 MARKER = "faithfulness/aopcr_attention"  # a run without it predates the logit AOPCR

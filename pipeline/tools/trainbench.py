@@ -6,7 +6,7 @@ The attention model of `experiment=ucr` trains, with the training stage's determ
 deterministic ops), on random series of OSULeaf's size (200 x 427, six classes) in batches of
 16, fed by (a) EpochBatches.dataset(), the pipeline's input (the epoch's samples drawn at its
 start into variables that TensorFlow cuts into batches), (b) tf.data's from_generator over the
-same batches, the input the pipeline had before, and (c) a plain from_tensor_slices().batch()
+same batches (the several-worker loop's input), and (c) a plain from_tensor_slices().batch()
 with no per-epoch permutation, the floor. Each input trains in a process of its own (one input
 can slow a process down for the rest of its life); the inputs take turns for ROUNDS rounds, and
 the figure per input is the median of its epochs after each process's first.

@@ -91,8 +91,8 @@ class EpochBatches(keras.callbacks.Callback):
 
     def dataset(self) -> tf.data.Dataset:
         """The batches of _batches(), cut by TensorFlow from variables that hold the epoch's
-        samples, drawn at the epoch's start. The same batches through tf.data's from_generator
-        made an epoch two to three times as long under op determinism (pipeline.tools.trainbench)."""
+        samples, drawn at the epoch's start: under op determinism, faster than tf.data's
+        from_generator over the same batches (pipeline.tools.trainbench measures both)."""
         self._epoch_x = tf.Variable(self.x, trainable=False, name="epoch_x")
         self._epoch_y = tf.Variable(self.y, trainable=False, name="epoch_y")
         self._draw_epoch()
