@@ -150,6 +150,27 @@ def test_the_rule_refuses_an_import_that_breaks_it(importer, imported):
     assert not _breaks_the_rule(importer, "pipeline.core.errors")
 
 
+def test_the_tracking_package_only_re_exports_its_modules():
+    """pipeline/tracking/__init__.py holds imports, its docstring and __all__, nothing that runs."""
+    tree = ast.parse((REPO_ROOT / "pipeline" / "tracking" / "__init__.py").read_text())
+    statements = [
+        type(node).__name__
+        for node in tree.body
+        if not isinstance(node, ast.ImportFrom | ast.Import)
+        and not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
+        and not (isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["__all__"])
+    ]
+    assert statements == []
+    import pipeline.tracking
+
+    assert sorted(pipeline.tracking.__all__) == sorted(
+        name for name in dir(pipeline.tracking) if not name.startswith("_") and name not in _SUBMODULES
+    )
+
+
+_SUBMODULES = ("host", "queries", "recorder", "registry", "runs", "store", "sync", "promote", "team_server", "ui")
+
+
 def test_every_command_reports_bad_input_through_one_runner():
     """Each `python -m pipeline.X` ends in run_command(main), which turns the package's errors
     (all defined in pipeline/core/errors.py or derived from them) into one line and exit code 2."""

@@ -181,7 +181,7 @@ def test_a_dataset_inserted_by_a_parallel_run_between_lookup_and_insert_is_linke
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import _log_dataset_input
+    from pipeline.tracking import log_dataset_input
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("parallel")
@@ -198,7 +198,7 @@ def test_a_dataset_inserted_by_a_parallel_run_between_lookup_and_insert_is_linke
         return real_insert(store, experiment_id, run_id, datasets, models)
 
     monkeypatch.setattr(SqlAlchemyStore, "_log_inputs_impl", racing_insert)
-    _log_dataset_input(client, ours, dataset)
+    log_dataset_input(client, ours, dataset)
     for run_id in (ours, theirs):
         assert [d.dataset.digest for d in client.get_run(run_id).inputs.dataset_inputs] == ["1e8e1dad720d141a"]
 
@@ -207,4 +207,4 @@ def test_a_dataset_inserted_by_a_parallel_run_between_lookup_and_insert_is_linke
 
     monkeypatch.setattr(SqlAlchemyStore, "_log_inputs_impl", other_failure)
     with pytest.raises(MlflowException, match="read-only"):  # only the lost race is retried
-        _log_dataset_input(client, ours, dataset)
+        log_dataset_input(client, ours, dataset)
