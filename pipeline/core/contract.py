@@ -1,5 +1,7 @@
 """The names the exported models promise: tests and users bind inputs and outputs by them."""
 
+from dataclasses import dataclass
+
 import numpy as np
 
 INPUT_NAME = "x"
@@ -26,6 +28,30 @@ CONV_PADDINGS = ("zero", "replicate")
 HEAD_READOUTS = ("norm", "heads_mean")
 # The ONNX variants the export stage can write (pipeline/onnx/variants.py); fp32 is models/model.onnx.
 VARIANTS = ("fp32", "fp16", "int8", "int8_qdq")
+
+
+@dataclass(frozen=True)
+class TaskType:
+    """What a task type makes of the model's head: its activation (None: linear), the loss and
+    the reported metric as Keras's compile names them, and the same metric per sample as a
+    function of keras.metrics (for the training loop written out for several workers)."""
+
+    activation: str | None
+    loss: str
+    metric: str
+    per_sample_metric: str
+
+    def outputs(self, n_classes: int | None) -> int:
+        """Columns of the prediction: one per class for a softmax head, else 1."""
+        return n_classes if self.activation == "softmax" else 1
+
+
+# The one table of task types: config.task_type names one, every layer and loop reads it here.
+TASK_TYPES = {
+    "binary": TaskType("sigmoid", "binary_crossentropy", "accuracy", "binary_accuracy"),
+    "multiclass": TaskType("softmax", "sparse_categorical_crossentropy", "accuracy", "sparse_categorical_accuracy"),
+    "regression": TaskType(None, "mean_squared_error", "mae", "mean_absolute_error"),
+}
 
 
 def valid_positions(x: np.ndarray) -> np.ndarray:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import csv
 import functools
-import hashlib
-import json
 from dataclasses import replace
 from pathlib import Path
 
+from pipeline.core import digests
 from pipeline.core.config import CONF_DIR, compose_defaults, flatten
 
 # The sections whose params decide what a run trains to (the seed too).
@@ -62,7 +61,7 @@ def result_params_digest(cell, conf_dir: Path = CONF_DIR) -> str:
     VALUES_BEFORE_OPTIONS_EXISTED left out (so a row written before an option existed keeps its
     digest): a ledger row counts only while the recipe it was trained with is unchanged."""
     params = {k: v for k, v in expected_params(cell, conf_dir).items() if VALUES_BEFORE_OPTIONS_EXISTED.get(k) != v}
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    return digests.result_params_digest(params)
 
 
 def logged_value(params: dict[str, str], key: str) -> str:

@@ -31,7 +31,7 @@ from pipeline.core.config import (
     MultiHeadPoolingModel,
     RecurrentAttentionModel,
 )
-from pipeline.core.contract import INPUT_NAME, MIL_POOLINGS, PAD_VALUE
+from pipeline.core.contract import INPUT_NAME, MIL_POOLINGS, PAD_VALUE, TASK_TYPES
 from pipeline.models.layers import (
     ClassAttentionPooling,
     ConvEncoder,
@@ -110,7 +110,7 @@ def _encoder(
 def _head(task: TaskSpec) -> LinearHead:
     """The output layer: softmax over the classes of a multiclass task, a sigmoid for binary, linear
     for regression."""
-    outputs = task.n_classes if task.task_type == "multiclass" else 1
+    outputs = TASK_TYPES[task.task_type].outputs(task.n_classes)
     return LinearHead(outputs, task.task_type, name="prediction")
 
 
@@ -206,7 +206,7 @@ def conv_attention(cfg: ConvAttentionModel, task: TaskSpec) -> keras.Model:
         states = SinusoidalPositions(name="positional_encoding")(states)
     if cfg.state_dropout:  # MILLET's dropout of the instance embeddings before its pooling
         states = keras.layers.Dropout(cfg.state_dropout, name="state_dropout")(states)
-    outputs = task.n_classes if task.task_type == "multiclass" else 1
+    outputs = TASK_TYPES[task.task_type].outputs(task.n_classes)
     if cfg.score == "class":
         prediction, attention, logit, contribution = ClassAttentionPooling(outputs, task.task_type, name="prediction")(
             states

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from pipeline.core.contract import CONV_PADDINGS, HEAD_READOUTS, MIL_POOLINGS, TEMPORAL_SCORES
+from pipeline.core.contract import CONV_PADDINGS, HEAD_READOUTS, MIL_POOLINGS, TASK_TYPES, TEMPORAL_SCORES
 
 QUERIES = ("last", "learned")
 MASKED_SCORE = -1e9
@@ -491,19 +491,16 @@ class Standardize(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode, "mean": self.mean, "std": self.std}
 
 
-HEAD_ACTIVATIONS = {"multiclass": "softmax", "binary": "sigmoid", "regression": None}
-
-
 def _check_head(outputs, task_type) -> None:
-    if task_type not in HEAD_ACTIVATIONS:
-        raise ValueError(f"task_type must be one of {list(HEAD_ACTIVATIONS)}, got {task_type!r}")
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"task_type must be one of {list(TASK_TYPES)}, got {task_type!r}")
     if not isinstance(outputs, int) or outputs < 1:
         raise ValueError(f"outputs must be a positive integer, got {outputs!r}")
 
 
 def _activate(logit, task_type: str):
     """The prediction of a head's logit [batch, outputs]: softmax, sigmoid, or the value itself."""
-    activation = HEAD_ACTIVATIONS[task_type]
+    activation = TASK_TYPES[task_type].activation
     return keras.activations.get(activation)(logit) if activation else logit
 
 

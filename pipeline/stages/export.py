@@ -14,7 +14,6 @@ nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import onnx
@@ -25,18 +24,13 @@ from pipeline import tracking
 from pipeline.core import stage
 from pipeline.core.config import flatten, load_config
 from pipeline.core.contract import PAD_VALUE
+from pipeline.core.digests import whole_config_digest
 from pipeline.core.errors import run_command
 from pipeline.data.splits import load_split
 from pipeline.models import load_model, uniform_attention_copy
 from pipeline.onnx.conversion import to_onnx
 from pipeline.onnx.variants import gate_failures, gate_report, gated_variant
 from pipeline.serving.inference import OnnxModel
-
-
-def config_digest(cfg) -> str:
-    """sha256 of the run's whole config, canonical JSON: which config made this model."""
-    canonical = json.dumps(cfg.model_dump(), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def model_metadata(cfg, meta: dict, run_id: str) -> dict[str, str]:
@@ -50,7 +44,7 @@ def model_metadata(cfg, meta: dict, run_id: str) -> dict[str, str]:
         "model": cfg.model.name,
         "seed": cfg.seed,
         "mlflow_run_id": run_id,
-        "config_digest": config_digest(cfg),
+        "config_digest": whole_config_digest(cfg),
         "labels": json.dumps(meta.get("labels")),
         "preprocessing": json.dumps(meta.get("normalization") or {"mode": "none"}),
         "input_layout": meta["input_layout"],

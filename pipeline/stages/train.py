@@ -21,8 +21,6 @@ alone. Its outputs are written only at the end, so DVC never records a partial m
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import time
 
 import keras
@@ -32,6 +30,7 @@ import tensorflow as tf
 from pipeline import tracking
 from pipeline.core import stage
 from pipeline.core.config import Config, MiniRocketModel, flatten, load_config
+from pipeline.core.digests import training_inputs_digest
 from pipeline.core.errors import run_command
 from pipeline.data.splits import load_split
 from pipeline.models import TaskSpec, build_model
@@ -47,20 +46,6 @@ from pipeline.training import (
     monitored_loss,
     worker_of,
 )
-
-
-def training_digest(cfg: Config) -> str:
-    """sha256 of everything that decides the trained weights: seed, the data, model and train
-    sections, and the prepared splits. A backup is resumed only by a run with the same digest."""
-    digest = hashlib.sha256(
-        json.dumps(
-            {k: cfg.section(k) for k in ("data", "model", "train")} | {"seed": cfg.seed},
-            sort_keys=True,
-        ).encode()
-    )
-    for split in stage.SPLITS:
-        digest.update(stage.split_file(split).read_bytes())
-    return digest.hexdigest()
 
 
 def write_history(history: dict[str, list[float]], path=stage.HISTORY_CSV) -> None:
@@ -130,7 +115,9 @@ def main() -> None:
     meta = stage.read_json(stage.META_FILE)
     task = TaskSpec.from_meta(meta)
     make_deterministic(cfg.seed)
-    backup = TrainingBackup(training_digest(cfg), cfg.train.backup_every)
+    backup = TrainingBackup(
+        training_inputs_digest(cfg, [stage.split_file(s) for s in stage.SPLITS]), cfg.train.backup_every
+    )
     with tracking.start_pipeline_run(cfg, run_name=cfg.model.name, resume=backup.mlflow_run):
         backup.record_mlflow_run(tracking.current_run())
         tracking.log_params(flatten({k: cfg.section(k) for k in ("data", "model", "train")}))

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import warnings
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from mlflow.tracking import MlflowClient
 import pipeline.tracking.store as store
 from pipeline.core import stage
 from pipeline.core.config import Config
+from pipeline.core.digests import files_digest
 from pipeline.tracking.host import CPU_TAG, cpu_model, lineage_tags
 from pipeline.tracking.recorder import SYNC_REGISTER, Recorder, open_offline_run
 from pipeline.tracking.registry import register_model_of_run
@@ -155,10 +155,7 @@ def log_prepared_data(split_files: list[Path], name: str) -> str:
     from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    digest = hashlib.sha256()
-    for path in split_files:
-        digest.update(Path(path).read_bytes())
-    hexdigest = digest.hexdigest()
+    hexdigest = files_digest(split_files)
     source = LocalArtifactDatasetSource(str(stage.PREPARED_DIR.resolve()))
     dataset = DatasetInput(
         Dataset(name=name, digest=hexdigest[:16], source_type="local", source=source.to_json()),

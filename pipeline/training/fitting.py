@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from pipeline.core import stage
 from pipeline.core.config import Config, TrainConfig
+from pipeline.core.contract import TASK_TYPES
 from pipeline.core.errors import ConfigError, StageFailed
 from pipeline.models import TaskSpec
 from pipeline.training.callbacks import TrainingBackup, stopping_callbacks
@@ -18,21 +19,6 @@ OPTIMIZERS = {
     "adam": keras.optimizers.Adam,
     "rmsprop": keras.optimizers.RMSprop,
     "sgd": keras.optimizers.SGD,
-}
-
-
-# Loss and reported metric of each task type, as Keras's compile names them.
-OBJECTIVES = {
-    "binary": ("binary_crossentropy", "accuracy"),
-    "regression": ("mse", "mae"),
-    "multiclass": ("sparse_categorical_crossentropy", "accuracy"),
-}
-# The same loss and metric per sample, (y_true, y_pred) -> [batch], for the training loop
-# written out for several workers (fit_across_workers).
-PER_SAMPLE_OBJECTIVES = {
-    "binary": (keras.losses.binary_crossentropy, keras.metrics.binary_accuracy),
-    "regression": (keras.losses.mean_squared_error, keras.metrics.mean_absolute_error),
-    "multiclass": (keras.losses.sparse_categorical_crossentropy, keras.metrics.sparse_categorical_accuracy),
 }
 
 
@@ -97,7 +83,8 @@ def fit(
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         trainer = keras.Model(model.input, model.output["prediction"], name=f"{model.name}_trainer")
-        loss, metric = OBJECTIVES[task.task_type]
+        objective = TASK_TYPES[task.task_type]
+        loss, metric = objective.loss, objective.metric
         averaging = {} if cfg.train.ema_momentum is None else {"use_ema": True, "ema_momentum": cfg.train.ema_momentum}
         trainer.compile(
             optimizer=OPTIMIZERS[cfg.train.optimizer](learning_rate=cfg.train.learning_rate, **averaging),
@@ -149,8 +136,10 @@ def fit_across_workers(
     summed over the workers; the validation split is scored on each worker's copy of the model
     (the copies are equal). `trainer` was compiled in the strategy's scope; the callbacks see the
     epochs and logs that fit would give them, so every worker takes the same decisions."""
-    per_sample_loss, per_sample_metric = PER_SAMPLE_OBJECTIVES[task.task_type]
-    _, metric_name = OBJECTIVES[task.task_type]
+    objective = TASK_TYPES[task.task_type]  # per sample, (y_true, y_pred) -> [batch]
+    per_sample_loss = getattr(keras.losses, objective.loss)  # the functions, not the Loss classes
+    per_sample_metric = getattr(keras.metrics, objective.per_sample_metric)
+    metric_name = objective.metric
     optimizer = trainer.optimizer
     with strategy.scope():
         optimizer.build(trainer.trainable_variables)
