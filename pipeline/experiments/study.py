@@ -69,6 +69,13 @@ PADDING_RULE = (
     "the pooling rule over the four poolings with zero padding and gated, conjunctive and instance "
     "with replicate padding"
 )
+# Then kernels of 3 steps in every block (a receptive field of 7 steps, the recipe's 14), which
+# concentrated the contribution on planted_region's box; KERNEL_RULE, fixed before their runs, is the
+# pooling rule over the recipe and them, on the same 15 inner-fold runs.
+SMALL_KERNELS = "model.kernel_sizes=[3,3,3]"
+KERNEL_RULE = (
+    "the pooling rule over the recipe (gated, MILLET's positions and dropout) and the same with kernels [3,3,3]"
+)
 SELECTION_SETTINGS = (  # (model, overrides)
     ("conv_attention", ()),
     ("conv_attention", PLATEAU),
@@ -89,6 +96,7 @@ SELECTION_SETTINGS = (  # (model, overrides)
     ("conv_attention", MILLET_POOLING),
     *(("conv_attention", (*score, *MILLET_POOLING)) for score in POOLING_SCORES[1:]),
     *(("conv_attention", (*score, *MILLET_POOLING, REPLICATE_PADDING)) for score in PADDED_SCORES),
+    ("conv_attention", (SMALL_KERNELS, *MILLET_POOLING)),
 )
 SELECTION_EPOCHS = 300
 SELECTION_PROTOCOL = (f"train.epochs={SELECTION_EPOCHS}",)
@@ -178,6 +186,7 @@ PADDING_SETTINGS = (  # and those PADDING_RULE chooses from
     *POOLING_SETTINGS,
     *(setting_label("conv_attention", (*score, *MILLET_POOLING, REPLICATE_PADDING)) for score in PADDED_SCORES),
 )
+KERNEL_SETTINGS = (POOLING_SETTINGS[0], setting_label("conv_attention", (SMALL_KERNELS, *MILLET_POOLING)))
 POOLING_ERROR_MARGIN = 2  # held-out errors above the fewest that still admit a pooling
 
 

@@ -577,6 +577,7 @@ def main(argv: list[str] | None = None) -> None:
         for title, rule, candidates in (
             ("Pooling rule (`study.POOLING_RULE`)", study.POOLING_RULE, study.POOLING_SETTINGS),
             ("Padding rule (`study.PADDING_RULE`)", study.PADDING_RULE, study.PADDING_SETTINGS),
+            ("Kernel rule (`study.KERNEL_RULE`)", study.KERNEL_RULE, study.KERNEL_SETTINGS),
         ):
             table += pooling_markdown(study.pooling_choice(done, candidates), title, rule, candidates)
     if args.out is None:
