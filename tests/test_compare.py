@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from pipeline.experiments import ledger, queue, study
-from pipeline.tools.compare import accuracy_table, comparison_rows, critical_difference_diagram, main, rank_statistics
+from pipeline.tools.compare import (
+    accuracy_table,
+    comparison_rows,
+    critical_difference_diagram,
+    main,
+    rank_statistics,
+    with_earlier_rows,
+)
 from pipeline.tracking import CPU_TAG
 from tests.conftest import REPO_ROOT
 
@@ -498,3 +505,29 @@ def test_the_padding_rule_ranks_the_replicate_padded_poolings_beside_the_zero_pa
     zero_padded = {c: r for c, r in done.items() if c.label not in replicated}
     assert study.pooling_choice(zero_padded, study.PADDING_SETTINGS) is None
     assert study.pooling_choice(zero_padded)["chosen"] == study.POOLING_SETTINGS[-1]
+
+
+def test_a_rebuilt_table_keeps_the_earlier_seeds_the_store_lacks(tmp_path):
+    """A store that holds only the default run of a task (seed 42, as `make repro` logs it) keeps
+    the earlier table's seeds 1-3 of the same model beside it, and a seed it holds replaces the
+    earlier row of that seed."""
+    earlier = tmp_path / "results.csv"
+    with open(earlier, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["table", "task", "model", "seed", "attention/argmax_hit"])
+        writer.writeheader()
+        for seed in ("1", "2", "3"):
+            writer.writerow(
+                {
+                    "table": "synthetic",
+                    "task": "planted_step",
+                    "model": "lstm_attention",
+                    "seed": seed,
+                    "attention/argmax_hit": "1.0",
+                }
+            )
+    rows = [
+        {"task": "planted_step", "model": "lstm_attention", "seed": seed, "attention/argmax_hit": 1.0}
+        for seed in ("42", "3")
+    ]
+    merged = with_earlier_rows(rows, earlier)
+    assert sorted(r["seed"] for r in merged) == ["1", "2", "3", "42"]

@@ -154,14 +154,17 @@ def comparison_rows(tracking_uri: str, experiments: list[str] | None = None) -> 
 
 
 def with_earlier_rows(rows: list[dict], earlier_csv: Path) -> list[dict]:
-    """`rows` and the synthetic rows of an earlier OUT.csv for the (task, model) pairs that the
-    store does not hold: a table rebuilt from a fresh store keeps what it cannot remake."""
+    """`rows` and the synthetic rows of an earlier OUT.csv for the (task, model, seed) runs that
+    the store does not hold: a table rebuilt from a fresh store, or from one that has only a
+    default run since (seed 42 of `make repro`), keeps what it cannot remake."""
     if not earlier_csv.exists():
         return rows
-    held = {(r["task"], r["model"]) for r in rows}
+    held = {(r["task"], r["model"], str(r["seed"] or "")) for r in rows}
     with open(earlier_csv, newline="") as handle:
         earlier = [
-            r for r in csv.DictReader(handle) if r["table"] == "synthetic" and (r["task"], r["model"]) not in held
+            r
+            for r in csv.DictReader(handle)
+            if r["table"] == "synthetic" and (r["task"], r["model"], r["seed"]) not in held
         ]
     kept = [
         {
