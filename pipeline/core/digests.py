@@ -19,25 +19,24 @@ def whole_config_digest(cfg) -> str:
     return hashlib.sha256(_canonical(cfg.model_dump())).hexdigest()
 
 
-def files_digest(paths: Iterable[Path]) -> str:
-    """The bytes of the files, in the order given: the prepared splits as a dataset (data.digest)."""
-    digest = hashlib.sha256()
+def _sha256(prefix: bytes, paths: Iterable[Path]) -> str:
+    """sha256 of `prefix` and then the bytes of the files, in the order given."""
+    digest = hashlib.sha256(prefix)
     for path in paths:
         digest.update(Path(path).read_bytes())
     return digest.hexdigest()
 
 
+def files_digest(paths: Iterable[Path]) -> str:
+    """The bytes of the files, in the order given: the prepared splits as a dataset (data.digest)."""
+    return _sha256(b"", paths)
+
+
 def training_inputs_digest(cfg, split_files: Iterable[Path]) -> str:
     """Everything that decides the trained weights: the seed, the data, model and train sections
     and the prepared splits' bytes. A training backup is resumed only by a run of the same digest."""
-    digest = hashlib.sha256(
-        json.dumps(
-            {k: cfg.section(k) for k in ("data", "model", "train")} | {"seed": cfg.seed}, sort_keys=True
-        ).encode()
-    )
-    for path in split_files:
-        digest.update(Path(path).read_bytes())
-    return digest.hexdigest()
+    decisive = {k: cfg.section(k) for k in ("data", "model", "train")} | {"seed": cfg.seed}
+    return _sha256(json.dumps(decisive, sort_keys=True).encode(), split_files)
 
 
 def result_params_digest(params: dict[str, str]) -> str:

@@ -51,11 +51,16 @@ def offline_uri() -> str:
     return f"sqlite:///{repository_root() / OFFLINE_STORE}"
 
 
-def client(uri: str) -> MlflowClient:
-    """An MLflow client of the store `uri` that gives up on a server in seconds (CLIENT_RETRIES,
-    unless the environment sets them)."""
+def _fail_fast() -> None:
+    """MLflow's clients in this process give up on a server in seconds (CLIENT_RETRIES, unless the
+    environment sets them)."""
     for variable, value in CLIENT_RETRIES.items():
         os.environ.setdefault(variable, value)
+
+
+def client(uri: str) -> MlflowClient:
+    """An MLflow client of the store `uri` that gives up on a server in seconds."""
+    _fail_fast()
     return MlflowClient(uri)
 
 
@@ -75,8 +80,7 @@ def server_problem(uri: str) -> str | None:
     or when `uri` is no server."""
     if not uri.startswith(("http://", "https://")):
         return None
-    for variable, value in CLIENT_RETRIES.items():  # the records that follow fail fast too
-        os.environ.setdefault(variable, value)
+    _fail_fast()  # the records that follow fail fast too
     import urllib.error
     import urllib.request
 
